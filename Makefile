@@ -1,0 +1,42 @@
+# lcz: QGIS Processing plugin + training package for Local Climate Zone maps.
+# `make test` and `make demo` work on a fresh Debian 12 machine: `setup` installs QGIS from
+# Debian when it is missing (as root, or through sudo) and builds .venv.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := qgis python3-qgis qgis-providers python3-venv python3-pip
+export QT_QPA_PLATFORM := offscreen
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup test demo package bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	@if ! command -v qgis_process.bin >/dev/null || ! /usr/bin/python3 -c 'import qgis.core' 2>/dev/null; then \
+	  echo "Installing QGIS from Debian ($(APT_PACKAGES))"; \
+	  $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $(APT_PACKAGES); \
+	fi
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -c "import qgis.core, osgeo.gdal, onnxruntime, torch, numpy; print('environment ok: numpy', numpy.__version__, 'onnxruntime', onnxruntime.__version__, 'torch', torch.__version__)"
+	touch $@
+
+test: setup
+	$(PY) -m pytest
+
+demo: setup
+	$(PY) tools/demo.py --out out
+
+package: dist/lcz_qgis_plugin.zip
+
+dist/lcz_qgis_plugin.zip: metadata.txt $(shell find lcz_qgis_plugin -type f -not -path '*/__pycache__/*')
+	python3 tools/package_plugin.py --zip $@
+
+bench: setup
+	$(PY) bench/bench_classify.py
+
+clean:
+	rm -rf dist build out .pytest_cache

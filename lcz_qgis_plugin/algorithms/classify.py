@@ -1,0 +1,164 @@
+"""``lcz:classify`` — Classify Local Climate Zones (adapter over core.classify)."""
+
+from qgis.core import (QgsProcessing, QgsProcessingContext, QgsProcessingException,
+                       QgsProcessingLayerPostProcessorInterface, QgsProcessingOutputNumber,
+                       QgsProcessingOutputString, QgsProcessingParameterDefinition,
+                       QgsProcessingParameterEnum, QgsProcessingParameterExtent,
+                       QgsProcessingParameterFile, QgsProcessingParameterMultipleLayers,
+                       QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
+                       QgsRasterLayer)
+
+from ..core.classify import classify
+from ..core.outputs import sidecars
+from .base import LczAlgorithm
+
+DEVICES = ("auto", "cuda", "cpu")
+DEVICE_LABELS = ("Automatic (CUDA GPU when available, otherwise CPU)", "CUDA (NVIDIA GPU)",
+                 "CPU")
+
+
+class _ApplyLczStyle(QgsProcessingLayerPostProcessorInterface):
+    """Styles the loaded class map with its .qml sidecar (WUDAPT colours, class legend)."""
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
+        if isinstance(layer, QgsRasterLayer):
+            layer.loadNamedStyle(sidecars(layer.source())[1])
+            layer.triggerRepaint()
+
+
+_STYLE_POST_PROCESSOR = _ApplyLczStyle()
+
+
+class ClassifyAlgorithm(LczAlgorithm):
+    INPUT = "INPUT"
+    MODEL = "MODEL"
+    CELL_SIZE = "CELL_SIZE"
+    EXTENT = "EXTENT"
+    DEVICE = "DEVICE"
+    BATCH_SIZE = "BATCH_SIZE"
+    MAJORITY_RADIUS = "MAJORITY_RADIUS"
+    THREADS = "THREADS"
+    OUTPUT = "OUTPUT"
+    OUTPUT_PROBABILITIES = "OUTPUT_PROBABILITIES"
+    OUTPUT_CONFIDENCE = "OUTPUT_CONFIDENCE"
+
+    ALGORITHM_ID = "classify"
+    DISPLAY_NAME = "Classify Local Climate Zones"
+    GROUP = "Classification"
+    GROUP_ID = "classification"
+    NEEDS_ONNXRUNTIME = True
+    TAGS = ("lcz,local climate zones,urban climate,urban heat island,classification,"
+            "deep learning,cnn,msmla,onnx,sentinel-2,wudapt,land cover")
+    SHORT_DESCRIPTION = ("Classifies Local Climate Zones from input stacks with an ONNX "
+                         "model, one patch per output cell.")
+    HELP = """
+Classifies Local Climate Zones (LCZ 1-10 built types, A-G land cover) from one or more raster stacks with a deep-learning model in ONNX format (MSMLA, Sen2LCZ-Net, ResNet ... exported by the lcz training package). For every output cell a patch of pixels centred on the cell is cut from the stack and classified; the map gets the WUDAPT colours and a class legend.
+
+Parameters
+- Input stacks (INPUT): one or more rasters whose band descriptions name the model's channels (e.g. S2:B02 ... S2:B12, OSM:building_fraction, DSM:height); band order does not matter, missing channels are refused. Several stacks are taken as dates of the same area on the same grid: their class probabilities are averaged. The CRS must be projected in metres, at the model's pixel size (usually 10 m).
+- Model (MODEL): an .onnx file carrying the LCZ model metadata (channels, scaling, patch size, classes). Scaling and normalisation come only from the model.
+- Cell size (CELL_SIZE): output cell size in metres, a whole multiple of the pixel size. Empty: the model's default (usually 100 m).
+- Extent (EXTENT): optional area to classify; every cell overlapping it is classified. Pixels outside the extent but inside the raster still feed the patches at its border.
+- Device (DEVICE): 0 Automatic (CUDA GPU when onnxruntime-gpu can use one, otherwise CPU; the log names the execution provider used), 1 CUDA (fails with an explanation when no GPU is usable), 2 CPU.
+- Batch size (BATCH_SIZE): patches per inference call (64 suits CPUs; 256-1024 for GPUs).
+- Majority filter radius (MAJORITY_RADIUS): 0 = off; r > 0 replaces each class by the most frequent class in the (2r+1) x (2r+1) cells around it.
+- CPU threads (THREADS, advanced): 0 = onnxruntime's default (all physical cores).
+
+Outputs
+- LCZ map (OUTPUT): Byte GeoTIFF, codes 1-17 (A-G = 11-17), 0 = no data, with a colour table, category names and a .qml style.
+- Class probabilities (OUTPUT_PROBABILITIES, optional): Float32, one band per model class, band descriptions = class names, -9999 = no data.
+- Confidence (OUTPUT_CONFIDENCE, optional): band 1 top-1 probability, band 2 normalised entropy (0 certain, 1 uniform).
+
+No data: a cell is no data when its centre pixel is no data or more than half of its patch is. Patches reaching past the raster edge are filled by reflection. A failed or cancelled run leaves no output behind.
+"""
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterMultipleLayers(
+            self.INPUT, self.tr("Input stacks (one or more dates of the same area)"),
+            QgsProcessing.TypeRaster))
+        self.addParameter(QgsProcessingParameterFile(
+            self.MODEL, self.tr("Model (.onnx)"), QgsProcessingParameterFile.File,
+            extension="onnx"))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.CELL_SIZE, self.tr("Cell size in metres (empty: the model's default)"),
+            QgsProcessingParameterNumber.Double, optional=True, minValue=0.0))
+        self.addParameter(QgsProcessingParameterExtent(
+            self.EXTENT, self.tr("Extent (empty: the whole input)"), optional=True))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.DEVICE, self.tr("Device"), options=[self.tr(d) for d in DEVICE_LABELS],
+            defaultValue=0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.BATCH_SIZE, self.tr("Batch size (patches per inference call)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=64, minValue=1,
+            maxValue=65536))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.MAJORITY_RADIUS, self.tr("Majority filter radius in cells (0: off)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=50))
+        threads = QgsProcessingParameterNumber(
+            self.THREADS, self.tr("CPU threads (0: onnxruntime's default)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=1024)
+        threads.setFlags(threads.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(threads)
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.OUTPUT, self.tr("LCZ map")))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_PROBABILITIES, self.tr("Class probabilities"), optional=True,
+            createByDefault=False))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_CONFIDENCE, self.tr("Confidence (top-1 probability, entropy)"),
+            optional=True, createByDefault=False))
+        self.addOutput(QgsProcessingOutputString(
+            "EXECUTION_PROVIDER", self.tr("onnxruntime execution provider used")))
+        self.addOutput(QgsProcessingOutputNumber(
+            "CLASSIFIED_CELLS", self.tr("Number of classified cells")))
+
+    def run_core(self, parameters, context, feedback):
+        layers = self.parameterAsLayerList(parameters, self.INPUT, context)
+        if not layers:
+            raise QgsProcessingException(self.tr(
+                "No input stack: choose at least one raster layer for INPUT."))
+        for layer in layers:
+            if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
+                raise QgsProcessingException(self.tr(
+                    f"The input layer '{layer.name()}' is not a raster file GDAL can read "
+                    f"(provider '{layer.providerType()}'); save it as a GeoTIFF first."))
+        extent = None
+        if parameters.get(self.EXTENT) not in (None, ""):
+            rect = self.parameterAsExtent(parameters, self.EXTENT, context, layers[0].crs())
+            if not rect.isNull():
+                extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+        cell_size = None
+        if parameters.get(self.CELL_SIZE) not in (None, ""):
+            cell_size = self.parameterAsDouble(parameters, self.CELL_SIZE, context) or None
+        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        probabilities = self._optional_output(parameters, self.OUTPUT_PROBABILITIES, context)
+        confidence = self._optional_output(parameters, self.OUTPUT_CONFIDENCE, context)
+        result = classify(
+            [layer.source() for layer in layers],
+            self.parameterAsFile(parameters, self.MODEL, context),
+            output,
+            probabilities_output=probabilities,
+            confidence_output=confidence,
+            cell_size=cell_size,
+            extent=extent,
+            device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+            majority_radius=self.parameterAsInt(parameters, self.MAJORITY_RADIUS, context),
+            threads=self.parameterAsInt(parameters, self.THREADS, context),
+            feedback=feedback,
+        )
+        if context.willLoadLayerOnCompletion(output):
+            details = context.layerToLoadOnCompletionDetails(output)
+            details.setPostProcessor(_STYLE_POST_PROCESSOR)
+        return {
+            self.OUTPUT: result.output,
+            self.OUTPUT_PROBABILITIES: result.probabilities,
+            self.OUTPUT_CONFIDENCE: result.confidence,
+            "EXECUTION_PROVIDER": result.provider,
+            "CLASSIFIED_CELLS": result.classified_cells,
+        }
+
+    def _optional_output(self, parameters, name, context):
+        if parameters.get(name) in (None, ""):
+            return None
+        return self.parameterAsOutputLayer(parameters, name, context) or None

@@ -1,0 +1,259 @@
+"""Classify Local Climate Zones: input stack(s) + ONNX model -> LCZ map (QGIS-free).
+
+The scene is processed in strips of output cell rows. For each strip and each date stack the
+pixels are read once (:mod:`.patches`), the valid cells are run through the model in batches,
+the dates' probabilities are averaged per cell, and the strip's rows of every output are
+written before the next strip is read. Memory therefore depends on the strip and batch
+sizes, never on the scene size. Progress and cancellation are checked per batch; outputs
+appear only when the whole run succeeded (:mod:`.outputs`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from osgeo import gdal
+
+from .about import software_tag
+from .engine import Engine
+from .errors import Cancelled, InputError
+from .feedback import Feedback
+from .grid import CellGrid, make_grid
+from .lcz_classes import NODATA_CODE, lcz_class
+from .majority import filter_band
+from .outputs import PendingOutputs, check_output_path
+from .patches import StripReader
+from .stacks import open_stacks
+from .style import category_names, class_map_qml, colour_table
+
+FLOAT_NODATA = -9999.0
+CONFIDENCE_BANDS = ("top-1 probability", "normalised entropy")
+GDAL_CACHE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class ClassifyResult:
+    output: str
+    probabilities: str | None
+    confidence: str | None
+    provider: str
+    rows: int
+    cols: int
+    cell_size: float
+    patches: int
+    """Patches run through the model (valid cells x dates)."""
+    seconds: float
+    class_counts: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def classified_cells(self) -> int:
+        return sum(self.class_counts.values())
+
+    @property
+    def patches_per_second(self) -> float:
+        return self.patches / self.seconds if self.seconds > 0 else float("nan")
+
+
+@contextlib.contextmanager
+def bounded_gdal_cache(max_bytes: int = GDAL_CACHE_BYTES):
+    """Cap GDAL's block cache while streaming: each block is read about once, and the default
+    cache (5 % of RAM) would otherwise grow with the scene up to that size."""
+    previous = gdal.GetCacheMax()
+    gdal.SetCacheMax(min(previous, max_bytes))
+    try:
+        yield
+    finally:
+        gdal.SetCacheMax(previous)
+
+
+def strip_rows_for(grid: CellGrid, channels: int, memory_mb: float) -> int:
+    """Cell rows per strip so that one strip's buffers stay within ``memory_mb``."""
+    width_px = (grid.cols - 1) * grid.stride + grid.patch
+    bytes_per_pixel_row = width_px * (8 * channels + 6)  # raw + reflected copy, mask, integral
+    pixel_rows = memory_mb * 1024 * 1024 / bytes_per_pixel_row
+    rows = int((pixel_rows - grid.patch) // grid.stride) + 1
+    return max(1, min(rows, grid.rows))
+
+
+def classify(inputs: list[str], model: str | Engine, output: str, *,
+             probabilities_output: str | None = None, confidence_output: str | None = None,
+             cell_size: float | None = None,
+             extent: tuple[float, float, float, float] | None = None,
+             device: str = "auto", batch_size: int = 64, majority_radius: int = 0,
+             threads: int = 0, feedback: Feedback | None = None,
+             max_nodata_fraction: float = 0.5, strip_memory_mb: float = 256) -> ClassifyResult:
+    """Classify the input stack(s) into an LCZ map.
+
+    ``inputs``: paths of one or more stacks of the same area and grid (several dates: their
+    probabilities are averaged). ``model``: an .onnx path or an opened :class:`Engine`.
+    ``extent`` is ``(xmin, ymin, xmax, ymax)`` in the stacks' CRS. ``cell_size`` in metres
+    defaults to the model's. Raises :class:`~.errors.LczError` subclasses with messages meant
+    for the user; nothing is left on disk after an error or a cancel.
+    """
+    started = time.perf_counter()
+    feedback = feedback or Feedback()
+    if batch_size < 1:
+        raise InputError(f"BATCH_SIZE must be at least 1 (got {batch_size}).")
+    if majority_radius < 0:
+        raise InputError(f"MAJORITY_RADIUS must be 0 (off) or more (got {majority_radius}).")
+    if not 0.0 <= max_nodata_fraction < 1.0:
+        raise InputError("the allowed no-data fraction of a patch must be in [0, 1).")
+    destinations = {"OUTPUT": check_output_path(output, "class map output")}
+    if probabilities_output:
+        destinations["OUTPUT_PROBABILITIES"] = check_output_path(probabilities_output,
+                                                                 "probabilities output")
+    if confidence_output:
+        destinations["OUTPUT_CONFIDENCE"] = check_output_path(confidence_output,
+                                                              "confidence output")
+    resolved = [os.path.abspath(p) for p in destinations.values()]
+    if len(set(resolved)) != len(resolved):
+        raise InputError("two outputs point at the same file; give each output its own name.")
+    if any(os.path.abspath(p) in resolved for p in inputs):
+        raise InputError("an output would overwrite an input stack; choose another file name.")
+
+    engine = model if isinstance(model, Engine) else Engine(model, device, threads, feedback)
+    card = engine.card
+    feedback.info(f"Model: {card.describe()}; execution provider: {engine.provider}")
+    stacks = open_stacks(list(inputs), card.channels, card.pixel_size, feedback)
+    first = stacks[0]
+    grid = make_grid(first.geotransform, first.width, first.height,
+                     cell_size if cell_size else card.cell_size, card.patch_size, extent)
+    strip_rows = strip_rows_for(grid, card.n_channels, strip_memory_mb)
+    n_strips = math.ceil(grid.rows / strip_rows)
+    feedback.info(f"Output grid: {grid.cols} x {grid.rows} cells of {grid.cell_size:g} m "
+                  f"({grid.stride} px), {len(stacks)} date(s), {n_strips} strip(s) of "
+                  f"{strip_rows} cell rows, batches of {batch_size}.")
+
+    codes = np.asarray(card.class_codes, dtype=np.uint8)
+    metadata = {
+        "LCZ_SOFTWARE": software_tag(),
+        "LCZ_MODEL_NAME": card.name,
+        "LCZ_MODEL_VERSION": card.version,
+        "LCZ_MODEL_FILE": os.path.basename(engine.model_path),
+        "LCZ_EXECUTION_PROVIDER": engine.provider,
+        "LCZ_CELL_SIZE": f"{grid.cell_size:g}",
+        "LCZ_PATCH_SIZE": str(card.patch_size),
+        "LCZ_TEMPERATURE": f"{card.temperature:g}",
+        "LCZ_INPUTS": ";".join(os.path.basename(s.path) for s in stacks),
+        "LCZ_DATES_AVERAGED": str(len(stacks)),
+        "LCZ_MAJORITY_RADIUS": str(majority_radius),
+        "LCZ_CREATED": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    common = dict(width=grid.cols, height=grid.rows, geotransform=grid.geotransform,
+                  projection=first.projection, block_rows=strip_rows)
+    outputs = PendingOutputs(os.path.dirname(os.path.abspath(output)))
+    span = 90.0 if majority_radius else 100.0
+    patches = 0
+    histogram = np.zeros(256, dtype=np.int64)
+    try:
+        with bounded_gdal_cache():
+            class_key = "RAW_CLASSES" if majority_radius else "OUTPUT"
+            for key in dict.fromkeys([class_key, "OUTPUT"]):
+                outputs.create(key, destinations["OUTPUT"] if key == "OUTPUT" else None,
+                               bands=1, data_type=gdal.GDT_Byte, nodata=NODATA_CODE,
+                               descriptions=["LCZ class"], metadata=metadata,
+                               qml=class_map_qml(), colour_table=colour_table(),
+                               category_names=category_names(), **common)
+            if "OUTPUT_PROBABILITIES" in destinations:
+                outputs.create("OUTPUT_PROBABILITIES", destinations["OUTPUT_PROBABILITIES"],
+                               bands=card.n_classes, data_type=gdal.GDT_Float32,
+                               nodata=FLOAT_NODATA, metadata=metadata,
+                               descriptions=[lcz_class(c).name for c in card.class_codes],
+                               **common)
+                for number, code in enumerate(card.class_codes, start=1):
+                    outputs.set_band_metadata("OUTPUT_PROBABILITIES", number,
+                                              {"LCZ_CODE": str(code),
+                                               "LCZ_LABEL": lcz_class(code).label})
+            if "OUTPUT_CONFIDENCE" in destinations:
+                outputs.create("OUTPUT_CONFIDENCE", destinations["OUTPUT_CONFIDENCE"],
+                               bands=2, data_type=gdal.GDT_Float32, nodata=FLOAT_NODATA,
+                               descriptions=list(CONFIDENCE_BANDS), metadata=metadata,
+                               **common)
+
+            readers = [StripReader(stack, card, grid, max_nodata_fraction) for stack in stacks]
+            steps = n_strips * len(readers)
+            for strip_index, row_a in enumerate(range(0, grid.rows, strip_rows)):
+                row_b = min(row_a + strip_rows, grid.rows)
+                prob_sum = np.zeros((row_b - row_a, grid.cols, card.n_classes), np.float32)
+                n_dates = np.zeros((row_b - row_a, grid.cols), np.int32)
+                for date_index, reader in enumerate(readers):
+                    _check_cancel(feedback)
+                    strip = reader.read(row_a, row_b)
+                    rows, cols = np.nonzero(strip.cell_valid)
+                    step = strip_index * len(readers) + date_index
+                    for start in range(0, len(rows), batch_size):
+                        _check_cancel(feedback)
+                        r, c = rows[start:start + batch_size], cols[start:start + batch_size]
+                        prob_sum[r, c] += engine.probabilities(strip.gather(r, c))
+                        feedback.progress(span * (step + (start + len(r)) / len(rows)) / steps)
+                    n_dates += strip.cell_valid
+                    patches += len(rows)
+                    del strip
+                    feedback.progress(span * (step + 1) / steps)
+                valid = n_dates > 0
+                probs = prob_sum / np.maximum(n_dates, 1)[..., None]
+                classes = np.where(valid, codes[probs.argmax(axis=2)], NODATA_CODE)
+                classes = classes.astype(np.uint8)
+                outputs.write(class_key, classes, row_a)
+                histogram += np.bincount(classes.ravel(), minlength=256)
+                if "OUTPUT_PROBABILITIES" in outputs:
+                    planes = np.where(valid, probs.transpose(2, 0, 1), FLOAT_NODATA)
+                    outputs.write("OUTPUT_PROBABILITIES", planes.astype(np.float32), row_a)
+                if "OUTPUT_CONFIDENCE" in outputs:
+                    outputs.write("OUTPUT_CONFIDENCE", confidence_planes(probs, valid), row_a)
+
+            if histogram[1:].sum() == 0:
+                raise InputError(
+                    f"every cell of the output is no-data: the input stack(s) hold no valid "
+                    f"pixels in the classified area (or every patch is more than "
+                    f"{max_nodata_fraction:.0%} no-data). Check the stacks' no-data values and "
+                    f"the EXTENT.")
+            if majority_radius:
+                feedback.info(f"Majority filter, radius {majority_radius} cell(s).")
+
+                def on_block(done, total):
+                    _check_cancel(feedback)
+                    feedback.progress(span + (100.0 - span) * done / total)
+
+                histogram = filter_band(outputs.band("RAW_CLASSES"), outputs.band("OUTPUT"),
+                                        majority_radius, strip_rows, on_block)
+            outputs.commit()
+    except BaseException:
+        outputs.discard()
+        raise
+    seconds = time.perf_counter() - started
+    result = ClassifyResult(
+        output=destinations["OUTPUT"],
+        probabilities=destinations.get("OUTPUT_PROBABILITIES"),
+        confidence=destinations.get("OUTPUT_CONFIDENCE"),
+        provider=engine.provider, rows=grid.rows, cols=grid.cols, cell_size=grid.cell_size,
+        patches=patches, seconds=seconds,
+        class_counts={int(code): int(histogram[code]) for code in range(1, 256)
+                      if histogram[code]})
+    feedback.info(f"Classified {result.classified_cells} of {grid.rows * grid.cols} cells "
+                  f"({patches} patches) in {seconds:.1f} s, {result.patches_per_second:.0f} "
+                  f"patches/s on {engine.provider}.")
+    feedback.info("Cells per class: " + ", ".join(
+        f"{lcz_class(code).letter}: {count}" for code, count in result.class_counts.items()))
+    return result
+
+
+def confidence_planes(probs: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Top-1 probability and entropy / ln(K) of ``rows x cols x K`` probabilities."""
+    top = probs.max(axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(probs > 0, probs * np.log(probs), 0.0)
+    entropy = -plogp.sum(axis=2) / np.log(probs.shape[2])
+    planes = np.stack([top, np.clip(entropy, 0.0, 1.0)])
+    return np.where(valid, planes, FLOAT_NODATA).astype(np.float32)
+
+
+def _check_cancel(feedback: Feedback) -> None:
+    if feedback.is_cancelled():
+        raise Cancelled("Classification cancelled; no output was written.")

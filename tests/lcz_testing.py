@@ -1,0 +1,161 @@
+"""Test helpers: real GeoTIFF stacks, tiny real ONNX models following the contract, and a
+slow but obviously correct reference classifier to check maps cell by cell."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from osgeo import gdal, osr
+
+from lcz_qgis_plugin.core.contract import ModelCard
+from lcz_qgis_plugin.core.contract_writer import write_model_card
+from lcz_qgis_plugin.core.lcz_classes import LCZ_CODES
+
+ORIGIN = (500000.0, 5000000.0)
+UTM33 = 32633
+
+SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared",
+                                           "data"))
+
+
+def write_stack(path, data: np.ndarray, names: list[str], *, nodata=None, epsg: int = UTM33,
+                pixel: float = 10.0, origin=ORIGIN, data_type=gdal.GDT_Float32,
+                geotransform=None) -> str:
+    """Write ``data`` (bands x rows x cols) as a GeoTIFF with band descriptions ``names``."""
+    bands, rows, cols = data.shape
+    ds = gdal.GetDriverByName("GTiff").Create(os.fspath(path), cols, rows, bands, data_type)
+    ds.SetGeoTransform(geotransform or (origin[0], pixel, 0.0, origin[1], 0.0, -pixel))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(epsg)
+    ds.SetProjection(srs.ExportToWkt())
+    for i in range(bands):
+        band = ds.GetRasterBand(i + 1)
+        band.WriteArray(data[i])
+        band.SetDescription(names[i])
+        if nodata is not None:
+            band.SetNoDataValue(nodata)
+    ds = None
+    return os.fspath(path)
+
+
+def channel_names(n: int) -> list[str]:
+    return [f"T:c{i}" for i in range(n)]
+
+
+def _save(graph, card: ModelCard, path) -> str:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    write_model_card(model, card, os.fspath(path))
+    return os.fspath(path)
+
+
+def identity_card(name: str, channels: list[str], patch: int, **overrides) -> ModelCard:
+    n = len(channels)
+    values = dict(name=name, channels=channels, patch_size=patch, scale=[1.0] * n,
+                  offset=[0.0] * n, mean=[0.0] * n, std=[1.0] * n, pixel_size=10.0,
+                  cell_size=100.0, version="test")
+    values.update(overrides)
+    return ModelCard(**values)
+
+
+def linear_probe_model(path, card: ModelCard, seed: int = 0, softmax: bool = False):
+    """logits = flatten(patch) @ W + b: every pixel of the patch matters, at its position, so
+    any shift, mirror or scaling error changes the map. Returns (path, W, b)."""
+    rng = np.random.default_rng(seed)
+    size = card.n_channels * card.patch_size * card.patch_size
+    weights = (rng.normal(size=(size, card.n_classes)) / np.sqrt(size)).astype(np.float32)
+    bias = rng.normal(size=card.n_classes).astype(np.float32)
+    nodes = [helper.make_node("Flatten", ["x"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "W", "b"], ["logits" if softmax else "y"])]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["y"], axis=1))
+    graph = helper.make_graph(
+        nodes, "linear_probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                       ["N", card.n_channels, card.patch_size, card.patch_size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", card.n_classes])],
+        [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")])
+    return _save(graph, card, path), weights, bias
+
+
+def centre_value_model(path, card: ModelCard, sharpness: float = 50.0) -> str:
+    """logits_k = -sharpness * (v - code_k)^2 with v = channel 0 at the patch's centre pixel
+    (index patch//2): the map shows the rounded centre value, so cells can be read off."""
+    c = card.patch_size // 2
+    codes = np.asarray(card.class_codes, dtype=np.float32)[None, :]
+    nodes = [
+        helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["centre"]),
+        helper.make_node("Reshape", ["centre", "shape"], ["v"]),
+        helper.make_node("Sub", ["v", "codes"], ["d"]),
+        helper.make_node("Mul", ["d", "d"], ["d2"]),
+        helper.make_node("Mul", ["d2", "minus_sharpness"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([0, c, c], np.int64), "starts"),
+        numpy_helper.from_array(np.array([1, c + 1, c + 1], np.int64), "ends"),
+        numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes"),
+        numpy_helper.from_array(np.array([-1, 1], np.int64), "shape"),
+        numpy_helper.from_array(codes, "codes"),
+        numpy_helper.from_array(np.array([-sharpness], np.float32), "minus_sharpness"),
+    ]
+    graph = helper.make_graph(
+        nodes, "centre_value",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                       ["N", card.n_channels, card.patch_size, card.patch_size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", card.n_classes])], inits)
+    return _save(graph, card, path)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def reference_probabilities(scene: np.ndarray, valid: np.ndarray, card: ModelCard, stride: int,
+                            logits_of_patch, max_nodata_fraction: float = 0.5):
+    """Per-cell loops over a fully padded scene: the convention written out plainly.
+
+    ``scene``: raw values C x H x W; ``valid``: H x W. Returns (probabilities rows x cols x K,
+    cell validity rows x cols)."""
+    _, height, width = scene.shape
+    p = card.patch_size
+    gain = (np.asarray(card.scale) / np.asarray(card.std))[:, None, None]
+    bias = ((np.asarray(card.offset) - np.asarray(card.mean)) / np.asarray(card.std))[:, None, None]
+    norm = np.where(valid, scene * gain + bias, 0.0)
+    padded = np.pad(norm, ((0, 0), (p, p), (p, p)), mode="reflect")
+    padded_valid = np.pad(valid, p, mode="reflect")
+    rows = len([r for r in range(0, height) if r * stride + stride // 2 < height])
+    cols = len([c for c in range(0, width) if c * stride + stride // 2 < width])
+    probs = np.zeros((rows, cols, card.n_classes))
+    cell_valid = np.zeros((rows, cols), bool)
+    for i in range(rows):
+        for j in range(cols):
+            top = i * stride + stride // 2 - p // 2 + p
+            left = j * stride + stride // 2 - p // 2 + p
+            window_valid = padded_valid[top:top + p, left:left + p]
+            centre_ok = valid[i * stride + stride // 2, j * stride + stride // 2]
+            enough = window_valid.mean() >= 1.0 - max_nodata_fraction
+            cell_valid[i, j] = centre_ok and enough
+            if cell_valid[i, j]:
+                z = logits_of_patch(padded[:, top:top + p, left:left + p])
+                probs[i, j] = softmax(z / card.temperature)
+    return probs, cell_valid
+
+
+def reference_classes(probs, cell_valid, codes=LCZ_CODES) -> np.ndarray:
+    return np.where(cell_valid, np.asarray(codes)[probs.argmax(axis=-1)], 0).astype(np.uint8)
+
+
+def read(path, band=None) -> np.ndarray:
+    ds = gdal.Open(os.fspath(path))
+    return ds.ReadAsArray() if band is None else ds.GetRasterBand(band).ReadAsArray()
+
+
+def files_in(folder) -> list[str]:
+    """Every file in ``folder`` including hidden ones (partial outputs are hidden)."""
+    return sorted(os.listdir(folder))
