@@ -196,6 +196,10 @@ def _is_finite_number(value: object) -> bool:
             and math.isfinite(value))
 
 
+_KIND_NAMES = {int: "a whole number", float: "a number", list: "a JSON list",
+               dict: "a JSON object", str: "text"}
+
+
 def _parse(props: Mapping[str, str], key: str, kind: type, source: str, default: Any = None):
     full = PREFIX + key
     if full not in props:
@@ -216,6 +220,6 @@ def _parse(props: Mapping[str, str], key: str, kind: type, source: str, default:
         value = [float(v) if isinstance(v, int) and not isinstance(v, bool)
                  and key in ("scale", "offset", "mean", "std") else v for v in value]
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise ModelError(f"{source}: metadata key '{full}' should be a {kind.__name__}, "
+        raise ModelError(f"{source}: metadata key '{full}' should be {_KIND_NAMES[kind]}, "
                          f"got {raw[:80]!r}. {_EXPORT_HINT}")
     return value

@@ -1,0 +1,112 @@
+"""The inference engine: execution providers, missing onnxruntime, broken model files."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from lcz_qgis_plugin.core.engine import CPU, CUDA, Engine, available_providers
+from lcz_qgis_plugin.core.errors import EngineError, ModelError
+from lcz_qgis_plugin.core.feedback import Feedback
+from lcz_testing import channel_names, identity_card, linear_probe_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Log(Feedback):
+    def __init__(self):
+        self.lines = []
+
+    def info(self, message):
+        self.lines.append(message)
+
+    warning = info
+
+
+def gpu_present() -> bool:
+    smi = shutil.which("nvidia-smi")
+    return bool(smi) and subprocess.run([smi], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def model(tmp_path):
+    path, *_ = linear_probe_model(tmp_path / "m.onnx", identity_card("m", channel_names(2), 6))
+    return path
+
+
+def test_cpu_device(model):
+    engine = Engine(model, device="cpu", threads=1)
+    assert engine.provider == CPU
+    probs = engine.probabilities(np.zeros((3, 2, 6, 6), np.float32))
+    assert probs.shape == (3, 17)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_auto_names_the_provider_it_runs_on(model):
+    log = Log()
+    engine = Engine(model, device="auto", feedback=log)
+    if engine.provider == CUDA:
+        assert gpu_present()
+    else:
+        assert engine.provider == CPU
+        assert any("running on the CPU (CPUExecutionProvider)" in line for line in log.lines)
+
+
+def test_cuda_device_runs_on_cuda_or_says_why_not(model):
+    if gpu_present() and CUDA in available_providers():
+        assert Engine(model, device="cuda").provider == CUDA
+    else:
+        with pytest.raises(EngineError, match="DEVICE is CUDA.*Set DEVICE to Automatic or CPU"):
+            Engine(model, device="cuda")
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(ModelError, match="does not exist.*training export"):
+        Engine(str(tmp_path / "nope.onnx"))
+
+
+def test_corrupt_model_file(tmp_path, model):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(open(model, "rb").read()[:200])
+    with pytest.raises(ModelError, match="not a valid ONNX model.*Export it again"):
+        Engine(str(broken), device="cpu")
+
+
+def test_model_without_contract_metadata(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 17, 1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 17])])
+    plain = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    plain.ir_version = 9
+    onnx.save(plain, tmp_path / "plain.onnx")
+    with pytest.raises(ModelError, match="carries no LCZ model metadata"):
+        Engine(str(tmp_path / "plain.onnx"), device="cpu")
+
+
+def test_metadata_contradicting_the_graph(tmp_path, model):
+    card = identity_card("m", channel_names(3), 6)  # the graph takes 2 channels
+    model_proto = onnx.load(model)
+    for entry in model_proto.metadata_props:
+        if entry.key in card.to_metadata_props():
+            entry.value = card.to_metadata_props()[entry.key]
+    onnx.save(model_proto, tmp_path / "lying.onnx")
+    with pytest.raises(ModelError, match=r"input of shape .* metadata says \(N, 3, 6, 6\)"):
+        Engine(str(tmp_path / "lying.onnx"), device="cpu")
+
+
+def test_missing_onnxruntime_says_how_to_install_it(model):
+    """A Python without onnxruntime (simulated by blocking the import) gets install steps."""
+    code = ("import sys; sys.modules['onnxruntime'] = None\n"
+            "from lcz_qgis_plugin.core.engine import Engine\n"
+            "from lcz_qgis_plugin.core.errors import EngineError\n"
+            "try:\n    Engine(sys.argv[1])\nexcept EngineError as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code, model], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert "onnxruntime is not installed in the Python that runs QGIS" in done.stdout
+    assert "OSGeo4W Shell" in done.stdout and "pip install" in done.stdout
