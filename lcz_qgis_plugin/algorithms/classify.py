@@ -1,6 +1,6 @@
 """``lcz:classify`` — Classify Local Climate Zones (adapter over core.classify)."""
 
-from qgis.core import (QgsProcessing, QgsProcessingContext, QgsProcessingException,
+from qgis.core import (QgsProcessing, QgsProcessingException,
                        QgsProcessingLayerPostProcessorInterface, QgsProcessingOutputNumber,
                        QgsProcessingOutputString, QgsProcessingParameterDefinition,
                        QgsProcessingParameterEnum, QgsProcessingParameterExtent,
@@ -115,13 +115,13 @@ No data: a cell is no data when its centre pixel is no data or more than half of
     def run_core(self, parameters, context, feedback):
         layers = self.parameterAsLayerList(parameters, self.INPUT, context)
         if not layers:
-            raise QgsProcessingException(self.tr(
-                "No input stack: choose at least one raster layer for INPUT."))
+            raise QgsProcessingException(
+                "No input stack: choose at least one raster layer for INPUT.")
         for layer in layers:
             if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
-                raise QgsProcessingException(self.tr(
+                raise QgsProcessingException(
                     f"The input layer '{layer.name()}' is not a raster file GDAL can read "
-                    f"(provider '{layer.providerType()}'); save it as a GeoTIFF first."))
+                    f"(provider '{layer.providerType()}'); save it as a GeoTIFF first.")
         extent = None
         if parameters.get(self.EXTENT) not in (None, ""):
             rect = self.parameterAsExtent(parameters, self.EXTENT, context, layers[0].crs())

@@ -110,7 +110,8 @@ class ModelCard:
                 for key, value in values.items()}
 
     @classmethod
-    def from_metadata_props(cls, props: Mapping[str, str], source: str = "the model") -> "ModelCard":
+    def from_metadata_props(cls, props: Mapping[str, str],
+                            source: str = "the model") -> "ModelCard":
         """Parse and validate ``metadata_props``; raises :class:`ModelError` naming the problem."""
         if PREFIX + "schema_version" not in props:
             raise ModelError(

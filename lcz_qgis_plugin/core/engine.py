@@ -114,13 +114,15 @@ class Engine:
                              f"N x C x H x W tensor.")
         shape = inputs[0].shape
         expected = (card.n_channels, card.patch_size, card.patch_size)
-        if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected)):
+        if len(shape) != 4 or any(isinstance(d, int) and d != e
+                                  for d, e in zip(shape[1:], expected)):
             raise ModelError(f"{source} takes input of shape {shape}, but its metadata says "
                              f"(N, {card.n_channels}, {card.patch_size}, {card.patch_size}).")
         if inputs[0].type != "tensor(float)":
             raise ModelError(f"{source} takes {inputs[0].type}; the contract needs float32 input.")
         out_shape = outputs[0].shape
-        if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != card.n_classes):
+        if len(out_shape) != 2 or (isinstance(out_shape[1], int)
+                                   and out_shape[1] != card.n_classes):
             raise ModelError(f"{source} outputs shape {out_shape}, but its metadata lists "
                              f"{card.n_classes} classes.")
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
