@@ -17,6 +17,10 @@ class ModelError(LczError):
     """The model file is missing, unreadable or does not follow the model contract."""
 
 
+class OutputError(LczError):
+    """An output cannot be created or written (disk full, permissions ...)."""
+
+
 class EngineError(LczError):
     """The inference engine (onnxruntime) is missing or cannot run as asked."""
 

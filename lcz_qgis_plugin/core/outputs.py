@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal
 
-from .errors import InputError
+from .errors import InputError, OutputError
 
 TIFF_EXTENSIONS = (".tif", ".tiff")
 
@@ -73,7 +73,7 @@ class PendingOutputs:
         ds = gdal.GetDriverByName("GTiff").Create(temp, width, height, bands, data_type,
                                                   options=options)
         if ds is None:
-            raise InputError(f"cannot create {final_path or temp}: {gdal.GetLastErrorMsg()}")
+            raise OutputError(f"cannot create {final_path or temp}: {gdal.GetLastErrorMsg()}")
         self._entries[key] = _Pending(temp, final_path, qml, ds)
         ds.SetGeoTransform(geotransform)
         ds.SetProjection(projection)
@@ -97,8 +97,8 @@ class PendingOutputs:
         data = data[None] if data.ndim == 2 else data
         for number in range(data.shape[0]):
             if ds.GetRasterBand(number + 1).WriteArray(data[number], 0, row) != 0:
-                raise IOError(f"writing {self._entries[key].temp} failed: "
-                              f"{gdal.GetLastErrorMsg()}")
+                raise OutputError(f"writing {self._entries[key].temp} failed: "
+                                  f"{gdal.GetLastErrorMsg()}. Is the disk full?")
 
     def band(self, key: str, number: int = 1) -> gdal.Band:
         return self._entries[key].dataset.GetRasterBand(number)

@@ -19,6 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from osgeo import gdal
 
 from .contract import ModelCard
+from .errors import InputError
 from .grid import CellGrid
 from .stacks import Stack
 
@@ -77,8 +78,9 @@ class StripReader:
         raw = ds.ReadAsArray(rx0, ry0, rx1 - rx0, ry1 - ry0, band_list=self.stack.bands,
                              buf_type=gdal.GDT_Float32)
         if raw is None:
-            raise IOError(f"GDAL could not read {self.stack.path} rows {ry0}-{ry1}: "
-                          f"{gdal.GetLastErrorMsg()}")
+            raise InputError(f"GDAL could not read rows {ry0}-{ry1} of {self.stack.path}: "
+                             f"{gdal.GetLastErrorMsg()}. The file may be damaged or "
+                             f"incomplete; check it with gdalinfo -checksum.")
         raw = raw.reshape(len(self.stack.bands), ry1 - ry0, rx1 - rx0)
         valid = np.isfinite(raw).all(axis=0)
         for band, nodata in enumerate(self.stack.nodata):

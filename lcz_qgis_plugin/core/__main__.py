@@ -1,0 +1,84 @@
+"""Command line for the QGIS-free core, for scripts and machines without QGIS.
+
+    python -m lcz_qgis_plugin.core classify --input stack.tif --model m.onnx --output lcz.tif
+    python -m lcz_qgis_plugin.core model-info m.onnx
+
+Errors print one line naming the problem and the fix, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .engine import DEVICES
+from .errors import LczError
+from .feedback import ConsoleFeedback
+
+
+def _extent(text: str) -> tuple[float, float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError("give the extent as xmin,ymin,xmax,ymax in the "
+                                         "stack's CRS")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lcz_qgis_plugin.core",
+                                     description="Local Climate Zone maps without QGIS.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("classify", help="classify input stack(s) with an ONNX model")
+    run.add_argument("--input", action="append", required=True,
+                     help="input stack; repeat for several dates of the same area")
+    run.add_argument("--model", required=True, help=".onnx model with LCZ metadata")
+    run.add_argument("--output", required=True, help="LCZ map (.tif)")
+    run.add_argument("--probabilities", help="optional class probabilities (.tif)")
+    run.add_argument("--confidence", help="optional confidence (.tif)")
+    run.add_argument("--cell-size", type=float, help="metres (default: the model's)")
+    run.add_argument("--extent", type=_extent, help="xmin,ymin,xmax,ymax in the stack's CRS")
+    run.add_argument("--device", choices=DEVICES, default="auto")
+    run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument("--majority-radius", type=int, default=0)
+    run.add_argument("--threads", type=int, default=0)
+    info = commands.add_parser("model-info", help="print a model's LCZ metadata as JSON")
+    info.add_argument("model")
+    args = parser.parse_args(argv)
+    feedback = ConsoleFeedback()
+    try:
+        if args.command == "model-info":
+            from .engine import Engine
+            engine = Engine(args.model, device="cpu")
+            card = engine.card
+            print(json.dumps({"file": args.model, "schema_version": card.schema_version,
+                              "name": card.name, "version": card.version,
+                              "channels": card.channels, "patch_size": card.patch_size,
+                              "pixel_size": card.pixel_size, "cell_size": card.cell_size,
+                              "class_codes": card.class_codes,
+                              "output_kind": card.output_kind,
+                              "temperature": card.temperature,
+                              "provenance": card.provenance}, indent=2))
+            return 0
+        from .classify import classify
+        result = classify(args.input, args.model, args.output,
+                          probabilities_output=args.probabilities,
+                          confidence_output=args.confidence, cell_size=args.cell_size,
+                          extent=args.extent, device=args.device, batch_size=args.batch_size,
+                          majority_radius=args.majority_radius, threads=args.threads,
+                          feedback=feedback)
+        print(json.dumps({"output": result.output, "probabilities": result.probabilities,
+                          "confidence": result.confidence, "provider": result.provider,
+                          "classified_cells": result.classified_cells,
+                          "patches_per_second": round(result.patches_per_second, 1)}))
+        return 0
+    except LczError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
