@@ -17,8 +17,6 @@ from lcz_qgis_plugin.core.lcz_classes import LCZ_CODES
 ORIGIN = (500000.0, 5000000.0)
 UTM33 = 32633
 
-SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared",
-                                           "data"))
 
 
 def write_stack(path, data: np.ndarray, names: list[str], *, nodata=None, epsg: int = UTM33,

@@ -100,11 +100,18 @@ class LczAlgorithm(QgsProcessingAlgorithm):
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"{self.name()}.html")
         body = html.escape(self.shortHelpString()).replace("\n", "<br>\n")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>"
-                    f"{html.escape(self.displayName())}</title></head><body><h1>"
-                    f"{html.escape(self.displayName())} (lcz:{self.name()})</h1><p><i>"
-                    f"{html.escape(self.shortDescription())}</i></p><p>{body}</p></body></html>")
+        page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>"
+                f"{html.escape(self.displayName())}</title></head><body><h1>"
+                f"{html.escape(self.displayName())} (lcz:{self.name()})</h1><p><i>"
+                f"{html.escape(self.shortDescription())}</i></p><p>{body}</p></body></html>")
+        try:
+            with open(path, encoding="utf-8") as f:
+                current = f.read()
+        except OSError:
+            current = None
+        if current != page:  # QGIS asks for the URL often (dialogs, list --json)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(page)
         return QUrl.fromLocalFile(path).toString()
 
     def canExecute(self):  # noqa: N802
