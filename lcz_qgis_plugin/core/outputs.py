@@ -61,8 +61,11 @@ class PendingOutputs:
                data_type: int, geotransform, projection: str, block_rows: int, nodata: float,
                descriptions: list[str], metadata: dict[str, str], qml: str | None = None,
                colour_table: gdal.ColorTable | None = None,
-               category_names: list[str] | None = None) -> None:
-        """Create output ``key`` (to become ``final_path``; None for a scratch raster)."""
+               category_names: list[str] | None = None,
+               creation_options: list[str] | None = None) -> None:
+        """Create output ``key`` (to become ``final_path``; None for a scratch raster).
+
+        ``creation_options`` replace the default strip layout (e.g. tiled outputs)."""
         folder = os.path.dirname(os.path.abspath(final_path)) if final_path else self.folder
         name = os.path.basename(final_path) if final_path else f"{key}.tif"
         temp = os.path.join(folder, f".{name}.partial-{uuid.uuid4().hex[:8]}.tif")
@@ -70,6 +73,8 @@ class PendingOutputs:
                    "BIGTIFF=IF_SAFER"]
         if data_type == gdal.GDT_Float32:
             options.append("PREDICTOR=3")
+        if creation_options is not None:
+            options = list(creation_options)
         ds = gdal.GetDriverByName("GTiff").Create(temp, width, height, bands, data_type,
                                                   options=options)
         if ds is None:
