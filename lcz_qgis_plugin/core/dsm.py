@@ -9,7 +9,9 @@ pixel size over the DSM's pixel size, rounded (at least 1). On that grid
   (minimum, then maximum, over a square window of ``ground_window`` metres, default 100 m):
   objects narrower than the window (buildings, trees) are removed while terrain slopes are
   kept. Buildings wider than the window are partly taken for ground; raise the window for
-  large halls, lower it in steep terrain.
+  large halls, lower it in steep terrain. Within one window of the DSM's edge the opening sees
+  only part of the terrain, so on slopes the ground there is underestimated (heights too
+  high by up to slope x window); use a DSM a window larger than the area you need.
 
 Negative heights (interpolation noise, DTM above DSM) become 0. A fine pixel is no data when
 the DSM (or the DTM) is. The ``k`` x ``k`` fine pixels of each reference pixel are then
