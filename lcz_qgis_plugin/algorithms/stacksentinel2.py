@@ -35,7 +35,7 @@ class StackSentinel2Algorithm(LczAlgorithm):
 Stacks the bands of Sentinel-2 Level-1C or Level-2A products into one tiled, compressed 10 m GeoTIFF whose band descriptions (S2:B02 ... S2:B8A ... S2:B12) are the channel names LCZ models expect.
 
 Parameters
-- Sentinel-2 inputs (INPUT): .SAFE folders or the .zip files as downloaded (read in place, no unzipping), or individual band rasters (file names containing B02, B8A ...). Several products of one date (adjacent tiles of one pass, same UTM zone) are mosaicked; mixing dates or processing levels is refused.
+- Sentinel-2 inputs (INPUT): the .zip files as downloaded (read in place, no unzipping), .SAFE folders (in the file dialog, pick the MTD_MSIL1C.xml / MTD_MSIL2A.xml inside the folder), or individual band rasters (file names containing B02, B8A ...). Several products of one date (adjacent tiles of one pass, same UTM zone) are mosaicked; mixing dates or processing levels is refused.
 - Bands (BANDS): comma-separated, in output order; default the So2Sat ten: B02,B03,B04,B05,B06,B07,B08,B8A,B11,B12 (B2 and B02 both work).
 - Resampling (RESAMPLING): how 20 m and 60 m bands reach 10 m: nearest, bilinear (default), cubic, cubic spline, Lanczos, average. No-data pixels are left out of the kernel.
 - Extent (EXTENT): optional rectangle to cut (any CRS).

@@ -368,6 +368,10 @@ def _to_reflectance(dn: np.ndarray, product: Product, band: str) -> np.ndarray:
     valid = dn != 0
     if offset == 0 and scale == 1.0:
         return dn
+    if scale == 1.0 and float(offset).is_integer():  # the usual case: integer arithmetic
+        out = np.clip(dn.astype(np.int32) + int(offset), 1, 65535).astype(np.uint16)
+        out[~valid] = 0
+        return out
     values = (dn.astype(np.float32) + np.float32(offset)) * np.float32(scale)
     out = np.clip(np.rint(values), 1, 65535).astype(np.uint16)
     out[~valid] = 0
