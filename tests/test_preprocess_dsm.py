@@ -219,3 +219,14 @@ def test_preparedsm_through_processing_run(qgis_app, tmp_path):
     assert results["AGGREGATION_USED"] == "max"
     core = prepare_dsm(dsm, ref, str(tmp_path / "core.tif"), dtm=dtm, aggregation="max")
     np.testing.assert_array_equal(read(results["OUTPUT"]), read(core.output))
+
+
+@pytest.mark.parametrize("with_dtm", [True, False])
+def test_blocks_stitch_exactly(tmp_path, with_dtm):
+    """Blocks of 3 rows (with the opening's halo) give the same heights as one block."""
+    dsm, dtm, ref = synthetic_dsm(tmp_path)
+    options = dict(dtm=dtm if with_dtm else None, ground_window=30.0)
+    whole = read(prepare_dsm(dsm, ref, str(tmp_path / "one.tif"), **options).output)
+    blocks = read(prepare_dsm(dsm, ref, str(tmp_path / "many.tif"), block_rows=3,
+                              **options).output)
+    np.testing.assert_array_equal(blocks, whole)

@@ -326,3 +326,22 @@ def test_rasterizeosm_through_processing_run(qgis_app, tmp_path):
     building, heights = read(results["OUTPUT"])[:2]
     assert building.sum() == pytest.approx(4) and heights[3, 3] == pytest.approx(9)
     assert os.path.exists(results["OUTPUT"])
+
+
+def test_blocks_stitch_exactly(tmp_path, monkeypatch):
+    """Small blocks (8 x 8 px on a 10 x 10 grid: four blocks) give the same raster as one."""
+    import lcz_qgis_plugin.core.osm as osm
+    ref = reference(tmp_path / "ref.tif")
+    buildings = write_layer(tmp_path / "b.gpkg", [
+        (box(1.3, 1.7, 8.6, 9.2), {"height": "10"}), (box(7.5, 0.5, 9.5, 8.5), {})],
+        ogr.wkbPolygon)
+    line = f"LINESTRING({X0 - 5} {Y0 - 3}, {X0 + 105} {Y0 - 97})"
+    roads = write_layer(tmp_path / "r.gpkg", [(line, {"highway": "secondary"})],
+                        ogr.wkbLineString)
+    whole = read(rasterize_osm(ref, str(tmp_path / "one.tif"), buildings=[buildings],
+                               roads=[roads]).output)
+    monkeypatch.setattr(osm, "BLOCK_SUBPIXELS", 80)
+    tiled = read(rasterize_osm(ref, str(tmp_path / "four.tif"), buildings=[buildings],
+                               roads=[roads]).output)
+    np.testing.assert_array_equal(tiled, whole)
+    assert whole[0].sum() > 50 and whole[2].sum() > 5

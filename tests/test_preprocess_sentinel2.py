@@ -303,3 +303,32 @@ def test_stacksentinel2_extent_in_another_crs_through_processing(qgis_app, tmp_p
     with pytest.raises(QgsProcessingException, match="not a Sentinel-2 band"):
         processing.run("lcz:stacksentinel2", {"INPUT": [product], "BANDS": "B2,NIR",
                                               "OUTPUT": str(tmp_path / "x.tif")})
+
+
+def test_offset_removal_keeps_no_data_and_valid_dark_pixels():
+    from lcz_qgis_plugin.core.sentinel2 import Product, _to_reflectance
+    dn = np.array([[0, 500, 1000, 1001, 11000, 65535]], np.uint16)
+    product = Product(source="p", level="L2A", offsets={"B02": -1000.0})
+    np.testing.assert_array_equal(_to_reflectance(dn, product, "B02"),
+                                  [[0, 1, 1, 1, 10000, 64535]])
+    old_baseline = Product(source="p", level="L2A")  # before 04.00: no offset in the metadata
+    np.testing.assert_array_equal(_to_reflectance(dn, old_baseline, "B02"), dn)
+    scaled = Product(source="p", level="L1C", quantification=20000.0, offsets={"B02": -1000.0})
+    np.testing.assert_array_equal(_to_reflectance(dn, scaled, "B02"),
+                                  [[0, 1, 1, 1, 5000, 32268]])
+
+
+def test_blocks_stitch_exactly(tmp_path, monkeypatch):
+    """Blocks of 16 rows (20 m bands resampled per block, a two-tile mosaic, an AOI) give
+    the same stack as one block."""
+    import lcz_qgis_plugin.core.sentinel2 as s2
+    data = synthetic(40, seed=8)
+    a = make_product(tmp_path / "a", {b: v[:, :24] for b, v in data.items()}, X0, Y0)
+    b = make_product(tmp_path / "b", {b: v[:, 16:] for b, v in data.items()}, X0 + 160, Y0)
+    aoi = f"POLYGON(({X0} {Y0}, {X0 + 400} {Y0 - 100}, {X0 + 50} {Y0 - 400}, {X0} {Y0}))"
+    options = dict(aoi_wkt=aoi, aoi_crs="EPSG:32633", indices=["NDBI"])
+    whole = read(stack_sentinel2([a, b], str(tmp_path / "one.tif"), **options).output)
+    monkeypatch.setattr(s2, "BLOCK_ROWS", 16)
+    blocks = read(stack_sentinel2([a, b], str(tmp_path / "three.tif"), **options).output)
+    np.testing.assert_array_equal(blocks, whole)
+    assert (whole[:, 20, 10] != -9999).all() and (whole[:, 39, 39] == -9999).all()

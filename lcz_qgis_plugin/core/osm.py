@@ -90,7 +90,7 @@ WATER = {"natural": {"water"}, "waterway": {"riverbank", "dock"},
 PAVED_SURFACES = {"asphalt", "concrete", "paved", "paving_stones", "sett", "concrete:plates",
                   "concrete:lanes", "cobblestone", "unhewn_cobblestone", "metal", "bricks"}
 KINDS = ("building", "road", "water", "vegetation", "paved")
-BLOCK = 256  # output pixels per block edge
+BLOCK_SUBPIXELS = 2560  # sub-pixels per block edge: 256 px at 10x, ~100 MB of scratch arrays
 _HSTORE = re.compile(r'"((?:[^"\\]|\\.)*)"=>"((?:[^"\\]|\\.)*)"')
 _NUMBER = re.compile(r"^\s*([0-9]+(?:[.,][0-9]+)?)\s*(m|metres|meters|ft|feet|'|)\s*$", re.I)
 
@@ -495,16 +495,17 @@ def rasterize_osm(reference: str, output: str, *, osm_file: str | None = None,
             pending.create("osm", output, width=grid.width, height=grid.height,
                            bands=len(BANDS), data_type=gdal.GDT_Float32,
                            geotransform=grid.geotransform, projection=grid.wkt,
-                           block_rows=BLOCK, nodata=FLOAT_NODATA, descriptions=list(BANDS),
+                           block_rows=256, nodata=FLOAT_NODATA, descriptions=list(BANDS),
                            metadata={"LCZ_OSM_SOURCE": osm_file or "vector layers",
                                      "LCZ_OSM_SUPERSAMPLE": str(supersample),
                                      "LCZ_OSM_METRES_PER_LEVEL": f"{metres_per_level:g}"},
                            creation_options=TILED + ["PREDICTOR=3"])
-            blocks = [(r, c) for r in range(0, grid.height, BLOCK)
-                      for c in range(0, grid.width, BLOCK)]
+            edge = max(8, BLOCK_SUBPIXELS // supersample)
+            blocks = [(r, c) for r in range(0, grid.height, edge)
+                      for c in range(0, grid.width, edge)]
             for number, (row0, col0) in enumerate(blocks):
                 check_cancel(feedback)
-                rows, cols = min(BLOCK, grid.height - row0), min(BLOCK, grid.width - col0)
+                rows, cols = min(edge, grid.height - row0), min(edge, grid.width - col0)
                 values = _rasterize_block(scratch.layer, grid, col0, row0, cols, rows,
                                           supersample)
                 pending.write("osm", values, row0, col0)
