@@ -250,10 +250,11 @@ def _write_tif(sources: list[_Source], output: str, card: ModelCard,
             if nodata is None:
                 for number in range(1, len(sources) + 1):
                     pending.band("stack", number).DeleteNoDataValue()
-            blocks = list(row_blocks(grid.height, 256))
+            blocks = list(row_blocks(grid.height, 128))
             for count, (row0, rows) in enumerate(blocks):
                 check_cancel(feedback)
-                for number, (source, band) in enumerate(zip(sources, bands), start=1):
+                block = []
+                for source, band in zip(sources, bands):
                     data = band.ReadAsArray(0, row0, grid.width, rows)
                     if data is None:
                         raise InputError(f"reading {source.path} failed: "
@@ -265,7 +266,8 @@ def _write_tif(sources: list[_Source], output: str, card: ModelCard,
                         if own is not None:
                             invalid |= data == np.float32(own)
                         data[invalid] = FLOAT_NODATA
-                    pending.band("stack", number).WriteArray(data, 0, row0)
+                    block.append(data)
+                pending.write("stack", np.stack(block), row0)
                 feedback.progress(100.0 * (count + 1) / len(blocks))
         pending.commit()
     except BaseException:

@@ -96,13 +96,15 @@ class PendingOutputs:
     def __contains__(self, key: str) -> bool:
         return key in self._entries
 
-    def write(self, key: str, data: np.ndarray, row: int, col: int = 0) -> None:
+    def write(self, key: str, data: np.ndarray, row: int, col: int = 0,
+              first_band: int = 1) -> None:
         """Write ``data`` (rows x cols, or bands x rows x cols) starting at ``row``
-        (and column ``col``)."""
+        (and column ``col``) into bands ``first_band``, ``first_band + 1`` ..."""
         ds = self._entries[key].dataset
         data = data[None] if data.ndim == 2 else data
         for number in range(data.shape[0]):
-            if ds.GetRasterBand(number + 1).WriteArray(data[number], col, row) != 0:
+            band = ds.GetRasterBand(first_band + number)
+            if band.WriteArray(data[number], col, row) != 0:
                 raise OutputError(f"writing {self._entries[key].temp} failed: "
                                   f"{gdal.GetLastErrorMsg()}. Is the disk full?")
 

@@ -491,36 +491,36 @@ def stack_sentinel2(inputs: list[str], output: str, *, bands=SO2SAT_BANDS,
                           "LCZ_VALUES": "reflectance x 10000, offset removed"},
                 creation_options=TILED + (["PREDICTOR=3"] if float_out else ["PREDICTOR=2"]))
             blocks = list(range(0, grid.height, BLOCK_ROWS))
+            index_bands = {b for i in indices for b in INDICES[i]}
             for number, row0 in enumerate(blocks):
                 check_cancel(feedback)
                 rows = min(BLOCK_ROWS, grid.height - row0)
-                values = {}
-                for band in needed:
+                inside = _aoi_mask(aoi, grid.window(row0, rows)) if aoi is not None else None
+                kept = {}
+                for band in needed:  # one band at a time: memory is a few block rows
                     merged = np.zeros((rows, grid.width), np.uint16)
                     for i, product in enumerate(products):
                         refl = _to_reflectance(readers[i, band].read(row0, rows, grid.width),
                                                product, band)
                         if mask_clouds:
                             classes = scl[i].read(row0, rows, grid.width)
-                            refl = np.where(np.isin(classes, SCL_MASKED), 0, refl)
+                            refl[np.isin(classes, SCL_MASKED)] = 0
                         np.copyto(merged, refl, where=(merged == 0))
-                    values[band] = merged
-                if aoi is not None:
-                    inside = _aoi_mask(aoi, grid.window(row0, rows))
-                    for band in needed:
-                        values[band][~inside] = 0
-                block = [values[b] for b in bands]
-                if float_out:
-                    block = [np.where(v == 0, np.float32(FLOAT_NODATA), v.astype(np.float32))
-                             for v in block]
-                    for index in indices:
-                        a, b = (values[x].astype(np.float32) for x in INDICES[index])
-                        ok = (a > 0) & (b > 0)
-                        with np.errstate(divide="ignore", invalid="ignore"):
-                            ratio = (a - b) / (a + b)
-                        block.append(np.where(ok, ratio, np.float32(FLOAT_NODATA))
-                                     .astype(np.float32))
-                pending.write("stack", np.stack(block), row0)
+                    if inside is not None:
+                        merged[~inside] = 0
+                    if band in index_bands:
+                        kept[band] = merged
+                    if band in bands:
+                        data = merged if not float_out else np.where(
+                            merged == 0, np.float32(FLOAT_NODATA), merged.astype(np.float32))
+                        pending.write("stack", data, row0, first_band=bands.index(band) + 1)
+                for offset, index in enumerate(indices):
+                    a, b = (kept[x].astype(np.float32) for x in INDICES[index])
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        ratio = (a - b) / (a + b)
+                    ratio = np.where((a > 0) & (b > 0), ratio, np.float32(FLOAT_NODATA))
+                    pending.write("stack", ratio.astype(np.float32), row0,
+                                  first_band=len(bands) + offset + 1)
                 feedback.progress(100.0 * (number + 1) / len(blocks))
             readers = scl = None
         pending.commit()
