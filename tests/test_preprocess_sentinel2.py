@@ -332,3 +332,19 @@ def test_blocks_stitch_exactly(tmp_path, monkeypatch):
     blocks = read(stack_sentinel2([a, b], str(tmp_path / "three.tif"), **options).output)
     np.testing.assert_array_equal(blocks, whole)
     assert (whole[:, 20, 10] != -9999).all() and (whole[:, 39, 39] == -9999).all()
+
+
+def test_l2a_bands_are_taken_at_their_native_resolution(tmp_path):
+    """L2A products also hold resampled copies (B02_20m, B05_60m ...); the native one is used."""
+    data = synthetic(12, seed=11)
+    product = make_product(tmp_path, data, X0, Y0, level="L2A")
+    img = next(os.path.join(b, d) for b, ds, _ in os.walk(product) for d in ds
+               if d == "IMG_DATA")
+    stem = os.path.basename(next(iter(os.listdir(os.path.join(img, "R10m")))))[:22]
+    os.makedirs(os.path.join(img, "R60m"))
+    for band, folder in (("B02", "R20m"), ("B05", "R60m")):
+        write_jp2(os.path.join(img, folder, f"{stem}_{band}_{folder[1:]}.jp2"),
+                  np.full((6, 6), 7777, np.uint16), X0, Y0, 20.0, 32633)
+    stack = read(stack_sentinel2([product], str(tmp_path / "s.tif"), bands=["B02", "B05"]).output)
+    np.testing.assert_array_equal(stack[0], np.rint(data["B02"] * 10000))
+    assert (stack != 7777 - 1000).all()
