@@ -157,3 +157,18 @@ def read(path, band=None) -> np.ndarray:
 def files_in(folder) -> list[str]:
     """Every file in ``folder`` including hidden ones (partial outputs are hidden)."""
     return sorted(os.listdir(folder))
+
+
+SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
+                           "shared", "data")
+
+
+def shared_data(relative: str) -> str:
+    """Path of a real data file in ../shared/data; skips the test when it is absent (a user's
+    clone has no ../shared)."""
+    import pytest
+    path = os.path.normpath(os.path.join(SHARED_DATA, relative))
+    if not os.path.exists(path):
+        pytest.skip(f"real test data {relative} is absent: ../shared/data exists only in the "
+                    f"project's own workspace")
+    return path

@@ -61,8 +61,11 @@ class PendingOutputs:
                data_type: int, geotransform, projection: str, block_rows: int, nodata: float,
                descriptions: list[str], metadata: dict[str, str], qml: str | None = None,
                colour_table: gdal.ColorTable | None = None,
-               category_names: list[str] | None = None) -> None:
-        """Create output ``key`` (to become ``final_path``; None for a scratch raster)."""
+               category_names: list[str] | None = None,
+               creation_options: list[str] | None = None) -> None:
+        """Create output ``key`` (to become ``final_path``; None for a scratch raster).
+
+        ``creation_options`` replace the default strip layout (e.g. tiled outputs)."""
         folder = os.path.dirname(os.path.abspath(final_path)) if final_path else self.folder
         name = os.path.basename(final_path) if final_path else f"{key}.tif"
         temp = os.path.join(folder, f".{name}.partial-{uuid.uuid4().hex[:8]}.tif")
@@ -70,6 +73,8 @@ class PendingOutputs:
                    "BIGTIFF=IF_SAFER"]
         if data_type == gdal.GDT_Float32:
             options.append("PREDICTOR=3")
+        if creation_options is not None:
+            options = list(creation_options)
         ds = gdal.GetDriverByName("GTiff").Create(temp, width, height, bands, data_type,
                                                   options=options)
         if ds is None:
@@ -91,12 +96,15 @@ class PendingOutputs:
     def __contains__(self, key: str) -> bool:
         return key in self._entries
 
-    def write(self, key: str, data: np.ndarray, row: int) -> None:
-        """Write ``data`` (rows x cols, or bands x rows x cols) starting at ``row``."""
+    def write(self, key: str, data: np.ndarray, row: int, col: int = 0,
+              first_band: int = 1) -> None:
+        """Write ``data`` (rows x cols, or bands x rows x cols) starting at ``row``
+        (and column ``col``) into bands ``first_band``, ``first_band + 1`` ..."""
         ds = self._entries[key].dataset
         data = data[None] if data.ndim == 2 else data
         for number in range(data.shape[0]):
-            if ds.GetRasterBand(number + 1).WriteArray(data[number], 0, row) != 0:
+            band = ds.GetRasterBand(first_band + number)
+            if band.WriteArray(data[number], col, row) != 0:
                 raise OutputError(f"writing {self._entries[key].temp} failed: "
                                   f"{gdal.GetLastErrorMsg()}. Is the disk full?")
 

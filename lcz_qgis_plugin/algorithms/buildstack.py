@@ -1,0 +1,54 @@
+"""``lcz:buildstack`` — Build a model input stack (adapter over core.buildstack)."""
+
+from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputString,
+                       QgsProcessingParameterFile, QgsProcessingParameterMultipleLayers,
+                       QgsProcessingParameterRasterDestination)
+
+from ..core.buildstack import build_stack
+from .base import LczAlgorithm
+
+
+class BuildStackAlgorithm(LczAlgorithm):
+    MODEL = "MODEL"
+    INPUT = "INPUT"
+    OUTPUT = "OUTPUT"
+
+    ALGORITHM_ID = "buildstack"
+    DISPLAY_NAME = "Build model input stack"
+    GROUP = "Preprocessing"
+    GROUP_ID = "preprocessing"
+    TAGS = ("lcz,stack,channels,bands,model input,onnx,vrt,align,sentinel-2,osm,dsm,"
+            "preprocessing")
+    SHORT_DESCRIPTION = ("Builds the input stack a model expects: its channels, in its order, "
+                         "from any number of aligned rasters.")
+    HELP = """
+Reads the channel list of an LCZ model (.onnx with LCZ metadata) and writes a raster holding exactly those channels in the model's order, taken by band description from the given rasters (e.g. the Sentinel-2 stack, the OSM layers and the heights). The result is ready for Classify Local Climate Zones.
+
+Parameters
+- Model (MODEL): the .onnx file; its metadata names the channels (S2:B02 ... S2:B12, OSM:building_fraction, DSM:height ...). onnxruntime is not needed for this step.
+- Rasters (INPUT): any number of rasters; bands are matched by description, the first raster wins when two hold the same name, unused bands are ignored.
+- Output (OUTPUT): .tif (a tiled GeoTIFF copy; mixed data types or no-data values become Float32 with -9999) or .vrt (a virtual raster pointing at the inputs, written instantly).
+
+Every channel must come from rasters on one grid (same CRS, origin, pixel size and size) at the model's pixel size; otherwise the run stops naming the raster and the difference. Missing channels are listed together with what the rasters offer.
+"""
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterFile(
+            self.MODEL, self.tr("Model (.onnx)"), QgsProcessingParameterFile.File,
+            extension="onnx"))
+        self.addParameter(QgsProcessingParameterMultipleLayers(
+            self.INPUT, self.tr("Rasters holding the channels"), QgsProcessing.TypeRaster))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.OUTPUT, self.tr("Model input stack")))
+        self.addOutput(QgsProcessingOutputString("CHANNELS", self.tr("Channels written")))
+
+    def run_core(self, parameters, context, feedback):
+        layers = self.parameterAsLayerList(parameters, self.INPUT, context)
+        if not layers:
+            raise QgsProcessingException("No input raster: choose the rasters that hold the "
+                                         "model's channels for INPUT.")
+        result = build_stack(self.parameterAsFile(parameters, self.MODEL, context),
+                             [layer.source() for layer in layers],
+                             self.parameterAsOutputLayer(parameters, self.OUTPUT, context),
+                             feedback=feedback)
+        return {self.OUTPUT: result.output, "CHANNELS": ",".join(result.channels)}

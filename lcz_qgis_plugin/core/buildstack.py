@@ -1,0 +1,297 @@
+"""Build a model's input stack from any number of rasters (``lcz:buildstack``).
+
+The model's channels (``lcz.channels`` in its ONNX metadata) are looked up by band
+description in the given rasters (first raster wins when two provide the same name), checked
+to lie on one grid (CRS, origin, pixel size, size) at the model's pixel size, and written in
+the model's order, either as a VRT (no copy: bands refer to the source files) or as a tiled
+GeoTIFF copied block by block.
+
+The model card is read straight from the ONNX file's protobuf (:func:`read_model_card`), so
+building a stack needs neither onnxruntime nor the onnx package.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+from osgeo import gdal
+
+from .contract import ModelCard
+from .errors import InputError, ModelError
+from .feedback import Feedback
+from .outputs import PendingOutputs
+from .refgrid import FLOAT_NODATA, TILED, bounded_cache, check_cancel, grid_of, row_blocks
+from .stacks import check_georeferencing, open_raster
+
+_METADATA_PROPS = 14  # ModelProto.metadata_props (StringStringEntryProto: key 1, value 2)
+
+
+def _varint(read) -> int | None:
+    shift, value = 0, 0
+    while True:
+        byte = read(1)
+        if not byte:
+            return None if shift == 0 else -1
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+        if shift > 63:
+            return -1
+
+
+def read_metadata_props(path: str) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file, reading only the top-level protobuf fields (the
+    graph and its weights are skipped by seeking)."""
+    props: dict[str, str] = {}
+    bad = ModelError(f"the model {path} is not a valid ONNX model (its protobuf structure is "
+                     f"broken). Export it again, or download it again if it was copied.")
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        while True:
+            key = _varint(f.read)
+            if key is None:
+                break
+            if key < 0:
+                raise bad
+            field, wire = key >> 3, key & 7
+            if wire == 0:
+                if _varint(f.read) in (None, -1):
+                    raise bad
+            elif wire == 1:
+                f.seek(8, 1)
+            elif wire == 5:
+                f.seek(4, 1)
+            elif wire == 2:
+                length = _varint(f.read)
+                if length is None or length < 0 or f.tell() + length > size:
+                    raise bad
+                if field == _METADATA_PROPS:
+                    entry = f.read(length)
+                    props.update([_entry(entry, bad)])
+                else:
+                    f.seek(length, 1)
+            else:
+                raise bad
+    return props
+
+
+def _entry(data: bytes, bad: Exception) -> tuple[str, str]:
+    values = {1: "", 2: ""}
+    position = 0
+
+    def read(n):
+        nonlocal position
+        chunk = data[position:position + n]
+        position += n
+        return chunk
+
+    while position < len(data):
+        key = _varint(read)
+        if key is None or key < 0 or key & 7 != 2:
+            raise bad
+        length = _varint(read)
+        if length is None or length < 0:
+            raise bad
+        values[key >> 3] = read(length).decode("utf-8", errors="replace")
+    return values[1], values[2]
+
+
+def read_model_card(path: str) -> ModelCard:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelError(f"the model file {path} does not exist. Choose an .onnx model "
+                         f"exported by 'python -m training export'.")
+    return ModelCard.from_metadata_props(read_metadata_props(path), source=f"the model {path}")
+
+
+@dataclass
+class _Source:
+    path: str
+    dataset: gdal.Dataset
+    band: int
+    channel: str
+
+
+@dataclass
+class BuildStackResult:
+    output: str
+    channels: list[str]
+    sources: dict[str, str]  # channel -> "file:band"
+
+
+def _find_channels(card: ModelCard, rasters: list[str], model: str,
+                   feedback: Feedback) -> list[_Source]:
+    if not rasters:
+        raise InputError("no input raster given; choose the rasters that hold the model's "
+                         "channels (the Sentinel-2 stack, OSM and height rasters ...).")
+    found: dict[str, _Source] = {}
+    available = []
+    for path in rasters:
+        ds = open_raster(path)
+        for number in range(1, ds.RasterCount + 1):
+            name = ds.GetRasterBand(number).GetDescription().strip()
+            available.append(f"{name or f'band {number} (no description)'} "
+                             f"({os.path.basename(path)})")
+            if name in card.channels and name not in found:
+                found[name] = _Source(path, ds, number, name)
+            elif name in card.channels:
+                feedback.info(f"{name} is in both {os.path.basename(found[name].path)} and "
+                              f"{os.path.basename(path)}; using the first.")
+    missing = [c for c in card.channels if c not in found]
+    if missing:
+        raise InputError(
+            f"the rasters do not provide every channel the model {os.path.basename(model)} "
+            f"needs. Missing: {', '.join(missing)}. Available: {'; '.join(available)}. Make "
+            f"them with lcz:stacksentinel2 (S2:*), lcz:rasterizeosm (OSM:*) or lcz:preparedsm "
+            f"(DSM:height), or set the band descriptions of your own rasters to these names.")
+    return [found[c] for c in card.channels]
+
+
+def _check_grid(sources: list[_Source], card: ModelCard) -> None:
+    first = sources[0]
+    check_georeferencing(first.dataset, first.path)
+    grid = grid_of(first.dataset)
+    if abs(grid.pixel - card.pixel_size) > 0.01 * card.pixel_size:
+        raise InputError(
+            f"{first.path} has {grid.pixel:g} m pixels, but the model was trained on "
+            f"{card.pixel_size:g} m pixels. Stack Sentinel-2 at 10 m with lcz:stacksentinel2, "
+            f"or resample (gdalwarp -tr {card.pixel_size:g} {card.pixel_size:g}).")
+    for source in sources[1:]:
+        if source.path == first.path:
+            continue
+        check_georeferencing(source.dataset, source.path)
+        other = grid_of(source.dataset)
+        if other.same_as(grid):
+            continue
+        problems = []
+        if not other.srs.IsSame(grid.srs):
+            problems.append(f"CRS {other.srs.GetName()} instead of {grid.srs.GetName()}")
+        if abs(other.pixel - grid.pixel) > 1e-6 * grid.pixel:
+            problems.append(f"{other.pixel:g} m pixels instead of {grid.pixel:g} m")
+        if (other.width, other.height) != (grid.width, grid.height):
+            problems.append(f"{other.width} x {other.height} pixels instead of "
+                            f"{grid.width} x {grid.height}")
+        if abs(other.x0 - grid.x0) > 1e-3 or abs(other.y0 - grid.y0) > 1e-3:
+            problems.append(f"origin ({other.x0:.2f}, {other.y0:.2f}) instead of "
+                            f"({grid.x0:.2f}, {grid.y0:.2f})")
+        raise InputError(
+            f"{source.path} (channel {source.channel}) is not on the grid of {first.path}: "
+            f"{'; '.join(problems)}. Every channel must align pixel for pixel: make the "
+            f"ancillary layers with lcz:rasterizeosm / lcz:preparedsm using the Sentinel-2 "
+            f"stack as the reference raster, or warp them onto it (gdalwarp -te -tr -t_srs).")
+
+
+def _write_vrt(sources: list[_Source], output: str, card: ModelCard) -> None:
+    first = sources[0].dataset
+    grid = grid_of(first)
+    lines = [f'<VRTDataset rasterXSize="{grid.width}" rasterYSize="{grid.height}">',
+             f"  <SRS>{html.escape(grid.wkt)}</SRS>",
+             "  <GeoTransform>" + ", ".join(repr(v) for v in grid.geotransform)
+             + "</GeoTransform>",
+             "  <Metadata>",
+             f'    <MDI key="LCZ_MODEL">{html.escape(card.describe())}</MDI>',
+             "  </Metadata>"]
+    for number, source in enumerate(sources, start=1):
+        band = source.dataset.GetRasterBand(source.band)
+        data_type = gdal.GetDataTypeName(band.DataType)
+        nodata = band.GetNoDataValue()
+        x_block, y_block = band.GetBlockSize()
+        lines += [f'  <VRTRasterBand dataType="{data_type}" band="{number}">',
+                  f"    <Description>{html.escape(source.channel)}</Description>"]
+        if nodata is not None:
+            lines.append(f"    <NoDataValue>{nodata!r}</NoDataValue>")
+        lines += ["    <SimpleSource>",
+                  f'      <SourceFilename relativeToVRT="0">'
+                  f"{html.escape(os.path.abspath(source.path))}</SourceFilename>",
+                  f"      <SourceBand>{source.band}</SourceBand>",
+                  f'      <SourceProperties RasterXSize="{grid.width}" '
+                  f'RasterYSize="{grid.height}" DataType="{data_type}" '
+                  f'BlockXSize="{x_block}" BlockYSize="{y_block}"/>',
+                  f'      <SrcRect xOff="0" yOff="0" xSize="{grid.width}" ySize="{grid.height}"/>',
+                  f'      <DstRect xOff="0" yOff="0" xSize="{grid.width}" ySize="{grid.height}"/>',
+                  "    </SimpleSource>", "  </VRTRasterBand>"]
+    lines.append("</VRTDataset>")
+    folder = os.path.dirname(os.path.abspath(output))
+    temp = os.path.join(folder, f".{os.path.basename(output)}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(temp, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(temp, output)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+
+
+def _write_tif(sources: list[_Source], output: str, card: ModelCard,
+               feedback: Feedback) -> None:
+    bands = [s.dataset.GetRasterBand(s.band) for s in sources]
+    types = {b.DataType for b in bands}
+    nodatas = {b.GetNoDataValue() for b in bands}
+    keep = len(types) == 1 and len(nodatas) == 1
+    data_type = types.pop() if keep else gdal.GDT_Float32
+    nodata = nodatas.pop() if keep else FLOAT_NODATA
+    grid = grid_of(sources[0].dataset)
+    pending = PendingOutputs(os.path.dirname(os.path.abspath(output)))
+    try:
+        with bounded_cache():
+            options = TILED + (["PREDICTOR=3"] if data_type == gdal.GDT_Float32 else [])
+            pending.create("stack", output, width=grid.width, height=grid.height,
+                           bands=len(sources), data_type=data_type,
+                           geotransform=grid.geotransform, projection=grid.wkt,
+                           block_rows=256, nodata=nodata if nodata is not None else 0,
+                           descriptions=[s.channel for s in sources],
+                           metadata={"LCZ_MODEL": card.describe()},
+                           creation_options=options)
+            if nodata is None:
+                for number in range(1, len(sources) + 1):
+                    pending.band("stack", number).DeleteNoDataValue()
+            blocks = list(row_blocks(grid.height, 128))
+            for count, (row0, rows) in enumerate(blocks):
+                check_cancel(feedback)
+                block = []
+                for source, band in zip(sources, bands):
+                    data = band.ReadAsArray(0, row0, grid.width, rows)
+                    if data is None:
+                        raise InputError(f"reading {source.path} failed: "
+                                         f"{gdal.GetLastErrorMsg()}.")
+                    if not keep:
+                        own = band.GetNoDataValue()
+                        data = data.astype(np.float32)
+                        invalid = np.isnan(data)
+                        if own is not None:
+                            invalid |= data == np.float32(own)
+                        data[invalid] = FLOAT_NODATA
+                    block.append(data)
+                pending.write("stack", np.stack(block), row0)
+                feedback.progress(100.0 * (count + 1) / len(blocks))
+        pending.commit()
+    except BaseException:
+        pending.discard()
+        raise
+
+
+def build_stack(model: str, rasters: list[str], output: str,
+                feedback: Feedback | None = None) -> BuildStackResult:
+    """Write exactly the model's channels, in its order, from ``rasters`` to ``output``
+    (``.vrt`` or ``.tif``)."""
+    feedback = feedback or Feedback()
+    output = os.fspath(output)
+    if not output.lower().endswith((".vrt", ".tif", ".tiff")):
+        raise InputError(f"the output {output} must be a GeoTIFF (.tif) or a VRT (.vrt).")
+    card = read_model_card(model)
+    sources = _find_channels(card, [os.fspath(r) for r in rasters], model, feedback)
+    _check_grid(sources, card)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    feedback.info(f"{card.describe()}: " + ", ".join(
+        f"{s.channel} <- {os.path.basename(s.path)} band {s.band}" for s in sources))
+    if output.lower().endswith(".vrt"):
+        _write_vrt(sources, output, card)
+    else:
+        _write_tif(sources, output, card, feedback)
+    return BuildStackResult(output=output, channels=list(card.channels),
+                            sources={s.channel: f"{s.path}:{s.band}" for s in sources})

@@ -1,0 +1,213 @@
+"""Heights above ground from a surface model, on the reference grid (``lcz:preparedsm``).
+
+The DSM (and the DTM, when given) are resampled with GDAL's warper (bilinear, no data
+excluded) onto a *fine grid*: the reference grid subdivided ``k`` times, ``k`` = the reference
+pixel size over the DSM's pixel size, rounded (at least 1). On that grid
+
+- with a DTM: height = DSM - DTM;
+- without a DTM: height = DSM - ground, where ground is a morphological opening of the DSM
+  (minimum, then maximum, over a square window of ``ground_window`` metres, default 100 m):
+  objects narrower than the window (buildings, trees) are removed while terrain slopes are
+  kept. Buildings wider than the window are partly taken for ground; raise the window for
+  large halls, lower it in steep terrain. Within one window of the DSM's edge the opening sees
+  only part of the terrain, so on slopes the ground there is underestimated (heights too
+  high by up to slope x window); use a DSM a window larger than the area you need.
+
+Negative heights (interpolation noise, DTM above DSM) become 0. A fine pixel is no data when
+the DSM (or the DTM) is. The ``k`` x ``k`` fine pixels of each reference pixel are then
+aggregated, ignoring no data (all no data -> no data, -9999):
+
+- ``mean`` (the automatic choice when k >= 2): mean height above ground of the pixel, i.e.
+  the volume above ground per area, the quantity LCZ height and roughness describe;
+- ``max``: the tallest object in the pixel;
+- with k = 1 (DSM as coarse as the grid or coarser) there is nothing to aggregate and the
+  bilinear resampling alone gives the values.
+
+Work is done in blocks of reference rows (with a halo of one window for the opening), so
+memory does not depend on the DSM's size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from osgeo import gdal, osr
+
+from .errors import InputError
+from .feedback import Feedback
+from .outputs import PendingOutputs, check_output_path
+from .refgrid import (FLOAT_NODATA, TILED, Grid, bounded_cache, check_cancel, quiet_gdal,
+                      reference_grid, transform_bounds)
+from .stacks import open_raster
+
+AGGREGATIONS = ("auto", "mean", "max")
+BAND = "DSM:height"
+
+
+def _pixel_in_grid_units(ds: gdal.Dataset, grid: Grid) -> float:
+    """The raster's pixel size expressed in the grid's CRS units (metres)."""
+    x0, px, _, y0, _, py = ds.GetGeoTransform()
+    srs = osr.SpatialReference(wkt=ds.GetProjection())
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    if srs.IsSame(grid.srs):
+        return abs(px)
+    bounds = (x0, y0 + ds.RasterYSize * py, x0 + ds.RasterXSize * px, y0)
+    xmin, _, xmax, _ = transform_bounds(bounds, ds.GetProjection(), grid.srs)
+    return (xmax - xmin) / ds.RasterXSize
+
+
+def _fine_source(path: str, what: str, fine: Grid) -> gdal.Dataset:
+    ds = open_raster(path, what)
+    if not ds.GetProjection():
+        raise InputError(f"the {what} {path} has no CRS; assign one (Raster > Projections > "
+                         f"Assign Projection) first.")
+    nodata = ds.GetRasterBand(1).GetNoDataValue()
+    options = dict(format="VRT", outputBounds=fine.bounds, xRes=fine.pixel, yRes=fine.pixel,
+                   dstSRS=fine.wkt, resampleAlg="bilinear", outputType=gdal.GDT_Float32,
+                   dstNodata=FLOAT_NODATA)
+    if nodata is not None:
+        options["srcNodata"] = nodata
+    with quiet_gdal():
+        warped = gdal.Warp("", ds, **options)
+    if warped is None:
+        raise InputError(f"the {what} {path} cannot be resampled onto the reference grid: "
+                         f"{gdal.GetLastErrorMsg()}.")
+    return warped
+
+
+def _read(ds: gdal.Dataset, x: int, y: int, w: int, h: int, what: str) -> np.ndarray:
+    with quiet_gdal():
+        data = ds.GetRasterBand(1).ReadAsArray(x, y, w, h)
+    if data is None:
+        raise InputError(f"reading the {what} failed: {gdal.GetLastErrorMsg()}. Is the file "
+                         f"complete?")
+    data = data.astype(np.float32)
+    data[data == FLOAT_NODATA] = np.nan
+    return data
+
+
+def _running(values: np.ndarray, window: int, reduce, fill: float) -> np.ndarray:
+    """Separable running min/max over ``window`` x ``window`` with ``fill`` outside."""
+    half = window // 2
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (half, half)
+        padded = np.pad(values, pad, constant_values=fill)
+        values = reduce(sliding_window_view(padded, window, axis=axis), axis=-1)
+    return values
+
+
+def ground_estimate(dsm: np.ndarray, window: int) -> np.ndarray:
+    """Morphological opening (min then max over ``window`` px) of ``dsm``; NaN = no data."""
+    eroded = _running(np.where(np.isnan(dsm), np.inf, dsm), window, np.min, np.inf)
+    eroded[np.isinf(eroded)] = -np.inf
+    opened = _running(eroded, window, np.max, -np.inf)
+    opened[np.isinf(opened)] = np.nan
+    return opened
+
+
+def aggregate(height: np.ndarray, k: int, how: str) -> np.ndarray:
+    """k x k blocks of ``height`` (NaN = no data) -> mean or max ignoring NaN; all NaN -> NaN."""
+    if k == 1:
+        return height
+    rows, cols = height.shape[0] // k, height.shape[1] // k
+    blocks = height[:rows * k, :cols * k].reshape(rows, k, cols, k)
+    valid = ~np.isnan(blocks)
+    count = valid.sum(axis=(1, 3))
+    if how == "max":
+        out = np.where(valid, blocks, -np.inf).max(axis=(1, 3))
+    else:
+        out = np.where(valid, blocks, 0.0).sum(axis=(1, 3), dtype=np.float64) / np.maximum(count, 1)
+    return np.where(count > 0, out, np.nan).astype(np.float32)
+
+
+@dataclass
+class DsmResult:
+    output: str
+    factor: int
+    aggregation: str
+    ground: str
+    width: int
+    height: int
+
+
+def prepare_dsm(dsm: str, reference: str, output: str, *, dtm: str | None = None,
+                aggregation: str = "auto", ground_window: float = 100.0,
+                block_rows: int = 64, feedback: Feedback | None = None) -> DsmResult:
+    """Write ``DSM:height`` (metres above ground) on the grid of ``reference``."""
+    feedback = feedback or Feedback()
+    output = check_output_path(output, "height raster")
+    if aggregation not in AGGREGATIONS:
+        raise InputError(f"unknown aggregation '{aggregation}'; use one of "
+                         f"{', '.join(AGGREGATIONS)}.")
+    grid = reference_grid(reference)
+    source = open_raster(dsm, "DSM")
+    if not source.GetProjection():
+        raise InputError(f"the DSM {dsm} has no CRS; assign one (Raster > Projections > "
+                         f"Assign Projection) first.")
+    src_box = transform_bounds(
+        (lambda g, w, h: (g[0], g[3] + h * g[5], g[0] + w * g[1], g[3]))(
+            source.GetGeoTransform(), source.RasterXSize, source.RasterYSize),
+        source.GetProjection(), grid.srs)
+    ref_box = grid.bounds
+    if (src_box[0] >= ref_box[2] or src_box[2] <= ref_box[0] or src_box[1] >= ref_box[3]
+            or src_box[3] <= ref_box[1]):
+        raise InputError(f"the DSM {dsm} does not overlap the reference raster {reference}. "
+                         f"Choose a DSM of the same area (CRSs are reprojected automatically).")
+    source_pixel = _pixel_in_grid_units(source, grid)
+    k = max(1, int(round(grid.pixel / source_pixel)))
+    how = ("mean" if k > 1 else "none") if aggregation == "auto" else aggregation
+    if k == 1 and aggregation != "auto":
+        feedback.info(f"the DSM ({source_pixel:g} m) is not finer than the grid "
+                      f"({grid.pixel:g} m): no aggregation, bilinear resampling only.")
+    fine = Grid(grid.x0, grid.y0, grid.pixel / k, grid.width * k, grid.height * k, grid.wkt)
+    window = 0
+    if dtm is None:
+        window = max(3, int(math.ceil(ground_window / fine.pixel)) | 1)
+        ground = f"opening of the DSM over {window * fine.pixel:g} m"
+    else:
+        ground = f"DTM {os.path.basename(dtm)}"
+    feedback.info(f"DSM pixel {source_pixel:g} m, grid {grid.pixel:g} m: {k} x {k} fine pixels "
+                  f"per pixel, aggregation {how}; ground: {ground}.")
+    pending = PendingOutputs(os.path.dirname(os.path.abspath(output)))
+    try:
+        with bounded_cache():
+            surface = _fine_source(dsm, "DSM", fine)
+            terrain = _fine_source(dtm, "DTM", fine) if dtm else None
+            pending.create("dsm", output, width=grid.width, height=grid.height, bands=1,
+                           data_type=gdal.GDT_Float32, geotransform=grid.geotransform,
+                           projection=grid.wkt, block_rows=256, nodata=FLOAT_NODATA,
+                           descriptions=[BAND],
+                           metadata={"LCZ_DSM": dsm, "LCZ_GROUND": ground,
+                                     "LCZ_AGGREGATION": how, "LCZ_FINE_PIXELS": str(k)},
+                           creation_options=TILED + ["PREDICTOR=3"])
+            halo = window
+            starts = list(range(0, grid.height, block_rows))
+            for number, row0 in enumerate(starts):
+                check_cancel(feedback)
+                rows = min(block_rows, grid.height - row0)
+                top, bottom = row0 * k, (row0 + rows) * k
+                y_a, y_b = max(0, top - halo), min(fine.height, bottom + halo)
+                values = _read(surface, 0, y_a, fine.width, y_b - y_a, "DSM")
+                if terrain is not None:
+                    base = _read(terrain, 0, y_a, fine.width, y_b - y_a, "DTM")
+                else:
+                    base = ground_estimate(values, window)
+                height = values - base
+                height = height[top - y_a:top - y_a + rows * k]
+                height = np.where(np.isnan(height), np.nan, np.maximum(height, 0.0))
+                result = aggregate(height, k, "max" if how == "max" else "mean")
+                pending.write("dsm", np.where(np.isnan(result), FLOAT_NODATA, result)
+                              .astype(np.float32), row0)
+                feedback.progress(100.0 * (number + 1) / len(starts))
+            surface = terrain = None
+        pending.commit()
+    except BaseException:
+        pending.discard()
+        raise
+    return DsmResult(output=output, factor=k, aggregation=how, ground=ground,
+                     width=grid.width, height=grid.height)

@@ -1,0 +1,347 @@
+"""lcz:rasterizeosm and core.osm: the real Helsinki extract (../shared/data/osm) checked against
+footprint areas computed independently with OGR, and small synthetic layers whose fractions
+can be worked out by hand."""
+
+import os
+import re
+
+import numpy as np
+import pytest
+from osgeo import gdal, ogr, osr
+
+from lcz_testing import files_in, read, shared_data, write_stack
+
+from lcz_qgis_plugin.core.errors import InputError
+from lcz_qgis_plugin.core.feedback import Feedback
+from lcz_qgis_plugin.core.osm import (BANDS, building_height, parse_other_tags,
+                                      rasterize_osm)
+
+X0, Y0 = 500000.0, 6000000.0  # synthetic grid, EPSG:32633, 10 m
+
+
+class Recorder(Feedback):
+    def __init__(self):
+        self.warnings = []
+
+    def warning(self, message):
+        self.warnings.append(message)
+
+
+def reference(path, width=10, height=10, epsg=32633, x0=X0, y0=Y0, pixel=10.0):
+    return write_stack(path, np.zeros((1, height, width), np.float32), ["ref"], epsg=epsg,
+                       origin=(x0, y0), pixel=pixel)
+
+
+def utm(epsg):
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(epsg)
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return srs
+
+
+def write_layer(path, features, geometry_type, epsg=32633):
+    """features: list of (wkt, {field: value}) -> a GeoPackage layer."""
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = ds.CreateLayer("layer", utm(epsg), geometry_type)
+    names = sorted({k for _, fields in features for k in fields})
+    for name in names:
+        layer.CreateField(ogr.FieldDefn(name, ogr.OFTString))
+    for wkt, fields in features:
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetGeometry(ogr.CreateGeometryFromWkt(wkt))
+        for key, value in fields.items():
+            feature.SetField(key, value)
+        layer.CreateFeature(feature)
+    ds = None
+    return str(path)
+
+
+def box(x_a, y_a, x_b, y_b):
+    """Rectangle in grid pixels (columns x_a..x_b, rows y_a..y_b from the top-left)."""
+    xa, xb = X0 + 10 * x_a, X0 + 10 * x_b
+    ya, yb = Y0 - 10 * y_a, Y0 - 10 * y_b
+    return f"POLYGON(({xa} {ya}, {xb} {ya}, {xb} {yb}, {xa} {yb}, {xa} {ya}))"
+
+
+def osm_xml(path, ways):
+    """A tiny .osm XML file; ways: list of (list of (lon, lat), {tag: value})."""
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>', '<osm version="0.6" generator="test">']
+    node_id, way_lines = 1, []
+    for number, (coords, tags) in enumerate(ways, start=1):
+        refs = []
+        for lon, lat in coords:
+            if refs and (lon, lat) == coords[0]:
+                refs.append(refs[0])
+                continue
+            lines.append(f'  <node id="{node_id}" version="1" lat="{lat:.7f}" lon="{lon:.7f}"/>')
+            refs.append(node_id)
+            node_id += 1
+        way_lines.append(f'  <way id="{number}" version="1">')
+        way_lines += [f'    <nd ref="{r}"/>' for r in refs]
+        way_lines += [f'    <tag k="{k}" v="{v}"/>' for k, v in tags.items()]
+        way_lines.append("  </way>")
+    lines += way_lines + ["</osm>"]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return str(path)
+
+
+# -- real data: Helsinki -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def helsinki(tmp_path_factory):
+    """The Helsinki extract on a 10 m EPSG:32635 grid inside the extract, rasterized once."""
+    pbf = shared_data("osm/Helsinki.osm.pbf")
+    folder = tmp_path_factory.mktemp("helsinki")
+    wgs84 = osr.SpatialReference()
+    wgs84.ImportFromEPSG(4326)
+    wgs84.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    to_utm = osr.CoordinateTransformation(wgs84, utm(32635))
+    x_a, y_a, _ = to_utm.TransformPoint(24.938, 60.177)
+    x_b, y_b, _ = to_utm.TransformPoint(24.951, 60.166)
+    x0, y0 = np.floor(x_a / 10) * 10, np.ceil(y_a / 10) * 10
+    width, height = int((x_b - x0) // 10), int((y0 - y_b) // 10)
+    ref = reference(folder / "ref.tif", width, height, 32635, x0, y0)
+    feedback = Recorder()
+    result = rasterize_osm(ref, str(folder / "osm.tif"), osm_file=pbf, feedback=feedback)
+    return pbf, ref, result, to_utm, feedback
+
+
+def footprint_area(pbf, to_utm, grid_box):
+    """Union of building=* footprints (not building=no) clipped to the grid, with OGR alone;
+    invalid rings (cut by the extract's edge) repaired with buffer(0)."""
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        source = ogr.Open(pbf)  # keep the dataset alive while its layer is read
+        layer = source.GetLayerByName("multipolygons")
+        layer.SetAttributeFilter("building IS NOT NULL AND building <> 'no'")
+        parts = ogr.Geometry(ogr.wkbMultiPolygon)
+        for feature in layer:
+            geometry = feature.GetGeometryRef().Clone()
+            geometry.Transform(to_utm)
+            if not geometry.IsValid():
+                geometry = geometry.Buffer(0)
+            if geometry is None or geometry.IsEmpty():
+                continue
+            polygons = [geometry] if geometry.GetGeometryType() == ogr.wkbPolygon else \
+                [geometry.GetGeometryRef(i) for i in range(geometry.GetGeometryCount())]
+            for polygon in polygons:
+                parts.AddGeometry(polygon)
+        return parts.UnionCascaded().Intersection(grid_box).GetArea()
+    finally:
+        gdal.PopErrorHandler()
+
+
+def test_helsinki_building_area_matches_the_footprints(helsinki):
+    pbf, ref, result, to_utm, _ = helsinki
+    ds = gdal.Open(result.output)
+    x0, px, _, y0, _, py = ds.GetGeoTransform()
+    width, height = ds.RasterXSize, ds.RasterYSize
+    grid_box = ogr.CreateGeometryFromWkt(
+        f"POLYGON(({x0} {y0}, {x0 + width * px} {y0}, {x0 + width * px} {y0 + height * py}, "
+        f"{x0} {y0 + height * py}, {x0} {y0}))")
+    expected = footprint_area(pbf, to_utm, grid_box)
+    fraction = ds.GetRasterBand(1).ReadAsArray().astype(np.float64)
+    rasterized = fraction.sum() * px * px
+    assert expected > 100000  # central Helsinki: lots of buildings
+    assert abs(rasterized / expected - 1) < 0.01, (rasterized, expected)
+
+
+def test_helsinki_bands_are_aligned_and_consistent(helsinki):
+    _, ref, result, _, feedback = helsinki
+    out, grid = gdal.Open(result.output), gdal.Open(ref)
+    assert out.GetGeoTransform() == grid.GetGeoTransform()
+    assert (out.RasterXSize, out.RasterYSize) == (grid.RasterXSize, grid.RasterYSize)
+    assert osr.SpatialReference(wkt=out.GetProjection()).GetAuthorityCode(None) == "32635"
+    assert [out.GetRasterBand(i + 1).GetDescription() for i in range(6)] == list(BANDS)
+    assert out.GetRasterBand(1).DataType == gdal.GDT_Float32
+    building, heights, road, water, vegetation, impervious = out.ReadAsArray()
+    for fraction in (building, road, water, vegetation, impervious):
+        assert fraction.min() >= 0 and fraction.max() <= 1 + 1e-6
+    assert (impervious >= np.maximum(building, road) - 1e-6).all()  # a union
+    assert road.mean() > 0.05 and vegetation.mean() > 0.05 and building.mean() > 0.2
+    known = heights[heights > 0]
+    assert known.size > 100 and 3 <= np.median(known) <= 40  # metres, from height/levels
+    assert (heights[building == 0] == 0).all()
+    assert result.buildings_with_height > 50 and feedback.warnings == []
+
+
+# -- synthetic layers with known answers ---------------------------------------------------------
+
+def test_vector_layers_give_exact_fractions_and_heights(tmp_path):
+    ref = reference(tmp_path / "ref.tif")
+    buildings = write_layer(tmp_path / "b.gpkg", [
+        (box(2, 2, 4, 4), {"height": "12"}),
+        (box(6, 2, 7, 3), {"building:levels": "4"}),
+        (box(8, 2, 9, 3), {}),
+        (box(6, 6, 6.5, 7), {"height": "40 ft"}),
+    ], ogr.wkbPolygon)
+    line = f"LINESTRING({X0 - 50} {Y0 - 75}, {X0 + 150} {Y0 - 75})"  # centre of row 7
+    roads = write_layer(tmp_path / "r.gpkg", [(line, {"highway": "primary"})],
+                        ogr.wkbLineString)
+    water = write_layer(tmp_path / "w.gpkg", [(box(0, 0, 2, 1), {})], ogr.wkbPolygon)
+    landuse = write_layer(tmp_path / "l.gpkg", [(box(0, 9, 5, 10), {"landuse": "grass"}),
+                                                (box(5, 9, 10, 10), {"amenity": "parking"})],
+                          ogr.wkbPolygon)
+    result = rasterize_osm(ref, str(tmp_path / "osm.tif"), buildings=[buildings],
+                           roads=[roads + "|layername=layer"], water=[water],
+                           landuse=[landuse], metres_per_level=2.5)
+    building, heights, road, wet, green, impervious = read(result.output)
+    assert building[2:4, 2:4].min() == 1 and np.allclose(heights[2:4, 2:4], 12)
+    assert heights[2, 6] == pytest.approx(10)  # 4 levels x 2.5 m
+    assert heights[2, 8] == -9999  # building without height: unknown
+    assert building[6, 6] == pytest.approx(0.5) and heights[6, 6] == pytest.approx(12.192)
+    assert building.sum() == pytest.approx(4 + 1 + 1 + 0.5)
+    assert heights[building == 0].max() == 0
+    np.testing.assert_allclose(road[7], 1.0)  # 12 m road centred on a 10 m row
+    np.testing.assert_allclose(road[6], 0.1)
+    np.testing.assert_allclose(road[8], 0.1)
+    assert road.sum() == pytest.approx(12.0)
+    assert wet[0, :2].min() == 1 and wet.sum() == pytest.approx(2)
+    assert green[9, :5].min() == 1 and green.sum() == pytest.approx(5)
+    expected_impervious = np.maximum.reduce([building, road, np.zeros_like(road)])
+    expected_impervious[9, 5:] = 1
+    expected_impervious[6, 6] = 0.55  # half-pixel building + 1 m of road, 5 m^2 in both
+    np.testing.assert_allclose(impervious, expected_impervious, atol=1e-6)
+    filled = rasterize_osm(ref, str(tmp_path / "filled.tif"), buildings=[buildings],
+                           default_height=7.0)
+    assert read(filled.output, 2)[2, 8] == pytest.approx(7.0)
+
+
+def test_osm_file_tags_in_other_tags_are_read(tmp_path):
+    """Through GDAL's OSM driver: height and building:levels live in other_tags."""
+    lon0, lat0 = 15.0, 54.0
+    to_utm = osr.CoordinateTransformation(utm(4326), utm(32633))
+    x, y, _ = to_utm.TransformPoint(lon0, lat0)
+    x0, y0 = np.floor(x / 10) * 10 - 100, np.ceil(y / 10) * 10 + 100
+    ref = reference(tmp_path / "ref.tif", 30, 30, 32633, x0, y0)
+    d = 0.0004  # ~ 26 x 44 m
+    square = [(lon0, lat0), (lon0 + d, lat0), (lon0 + d, lat0 + d), (lon0, lat0 + d),
+              (lon0, lat0)]
+    east = [(lon0 + 2 * d, lat0), (lon0 + 3 * d, lat0), (lon0 + 3 * d, lat0 + d),
+            (lon0 + 2 * d, lat0 + d), (lon0 + 2 * d, lat0)]
+    path = osm_xml(tmp_path / "tiny.osm", [
+        (square, {"building": "yes", "height": "15 m", "name": "A"}),
+        (east, {"building": "apartments", "building:levels": "6"}),
+        ([(lon0 - d, lat0 - d), (lon0 + 4 * d, lat0 - d)], {"highway": "residential"}),
+        ([(lon0 - d, lat0 - 2 * d), (lon0 + 4 * d, lat0 - 2 * d)],
+         {"highway": "primary", "tunnel": "yes"}),
+    ])
+    result = rasterize_osm(ref, str(tmp_path / "osm.tif"), osm_file=path)
+    building, heights, road, *_ = read(result.output)
+    assert result.counts["building"] == 2 and result.counts["road"] == 1
+    assert set(np.round(np.unique(heights[building > 0.99]), 3)) == {15.0, 18.0}
+    area = 0.0
+    for ring in (square, east):
+        polygon = ogr.CreateGeometryFromWkt(
+            "POLYGON((" + ", ".join(f"{lon} {lat}" for lon, lat in ring) + "))")
+        polygon.Transform(to_utm)
+        area += polygon.GetArea()
+    assert building.sum() * 100 == pytest.approx(area, rel=0.01)
+    assert road.sum() > 0 and road.sum() * 100 < 6 * 30 * 10 + 200  # one 6 m road, no tunnel
+
+
+def test_extract_without_buildings_gives_zeros_and_a_warning(tmp_path):
+    ref = reference(tmp_path / "ref.tif", 20, 20, 32633, 500000.0, 5985000.0)
+    path = osm_xml(tmp_path / "roads.osm", [([(15.0, 54.0), (15.001, 54.0)],
+                                             {"highway": "service"})])
+    feedback = Recorder()
+    result = rasterize_osm(ref, str(tmp_path / "osm.tif"), osm_file=path, feedback=feedback)
+    assert (read(result.output, 1) == 0).all()
+    assert any("no building footprint" in w for w in feedback.warnings)
+
+
+def test_tag_helpers():
+    assert parse_other_tags('"height"=>"12.5","building:levels"=>"4","a\\"b"=>"x"') == \
+        {"height": "12.5", "building:levels": "4", 'a"b': "x"}
+    assert building_height({"height": "12,5 m"}, 3.0) == 12.5
+    assert building_height({"height": "33'"}, 3.0) == pytest.approx(10.0584)
+    assert building_height({"height": "tall", "building:levels": "3"}, 3.2) == \
+        pytest.approx(9.6)
+    assert building_height({}, 3.0) is None
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+def _no_source(tmp_path, ref):
+    return {}
+
+
+def _not_osm(tmp_path, ref):
+    path = tmp_path / "notes.osm"
+    path.write_text("these are my notes, not OpenStreetMap")
+    return {"osm_file": str(path)}
+
+
+def _missing_file(tmp_path, ref):
+    return {"osm_file": str(tmp_path / "nowhere.osm.pbf")}
+
+
+def _reference_without_crs(tmp_path, ref):
+    path = str(tmp_path / "nocrs.tif")
+    ds = gdal.GetDriverByName("GTiff").Create(path, 5, 5, 1, gdal.GDT_Byte)
+    ds.SetGeoTransform((0, 10, 0, 0, 0, -10))
+    ds = None
+    return {"reference": path, "buildings": [write_layer(
+        tmp_path / "b.gpkg", [(box(1, 1, 2, 2), {})], ogr.wkbPolygon)]}
+
+
+def _layer_without_crs(tmp_path, ref):
+    path = tmp_path / "b.csv"
+    path.write_text("WKT,height\n\"POLYGON((0 0,1 0,1 1,0 0))\",3\n")
+    return {"buildings": [str(path)]}
+
+
+BAD = [
+    ("no OSM data", _no_source, r"no OpenStreetMap data given: choose an .osm/.osm.pbf file"),
+    ("not an OSM file", _not_osm, r"OSM driver cannot read .*notes.osm.*Give an .osm"),
+    ("missing file", _missing_file, r"nowhere.osm.pbf does not exist"),
+    ("reference without CRS", _reference_without_crs, r"has no coordinate reference system"),
+    ("layer without CRS", _layer_without_crs, r"has no CRS; assign one"),
+]
+
+
+@pytest.mark.parametrize("case,change,message", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_refused_and_leaves_nothing(tmp_path, case, change, message):
+    ref = reference(tmp_path / "ref.tif")
+    options = change(tmp_path, ref)
+    ref = options.pop("reference", ref)
+    out = tmp_path / "out"
+    with pytest.raises(InputError) as info:
+        rasterize_osm(ref, str(out / "osm.tif"), **options)
+    assert re.search(message, str(info.value), re.S), str(info.value)
+    assert not out.exists() or files_in(out) == []
+
+
+@pytest.mark.qgis
+def test_rasterizeosm_through_processing_run(qgis_app, tmp_path):
+    import processing
+    ref = reference(tmp_path / "ref.tif")
+    buildings = write_layer(tmp_path / "b.gpkg", [(box(2, 2, 4, 4), {"height": "9"})],
+                            ogr.wkbPolygon)
+    results = processing.run("lcz:rasterizeosm", {
+        "REFERENCE": ref, "BUILDINGS": buildings, "METRES_PER_LEVEL": 3.0, "SUPERSAMPLE": 4,
+        "OUTPUT": str(tmp_path / "osm.tif")})
+    assert results["BUILDINGS_FOUND"] == 1
+    building, heights = read(results["OUTPUT"])[:2]
+    assert building.sum() == pytest.approx(4) and heights[3, 3] == pytest.approx(9)
+    assert os.path.exists(results["OUTPUT"])
+
+
+def test_blocks_stitch_exactly(tmp_path, monkeypatch):
+    """Small blocks (8 x 8 px on a 10 x 10 grid: four blocks) give the same raster as one."""
+    import lcz_qgis_plugin.core.osm as osm
+    ref = reference(tmp_path / "ref.tif")
+    buildings = write_layer(tmp_path / "b.gpkg", [
+        (box(1.3, 1.7, 8.6, 9.2), {"height": "10"}), (box(7.5, 0.5, 9.5, 8.5), {})],
+        ogr.wkbPolygon)
+    line = f"LINESTRING({X0 - 5} {Y0 - 3}, {X0 + 105} {Y0 - 97})"
+    roads = write_layer(tmp_path / "r.gpkg", [(line, {"highway": "secondary"})],
+                        ogr.wkbLineString)
+    whole = read(rasterize_osm(ref, str(tmp_path / "one.tif"), buildings=[buildings],
+                               roads=[roads]).output)
+    monkeypatch.setattr(osm, "BLOCK_SUBPIXELS", 80)
+    tiled = read(rasterize_osm(ref, str(tmp_path / "four.tif"), buildings=[buildings],
+                               roads=[roads]).output)
+    np.testing.assert_array_equal(tiled, whole)
+    assert whole[0].sum() > 50 and whole[2].sum() > 5
