@@ -157,3 +157,40 @@ def read(path, band=None) -> np.ndarray:
 def files_in(folder) -> list[str]:
     """Every file in ``folder`` including hidden ones (partial outputs are hidden)."""
     return sorted(os.listdir(folder))
+
+
+S2_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+
+
+def stack_from_synthcity(city, path, with_height: bool = True, offset_in_metadata=False) -> str:
+    """A 10 m input stack made directly from a synthetic city's JP2s and DSM/DTM with GDAL
+    (independent of the plugin's preprocessing algorithms): S2:B02 ... S2:B12 as DN with the
+    BOA_ADD_OFFSET removed (or, with ``offset_in_metadata``, as stored with a GDAL
+    scale/offset saying so), 20 m bands resampled by nearest neighbour, and DSM:height =
+    mean of DSM - DTM per 10 m pixel."""
+    first = gdal.Open(city.band_path("B02"))
+    width, height = first.RasterXSize, first.RasterYSize
+    bands, names = [], []
+    for band in S2_BANDS:
+        src = gdal.Open(city.band_path(band))
+        if src.RasterXSize != width:
+            src = gdal.Warp("", src, format="MEM", width=width, height=height,
+                            resampleAlg="near")
+        dn = src.ReadAsArray().astype(np.float32)
+        bands.append(dn if offset_in_metadata else dn - 1000.0)
+        names.append(f"S2:{band}")
+    if with_height:
+        dsm = gdal.Open(city.dsm).ReadAsArray().astype(np.float64)
+        dtm = gdal.Open(city.dtm).ReadAsArray().astype(np.float64)
+        k = dsm.shape[0] // height
+        h = (dsm - dtm).reshape(height, k, width, k).mean(axis=(1, 3))
+        bands.append(h.astype(np.float32))
+        names.append("DSM:height")
+    out = write_stack(path, np.stack(bands), names, geotransform=first.GetGeoTransform())
+    if offset_in_metadata:
+        ds = gdal.Open(out, gdal.GA_Update)
+        for i in range(len(S2_BANDS)):
+            ds.GetRasterBand(i + 1).SetScale(1e-4)
+            ds.GetRasterBand(i + 1).SetOffset(-0.1)
+        ds = None
+    return out
