@@ -2,5 +2,7 @@
 
 
 def all_algorithms():
+    from .assess_accuracy import AssessAccuracyAlgorithm
     from .classify import ClassifyAlgorithm
-    return [ClassifyAlgorithm()]
+    from .extract_patches import ExtractPatchesAlgorithm
+    return [ClassifyAlgorithm(), ExtractPatchesAlgorithm(), AssessAccuracyAlgorithm()]

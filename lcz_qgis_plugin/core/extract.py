@@ -359,6 +359,6 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
         except OSError as exc:
             raise OutputError(f"cannot write the summary {summary_output}: {exc}") from None
     return ExtractResult(output=output, patches=total,
-                         counts={code: dict(c) for code, c in counts.items()},
+                         counts={code: dict(c) for code, c in counts.items() if c},
                          polygons={code: len(p) for code, p in used_polygons.items()},
                          summary=summary, summary_path=summary_output)
