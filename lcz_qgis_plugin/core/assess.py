@@ -6,9 +6,10 @@ reference class counts once. The reference is either
 - polygons (a class field, or WUDAPT KML placemark names), rasterised onto the map grid:
   a cell takes a polygon's class when its centre lies inside it (reprojected first when
   the CRS differ); or
-- an LCZ raster in any coding (1-17, WUDAPT 101-107, or 11-17), warped onto the map grid
-  with the *mode* of the reference pixels in each cell when the reference is finer than the
-  map, nearest neighbour otherwise (and reprojected when the CRS differ).
+- an LCZ raster in any coding (1-17 or WUDAPT 101-107), brought onto the map grid (and
+  reprojected when the CRS differ) by nearest neighbour; when the reference is finer than
+  the map, first onto a grid k times finer than the map's and then the *mode* (most
+  frequent class) of each k x k block is taken.
 
 Both map and reference may use 1-17 or 101-107 for A-G; any other value is no-data. The
 scores come from :mod:`.metrics` (one implementation for the plugin and the training
@@ -39,6 +40,8 @@ from .metrics import accuracy_scores, confusion_matrix, format_percent
 from .stacks import open_raster
 
 STRIP_ROWS = 512
+FINE_PIXELS_PER_STRIP = 16_000_000
+"""Bound on the reference pixels warped per strip (Int16: 32 MB)."""
 
 
 @dataclass
@@ -104,9 +107,14 @@ class _RasterReference:
             self.notes.append(message)
         ref_pixel = self._pixel_in_map_units(ref_srs, map_srs)
         map_pixel = abs(map_ds.GetGeoTransform()[1])
-        self.resampling = "mode" if ref_pixel < 0.75 * map_pixel else "near"
-        message = (f"Reference pixels ({ref_pixel:g}) -> map cells ({map_pixel:g}): "
-                   f"{'mode of the reference pixels in each cell' if self.resampling == 'mode' else 'nearest neighbour'}.")
+        # finer reference: nearest-neighbour onto a grid k times finer than the map, then the
+        # mode of each k x k block in numpy (GDAL's own 'mode' warp picked wrong classes
+        # across a CRS change in GDAL 3.6, see tests/test_assess.py)
+        self.factor = max(1, int(round(map_pixel / ref_pixel))) if ref_pixel < 0.75 * map_pixel \
+            else 1
+        message = (f"Reference pixels ({ref_pixel:g}) -> map cells ({map_pixel:g}): " + (
+            f"most frequent reference class of the {self.factor} x {self.factor} reference "
+            f"pixels in each cell (mode)." if self.factor > 1 else "nearest neighbour."))
         feedback.info(message)
         self.notes.append(message)
         self.nodata = self.ds.GetRasterBand(1).GetNoDataValue()
@@ -124,17 +132,29 @@ class _RasterReference:
 
     def read(self, geotransform, width: int, height: int) -> np.ndarray:
         x0, px, _, y0, _, py = geotransform
+        k = self.factor
         bounds = (x0, y0 + py * height, x0 + px * width, y0)
-        options = dict(format="MEM", outputBounds=bounds, width=width, height=height,
-                       dstSRS=self.map_wkt, resampleAlg=self.resampling,
-                       outputType=gdal.GDT_Int16, dstNodata=0)
+        options = dict(format="MEM", outputBounds=bounds, width=width * k, height=height * k,
+                       dstSRS=self.map_wkt, resampleAlg="near", outputType=gdal.GDT_Int16,
+                       dstNodata=-1)
         if self.nodata is not None:
             options["srcNodata"] = self.nodata
         warped = gdal.Warp("", self.ds, **options)
         if warped is None:
             raise InputError(f"GDAL could not warp the reference raster {self.path}: "
                              f"{gdal.GetLastErrorMsg()}")
-        return recode(warped.ReadAsArray())
+        codes = recode(warped.ReadAsArray())
+        return codes if k == 1 else block_mode(codes, k)
+
+
+def block_mode(codes: np.ndarray, k: int) -> np.ndarray:
+    """Most frequent code 1-17 in each k x k block (ties: the lower code; 0 when the block
+    holds no code)."""
+    rows, cols = codes.shape[0] // k, codes.shape[1] // k
+    blocks = codes[:rows * k, :cols * k].reshape(rows, k, cols, k)
+    counts = np.stack([(blocks == code).sum(axis=(1, 3)) for code in LCZ_CODES])
+    best = counts.argmax(axis=0)
+    return np.where(counts.max(axis=0) > 0, np.asarray(LCZ_CODES)[best], 0).astype(np.uint8)
 
 
 class _PolygonReference:
@@ -195,10 +215,12 @@ def assess_accuracy(map_path: str, *, reference_raster: str | None = None,
     map_nodata = band.GetNoDataValue()
     width, height = map_ds.RasterXSize, map_ds.RasterYSize
     matrix = np.zeros((len(LCZ_CODES), len(LCZ_CODES)), np.int64)
-    for row in range(0, height, STRIP_ROWS):
+    factor = getattr(reference, "factor", 1)
+    strip_rows = max(1, min(STRIP_ROWS, FINE_PIXELS_PER_STRIP // max(1, width * factor ** 2)))
+    for row in range(0, height, strip_rows):
         if feedback.is_cancelled():
             raise Cancelled("Accuracy assessment cancelled; no report was written.")
-        rows = min(STRIP_ROWS, height - row)
+        rows = min(strip_rows, height - row)
         predicted = band.ReadAsArray(0, row, width, rows)
         if predicted is None:
             raise InputError(f"GDAL could not read the LCZ map {map_path}: "

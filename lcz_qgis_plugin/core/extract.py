@@ -43,6 +43,7 @@ from .contract import ModelCard
 from .errors import Cancelled, InputError, OutputError
 from .feedback import Feedback
 from .grid import CellGrid, make_grid
+from .h5import import import_h5py
 from .lcz_classes import LCZ_CODES, lcz_class
 from .patches import StripReader
 from .patchfile import SPLITS, PatchFileInfo, PatchWriter
@@ -286,6 +287,10 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create the folder {folder} for the patch file: {exc}") from None
+    try:
+        import_h5py()  # before PatchWriter imports it: inside QGIS it needs care
+    except ImportError:
+        pass  # PatchWriter explains how to install it
     done = 0
     with bounded_gdal_cache(), PatchWriter(output, info, split=with_split) as writer:
         k = 0
