@@ -195,3 +195,33 @@ def test_cli_writes_a_city(tmp_path, capsys):
     assert "synthetic city" in capsys.readouterr().out
     assert (tmp_path / "c" / "synthcity.json").exists()
     assert read(tmp_path / "c" / "lcz_truth.tif").shape == (5, 5)
+
+
+@pytest.mark.slow
+def test_ancillary_height_is_what_separates_the_lookalike_classes(tmp_path):
+    """Train on one city, test on another: a random forest on per-cell statistics of the
+    patches does far better with DSM:height than with Sentinel-2 alone (README figure)."""
+    from sklearn.ensemble import RandomForestClassifier
+    from lcz_qgis_plugin.core.extract import extract_patches
+    from lcz_qgis_plugin.core.patchfile import open_patch_file
+
+    def features(seed):
+        town = synthcity.generate(str(tmp_path / f"c{seed}"), seed=seed, size_km=2.0)
+        stack = stack_from_synthcity(town, tmp_path / f"s{seed}.tif")
+        result = extract_patches(stack, town.training_areas, str(tmp_path / f"p{seed}.h5"),
+                                 patch_size=20)
+        f, _ = open_patch_file(result.output)
+        with f:
+            patches, labels = f["patches"][...], f["labels"][...]
+        cell = patches[:, :, 5:15, 5:15]  # the cell's own 10 x 10 pixels
+        return np.concatenate([cell.mean(axis=(2, 3)), cell.std(axis=(2, 3))], axis=1), labels
+
+    (x_train, y_train), (x_test, y_test) = features(1), features(2)
+    spectral = [i for i in range(x_train.shape[1]) if i % 11 != 10]  # drop DSM:height
+    scores = {}
+    for name, columns in (("s2", spectral), ("s2+height", list(range(x_train.shape[1])))):
+        forest = RandomForestClassifier(200, random_state=0, n_jobs=1)
+        forest.fit(x_train[:, columns], y_train)
+        scores[name] = float((forest.predict(x_test[:, columns]) == y_test).mean())
+    assert scores["s2+height"] > 0.85, scores
+    assert scores["s2+height"] - scores["s2"] > 0.2, scores
