@@ -10,7 +10,7 @@ from osgeo import gdal
 
 from lcz_qgis_plugin.core.assess import assess_accuracy, recode
 from lcz_qgis_plugin.core.errors import InputError
-from lcz_testing import ORIGIN, RecordingFeedback, cell_square, write_polygons, write_stack
+from lcz_testing import RecordingFeedback, cell_square, write_polygons, write_stack
 
 # 3 x 4 cells of 100 m. Reference and map; the map's 0 is no-data (that cell is not counted).
 REFERENCE = np.array([[1, 1, 2, 2],
@@ -174,5 +174,10 @@ def test_recode_reads_all_codings():
     assert recode(np.array([np.nan, 3.0]))[1] == 3
 
 
-def test_origin_is_shared_with_the_test_stacks():
-    assert ORIGIN == (500000.0, 5000000.0)
+def test_cancel_leaves_no_report(lcz_map, tmp_path):
+    from lcz_qgis_plugin.core.errors import Cancelled
+    reference = write_map(tmp_path / "ref.tif", REFERENCE)
+    with pytest.raises(Cancelled):
+        assess_accuracy(lcz_map, reference_raster=reference, report=str(tmp_path / "r.html"),
+                        feedback=RecordingFeedback(cancel_after=0))
+    assert not (tmp_path / "r.html").exists()

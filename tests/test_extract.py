@@ -268,3 +268,20 @@ def test_patch_file_is_readable_by_h5py_in_batches(city, tmp_path):
         assert set(np.unique(f["split"][...])) <= {0, 1}
         assert json.loads(f.attrs["source"])["validation_fraction"] == 0.3
     assert os.path.getsize(result.output) > 0
+
+
+def test_wudapt_kml_with_one_folder_per_class_is_read_whole(tmp_path):
+    """WUDAPT templates keep each class in its own folder (one OGR layer each)."""
+    from lcz_qgis_plugin.core.areas import read_areas
+    square = "14.0,48.0,0 14.001,48.0,0 14.001,48.001,0 14.0,48.0,0"
+    folders = "".join(
+        f"<Folder><name>LCZ {name}</name><Placemark><name>{name}</name><Polygon>"
+        f"<outerBoundaryIs><LinearRing><coordinates>{square}</coordinates></LinearRing>"
+        f"</outerBoundaryIs></Polygon></Placemark></Folder>" for name in ("2", "B", "G"))
+    path = tmp_path / "wudapt.kml"
+    path.write_text('<?xml version="1.0" encoding="UTF-8"?><kml xmlns="http://www.opengis.net/'
+                    f'kml/2.2"><Document>{folders}</Document></kml>')
+    areas = read_areas(str(path))
+    assert [a.code for a in areas.areas] == [2, 12, 17]
+    assert len({a.polygon_id for a in areas.areas}) == 3
+    assert "4326" in areas.crs_wkt or "WGS 84" in areas.crs_wkt

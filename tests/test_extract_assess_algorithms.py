@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from osgeo import gdal
 
 from lcz_qgis_plugin.core.assess import assess_accuracy
 from lcz_qgis_plugin.core.extract import extract_patches
@@ -93,24 +94,18 @@ def test_assess_accuracy_through_processing_run(processing, city, tmp_path):
     truth = read(town.truth)
     mapped = truth.copy()
     mapped[0, :] = np.where(mapped[0, :] == 1, 2, 1)  # one row of errors
-    lcz_map = write_stack(tmp_path / "map.tif", mapped[None].astype(np.float32), ["LCZ"],
-                          pixel=100.0, origin=synthcity.ORIGIN, nodata=0)
-    from osgeo import gdal
-    gdal.Translate(str(tmp_path / "map_byte.tif"), lcz_map, outputType=gdal.GDT_Byte)
+    lcz_map = write_stack(tmp_path / "map.tif", mapped[None], ["LCZ"], pixel=100.0,
+                          origin=synthcity.ORIGIN, nodata=0, data_type=gdal.GDT_Byte)
     results = processing.run("lcz:assessaccuracy", {
-        "INPUT": str(tmp_path / "map_byte.tif"), "REFERENCE_RASTER": town.truth,
+        "INPUT": lcz_map, "REFERENCE_RASTER": town.truth,
         "OUTPUT_HTML": str(tmp_path / "r.html"), "OUTPUT_TABLE": "memory:"})
     assert results["SAMPLES"] == 100
     assert results["OA"] == pytest.approx(0.9)
-    core = assess_accuracy(str(tmp_path / "map_byte.tif"), reference_raster=town.truth)
+    core = assess_accuracy(lcz_map, reference_raster=town.truth)
     for key, name in (("WA", "wa"), ("KAPPA", "kappa"), ("OA_BU", "oa_bu")):
         assert results[key] == pytest.approx(core.scores[name])
     assert "data:image/png" in open(results["OUTPUT_HTML"], encoding="utf-8").read()
-    from qgis.core import QgsProcessingContext
-    table = results["OUTPUT_TABLE"]
-    if isinstance(table, str):
-        from qgis.core import QgsProcessingUtils
-        table = QgsProcessingUtils.mapLayerFromString(table, QgsProcessingContext())
+    table = results["OUTPUT_TABLE"]  # a memory layer
     rows = {f["code"]: f for f in table.getFeatures()}
     assert len(rows) == 17
     for row in core.classes:

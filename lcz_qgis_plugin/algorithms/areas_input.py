@@ -26,5 +26,6 @@ def labelled_areas(layer: QgsVectorLayer, class_field: str, feedback):
         if not geometry.isNull():
             ogr_geometry = ogr.CreateGeometryFromWkb(bytes(geometry.asWkb()))
         value = feature[name]
-        collector.add(None if value is None or str(value) == "NULL" else value, ogr_geometry)
+        collector.add(None if value is None or str(value) == "NULL" else value, ogr_geometry,
+                      feature.id())
     return collector.finish(layer.crs().toWkt() if layer.crs().isValid() else "", feedback)

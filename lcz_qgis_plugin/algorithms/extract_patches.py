@@ -1,6 +1,6 @@
 """``lcz:extractpatches`` — Extract training patches (adapter over core.extract)."""
 
-from qgis.core import (QgsProcessing, QgsProcessingOutputNumber,
+from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputNumber,
                        QgsProcessingParameterField, QgsProcessingParameterFileDestination,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterVectorLayer)
@@ -92,6 +92,10 @@ Outputs
 
     def run_core(self, parameters, context, feedback):
         stack = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if stack is None or stack.providerType() != "gdal":
+            raise QgsProcessingException(
+                "The input stack must be a raster file GDAL can read; save it as a GeoTIFF "
+                "first.")
         layer = self.parameterAsVectorLayer(parameters, self.TRAINING_AREAS, context)
         class_field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
         areas = labelled_areas(layer, class_field, feedback)

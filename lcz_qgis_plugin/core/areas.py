@@ -36,7 +36,8 @@ class Area:
     """One labelled polygon."""
 
     polygon_id: int
-    """Id stored with its patches (unique in the file; 1-based running number)."""
+    """Id stored with its patches and named in messages: the feature id (FID) in the source
+    when that is unique, else the next free number (several KML folders)."""
     code: int
     """LCZ code 1-17."""
     label: str
@@ -94,8 +95,9 @@ class LabelCollector:
         self.unnamed = 0
         self.not_polygons = 0
         self.empty = 0
+        self._ids: set[int] = set()
 
-    def add(self, label, geometry: ogr.Geometry | None) -> None:
+    def add(self, label, geometry: ogr.Geometry | None, fid: int | None = None) -> None:
         if geometry is None or geometry.IsEmpty():
             self.empty += 1
             return
@@ -126,7 +128,10 @@ class LabelCollector:
             return
         geometry = geometry.Clone()
         geometry.FlattenTo2D()
-        self.areas.append(Area(len(self.areas) + 1, code, str(label).strip(), geometry))
+        if fid is None or fid < 0 or fid in self._ids:
+            fid = max(self._ids, default=0) + 1
+        self._ids.add(fid)
+        self.areas.append(Area(int(fid), code, str(label).strip(), geometry))
 
     def finish(self, crs_wkt: str, feedback: Feedback) -> LabelledAreas:
         where = ("placemark names" if self.is_kml and self.class_field.lower() == "name"
@@ -242,7 +247,7 @@ def read_areas(path: str, class_field: str | None = None, layer: str | None = No
         lyr.ResetReading()
         for feature in lyr:
             collector.add(feature.GetField(index) if feature.IsFieldSet(index) else None,
-                          feature.GetGeometryRef())
+                          feature.GetGeometryRef(), feature.GetFID())
     if collector is None:
         raise InputError(f"{path} holds no features.")
     return collector.finish(crs_wkt, feedback)

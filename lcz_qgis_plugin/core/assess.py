@@ -203,6 +203,10 @@ def assess_accuracy(map_path: str, *, reference_raster: str | None = None,
     x0, px, rx, y0, ry, py = map_ds.GetGeoTransform()
     if rx or ry:
         raise InputError(f"the LCZ map {map_path} is rotated; warp it to a north-up grid.")
+    if not map_ds.GetProjection():
+        raise InputError(f"the LCZ map {map_path} has no coordinate reference system, so the "
+                         f"reference cannot be placed on it. Assign its CRS (Raster > "
+                         f"Projections > Assign Projection).")
     if reference_raster is not None:
         reference = _RasterReference(reference_raster, map_ds, feedback)
         reference_name = reference_raster

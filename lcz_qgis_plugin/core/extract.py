@@ -103,9 +103,9 @@ def open_stack_channels(path: str) -> tuple[Stack, list[str]]:
     return Stack(path=path, dataset=ds, bands=bands, nodata=nodata), names
 
 
-def cells_in_areas(areas: LabelledAreas, grid: CellGrid) -> tuple[dict[int, list[tuple[int, int]]], list, list]:
-    """Cells (row, col) whose centre lies in each area; plus the areas outside the raster
-    and those too small to hold a cell centre."""
+def cells_in_areas(areas: LabelledAreas, grid: CellGrid):
+    """({polygon id: [(row, col), ...]}, areas outside the raster, areas too small to hold
+    a cell centre): the cells whose centre lies inside each area."""
     cell = grid.cell_size
     ox, oy = grid.origin_x, grid.origin_y
     width_m, height_m = grid.raster_width * grid.pixel_size, grid.raster_height * grid.pixel_size
@@ -222,42 +222,17 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
             + ". Check that polygons and raster cover the same place (and that the polygons' "
               "CRS is declared correctly).")
     code_of = {a.polygon_id: a.code for a in areas.areas}
-
-    # one owner per cell; cells claimed by two classes are dropped
-    owners: dict[tuple[int, int], set[int]] = defaultdict(set)
-    for pid in sorted(found):
-        for cell in found[pid]:
-            owners[cell].add(pid)
-    conflicts = {cell for cell, pids in owners.items()
-                 if len({code_of[p] for p in pids}) > 1}
-    if conflicts:
-        feedback.warning(f"{len(conflicts)} cell(s) lie in overlapping training areas of "
-                         f"different classes and are not used. Fix the overlapping polygons.")
     rng = np.random.default_rng(seed)
-    per_polygon: dict[int, list[tuple[int, int]]] = {}
-    for pid in sorted(found):
-        cells = [c for c in found[pid] if c not in conflicts and min(owners[c]) == pid]
-        if max_per_polygon and len(cells) > max_per_polygon:
-            keep = np.sort(rng.choice(len(cells), max_per_polygon, replace=False))
-            cells = [cells[k] for k in keep]
-        if cells:
-            per_polygon[pid] = cells
-    by_class: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
-    for pid, cells in per_polygon.items():
-        by_class[code_of[pid]].extend((r, c, pid) for r, c in cells)
-    selected: list[tuple[int, int, int]] = []
-    for code in sorted(by_class):
-        items = by_class[code]
-        if max_per_class and len(items) > max_per_class:
-            keep = np.sort(rng.choice(len(items), max_per_class, replace=False))
-            items = [items[k] for k in keep]
-        selected.extend(items)
+    selected, conflicts = sample_cells(found, code_of, max_per_polygon, max_per_class, rng,
+                                       feedback)
     with_split = validation_fraction > 0 or test_fraction > 0
-    polygons_of_class: dict[int, list[int]] = defaultdict(list)
-    for pid in sorted({pid for _, _, pid in selected}):
-        polygons_of_class[code_of[pid]].append(pid)
-    split_of = (split_polygons(polygons_of_class, validation_fraction, test_fraction, rng,
-                               feedback) if with_split else {})
+    split_of = {}
+    if with_split:
+        polygons_of_class: dict[int, list[int]] = defaultdict(list)
+        for pid in sorted({pid for _, _, pid in selected}):
+            polygons_of_class[code_of[pid]].append(pid)
+        split_of = split_polygons(polygons_of_class, validation_fraction, test_fraction, rng,
+                                  feedback)
 
     scale, offset = channel_scaling(stack, channels)
     info = PatchFileInfo(
@@ -269,19 +244,13 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
                 "seed": seed, "max_per_polygon": max_per_polygon,
                 "max_per_class": max_per_class, "validation_fraction": validation_fraction,
                 "test_fraction": test_fraction})
+    # raw values: a reader with identity scaling (the classifier's reader, so patches are
+    # cut, reflected and judged for no-data exactly as at inference)
+    n = len(channels)
     identity = ModelCard(name="identity", channels=channels, patch_size=patch_size,
-                         scale=[1.0] * len(channels), offset=[0.0] * len(channels),
-                         mean=[0.0] * len(channels), std=[1.0] * len(channels),
+                         scale=[1.0] * n, offset=[0.0] * n, mean=[0.0] * n, std=[1.0] * n,
                          pixel_size=grid.pixel_size, cell_size=grid.cell_size)
     reader = StripReader(stack, identity, grid, max_nodata_fraction)
-    strip_rows = strip_rows_for(grid, len(channels), strip_memory_mb)
-    by_row: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    for r, c, pid in selected:
-        by_row[r].append((c, pid))
-    rows = sorted(by_row)
-    counts: dict[int, Counter] = defaultdict(Counter)
-    used_polygons: dict[int, set] = defaultdict(set)
-    invalid = 0
     folder = os.path.dirname(os.path.abspath(output))
     try:
         os.makedirs(folder, exist_ok=True)
@@ -291,71 +260,22 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
         import_h5py()  # before PatchWriter imports it: inside QGIS it needs care
     except ImportError:
         pass  # PatchWriter explains how to install it
-    done = 0
     with bounded_gdal_cache(), PatchWriter(output, info, split=with_split) as writer:
-        k = 0
-        while k < len(rows):
-            if feedback.is_cancelled():
-                raise Cancelled("Extraction cancelled; no patch file was written.")
-            row_a = rows[k]
-            row_b = min(grid.rows, row_a + strip_rows)
-            strip = reader.read(row_a, row_b)
-            cell_rows, cell_cols, pids = [], [], []
-            while k < len(rows) and rows[k] < row_b:
-                for c, pid in sorted(by_row[rows[k]]):
-                    if strip.cell_valid[rows[k] - row_a, c]:
-                        cell_rows.append(rows[k] - row_a)
-                        cell_cols.append(c)
-                        pids.append(pid)
-                    else:
-                        invalid += 1
-                    done += 1
-                k += 1
-            if pids:
-                r_idx, c_idx = np.array(cell_rows), np.array(cell_cols)
-                patches = strip.gather(r_idx, c_idx)
-                labels = np.array([code_of[p] for p in pids], np.uint8)
-                centres = np.column_stack([
-                    grid.origin_x + (c_idx + 0.5) * grid.cell_size,
-                    grid.origin_y - (r_idx + row_a + 0.5) * grid.cell_size])
-                splits = np.array([split_of.get(p, 0) for p in pids], np.uint8)
-                writer.append(patches, labels, np.array(pids, np.int64), centres,
-                              split=splits if with_split else None)
-                for p, s in zip(pids, splits):
-                    name = {v: n for n, v in SPLITS.items()}[int(s)]
-                    counts[code_of[p]][name] += 1
-                    used_polygons[code_of[p]].add(p)
-            feedback.progress(100.0 * done / max(1, len(selected)))
+        counts, invalid = write_patches(
+            writer, reader, selected, code_of, split_of if with_split else None,
+            strip_rows_for(grid, n, strip_memory_mb), feedback)
         if writer.count == 0:
             raise InputError("every cell inside the training areas is no-data in the input "
                              "stack, so no patch could be extracted. Check the stack's "
                              "no-data values and coverage.")
     if invalid:
         feedback.warning(f"skipped {invalid} cell(s) whose patch is mostly no-data.")
-
-    total = sum(sum(c.values()) for c in counts.values())
-    table = {str(code): {"letter": lcz_class(code).letter, "name": lcz_class(code).name,
-                         "polygons": len(used_polygons[code]),
-                         "train": counts[code]["train"],
-                         "validation": counts[code]["validation"],
-                         "test": counts[code]["test"], "total": sum(counts[code].values())}
-             for code in LCZ_CODES if counts[code]}
-    missing = [lcz_class(c).letter for c in LCZ_CODES if not counts[c]]
-    feedback.info(f"Wrote {total} patches to {output}:")
-    feedback.info("  LCZ  class                    polygons  train  valid.  test  total")
-    for code, row in table.items():
-        feedback.info(f"  {row['letter']:>3}  {row['name']:<24} {row['polygons']:>8} "
-                      f"{row['train']:>6} {row['validation']:>7} {row['test']:>5} "
-                      f"{row['total']:>6}")
-    if missing:
-        feedback.info(f"  classes without patches: {', '.join(missing)}")
-    summary = {"patch_file": os.path.abspath(output), "patches": total, "classes": table,
-               "classes_without_patches": missing,
-               "polygons_outside_raster": [a.polygon_id for a in outside],
-               "polygons_without_cells": [a.polygon_id for a in too_small],
-               "cells_in_conflicting_polygons": len(conflicts),
-               "cells_mostly_nodata": invalid, "channels": channels, "scale": scale,
-               "offset": offset, "notes": areas.notes}
+    summary = summarise(output, counts, feedback)
+    summary.update({
+        "polygons_outside_raster": [a.polygon_id for a in outside],
+        "polygons_without_cells": [a.polygon_id for a in too_small],
+        "cells_in_conflicting_polygons": len(conflicts), "cells_mostly_nodata": invalid,
+        "channels": channels, "scale": scale, "offset": offset, "notes": areas.notes})
     if summary_output:
         try:
             os.makedirs(os.path.dirname(os.path.abspath(summary_output)), exist_ok=True)
@@ -363,7 +283,116 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
                 json.dump(summary, f, indent=2)
         except OSError as exc:
             raise OutputError(f"cannot write the summary {summary_output}: {exc}") from None
-    return ExtractResult(output=output, patches=total,
-                         counts={code: dict(c) for code, c in counts.items() if c},
-                         polygons={code: len(p) for code, p in used_polygons.items()},
-                         summary=summary, summary_path=summary_output)
+    return ExtractResult(
+        output=output, patches=summary["patches"],
+        counts={code: {k: v for k, v in c.items() if v} for code, c in counts.items()},
+        polygons={code: len(pids) for code, pids in counts.polygons.items()},
+        summary=summary, summary_path=summary_output)
+
+
+def sample_cells(found: dict[int, list[tuple[int, int]]], code_of: dict[int, int],
+                 max_per_polygon: int, max_per_class: int, rng: np.random.Generator,
+                 feedback: Feedback) -> tuple[list[tuple[int, int, int]], set]:
+    """(row, col, polygon id) of the cells to extract, and the cells dropped because
+    polygons of different classes claim them. A cell claimed by several polygons of one
+    class goes to the polygon with the lowest id."""
+    owners: dict[tuple[int, int], set[int]] = defaultdict(set)
+    for pid in sorted(found):
+        for cell in found[pid]:
+            owners[cell].add(pid)
+    conflicts = {cell for cell, pids in owners.items() if len({code_of[p] for p in pids}) > 1}
+    if conflicts:
+        feedback.warning(f"{len(conflicts)} cell(s) lie in overlapping training areas of "
+                         f"different classes and are not used. Fix the overlapping polygons.")
+    by_class: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+    for pid in sorted(found):
+        cells = [c for c in found[pid] if c not in conflicts and min(owners[c]) == pid]
+        if max_per_polygon and len(cells) > max_per_polygon:
+            cells = [cells[k] for k in np.sort(rng.choice(len(cells), max_per_polygon,
+                                                          replace=False))]
+        by_class[code_of[pid]].extend((r, c, pid) for r, c in cells)
+    selected = []
+    for code in sorted(by_class):
+        items = by_class[code]
+        if max_per_class and len(items) > max_per_class:
+            items = [items[k] for k in np.sort(rng.choice(len(items), max_per_class,
+                                                          replace=False))]
+        selected.extend(items)
+    return selected, conflicts
+
+
+class ClassCounts(defaultdict):
+    """Patches per LCZ code and split name, and the polygons that gave them."""
+
+    def __init__(self):
+        super().__init__(Counter)
+        self.polygons: dict[int, set] = defaultdict(set)
+
+
+def write_patches(writer: PatchWriter, reader: StripReader, selected, code_of, split_of,
+                  strip_rows: int, feedback: Feedback) -> tuple[ClassCounts, int]:
+    """Read the strips holding selected cells and append their patches; returns the counts
+    and the number of cells skipped as mostly no-data."""
+    grid = reader.grid
+    split_names = {v: k for k, v in SPLITS.items()}
+    by_row: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for r, c, pid in selected:
+        by_row[r].append((c, pid))
+    rows = sorted(by_row)
+    counts, invalid, done, k = ClassCounts(), 0, 0, 0
+    while k < len(rows):
+        if feedback.is_cancelled():
+            raise Cancelled("Extraction cancelled; no patch file was written.")
+        row_a = rows[k]
+        row_b = min(grid.rows, row_a + strip_rows)
+        strip = reader.read(row_a, row_b)
+        cell_rows, cell_cols, pids = [], [], []
+        while k < len(rows) and rows[k] < row_b:
+            for c, pid in sorted(by_row[rows[k]]):
+                if strip.cell_valid[rows[k] - row_a, c]:
+                    cell_rows.append(rows[k] - row_a)
+                    cell_cols.append(c)
+                    pids.append(pid)
+                else:
+                    invalid += 1
+                done += 1
+            k += 1
+        if pids:
+            r_idx, c_idx = np.array(cell_rows), np.array(cell_cols)
+            centres = np.column_stack([
+                grid.origin_x + (grid.col0 + c_idx + 0.5) * grid.cell_size,
+                grid.origin_y - (grid.row0 + row_a + r_idx + 0.5) * grid.cell_size])
+            splits = np.array([(split_of or {}).get(p, 0) for p in pids], np.uint8)
+            writer.append(strip.gather(r_idx, c_idx),
+                          np.array([code_of[p] for p in pids], np.uint8),
+                          np.array(pids, np.int64), centres,
+                          split=splits if split_of is not None else None)
+            for pid, split in zip(pids, splits):
+                counts[code_of[pid]][split_names[int(split)]] += 1
+                counts.polygons[code_of[pid]].add(pid)
+        feedback.progress(100.0 * done / max(1, len(selected)))
+    return counts, invalid
+
+
+def summarise(output: str, counts: ClassCounts, feedback: Feedback) -> dict:
+    """Patches per class and split: logged as a table and returned (JSON-ready)."""
+    table = {}
+    for code in LCZ_CODES:
+        if code in counts and sum(counts[code].values()):
+            lcz, row = lcz_class(code), counts[code]
+            table[str(code)] = {"letter": lcz.letter, "name": lcz.name,
+                                "polygons": len(counts.polygons[code]),
+                                "train": row["train"], "validation": row["validation"],
+                                "test": row["test"], "total": sum(row.values())}
+    total = sum(row["total"] for row in table.values())
+    missing = [lcz_class(c).letter for c in LCZ_CODES if str(c) not in table]
+    feedback.info(f"Wrote {total} patches to {output}:")
+    feedback.info("  LCZ  class                    polygons  train  valid.  test  total")
+    for row in table.values():
+        feedback.info(f"  {row['letter']:>3}  {row['name']:<24} {row['polygons']:>8} "
+                      f"{row['train']:>6} {row['validation']:>7} {row['test']:>5} "
+                      f"{row['total']:>6}")
+    if missing:
+        feedback.info(f"  classes without patches: {', '.join(missing)}")
+    return {"patch_file": os.path.abspath(output), "patches": total, "classes": table,
+            "classes_without_patches": missing}
