@@ -225,3 +225,21 @@ def test_ancillary_height_is_what_separates_the_lookalike_classes(tmp_path):
         scores[name] = float((forest.predict(x_test[:, columns]) == y_test).mean())
     assert scores["s2+height"] > 0.85, scores
     assert scores["s2+height"] - scores["s2"] > 0.2, scores
+
+
+def test_gdal_sentinel2_driver_reads_the_product(city):
+    """GDAL's own SENTINEL2 driver understands the product's metadata (band list, granule
+    list, tile geocoding), as it does real L2A products."""
+    product = gdal.Open(os.path.join(city.safe, "MTD_MSIL2A.xml"))
+    assert product.GetDriver().ShortName == "SENTINEL2"
+    subsets = dict(product.GetSubDatasets())
+    ten = [name for name in subsets if name.endswith(":10m:EPSG_32633")]
+    twenty = [name for name in subsets if name.endswith(":20m:EPSG_32633")]
+    assert ten and twenty
+    ds = gdal.Open(ten[0])
+    assert ds.GetGeoTransform() == (synthcity.ORIGIN[0], 10.0, 0.0, synthcity.ORIGIN[1], 0.0,
+                                    -10.0)
+    names = [ds.GetRasterBand(i + 1).GetMetadataItem("BANDNAME") for i in range(ds.RasterCount)]
+    assert sorted(names) == ["B2", "B3", "B4", "B8"]
+    np.testing.assert_array_equal(ds.GetRasterBand(names.index("B4") + 1).ReadAsArray(),
+                                  read(city.band_path("B04")))

@@ -14,8 +14,10 @@ project would collect:
     ``GRANULE/<id>/IMG_DATA/R10m|R20m/T33UVP_<datetime>_<band>_<res>.jp2`` written losslessly
     with GDAL's JP2OpenJPEG driver. B02, B03, B04, B08 at 10 m; B05, B06, B07, B8A, B11, B12
     (and B02-B04 again, and the scene classification SCL) at 20 m. DN = reflectance * 10000
-    + 1000 (processing baseline >= 04.00 offset, BOA_ADD_OFFSET = -1000). The product is only
-    a few km wide (a real tile is 109.8 km) and carries no angles, masks or QI data.
+    + 1000 (processing baseline >= 04.00 offset, BOA_ADD_OFFSET = -1000). Constant AOT and
+    WVP, clear-sky cloud/snow masks and ``MTD_TL.xml`` geocoding make it complete enough for
+    GDAL's SENTINEL2 driver. The product is only a few km wide (a real tile is 109.8 km) and
+    has no angles and no clouds.
 ``city.osm``
     OpenStreetMap XML in WGS 84 (GDAL's OSM driver reads it): buildings (``building=*``
     with ``height=*``, ``building:levels=*`` or neither, a few missing as in real OSM),
@@ -90,6 +92,8 @@ BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 BAND_ID = {"B01": 0, "B02": 1, "B03": 2, "B04": 3, "B05": 4, "B06": 5, "B07": 6, "B08": 7,
            "B8A": 8, "B09": 9, "B10": 10, "B11": 11, "B12": 12}
 """``band_id`` of each band in ``MTD_MSIL2A.xml`` (Spectral_Information bandId)."""
+NATIVE_RESOLUTION = {"B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20,
+                     "B08": 10, "B8A": 20, "B09": 60, "B10": 60, "B11": 20, "B12": 20}
 RES10 = ("B02", "B03", "B04", "B08")
 RES20 = ("B02", "B03", "B04", "B05", "B06", "B07", "B8A", "B11", "B12")
 
@@ -466,15 +470,19 @@ def product_names(seed: int, date: _dt.date) -> tuple[str, str, str]:
 def mtd_msil2a(safe: str, granule: str, prefix: str, date: _dt.date) -> str:
     stamp = date.strftime("%Y-%m-%d")
     images = []
-    for res, bands in ((10, RES10), (20, RES20 + ("SCL",))):
+    for res, bands in ((10, RES10), (20, RES20 + ("SCL", "AOT", "WVP"))):
         for band in bands:
             images.append(f"              <IMAGE_FILE>GRANULE/{granule}/IMG_DATA/R{res}m/"
                           f"{prefix}_{band}_{res}m</IMAGE_FILE>")
     offsets = "\n".join(f'        <BOA_ADD_OFFSET band_id="{i}">{BOA_ADD_OFFSET}</BOA_ADD_OFFSET>'
                         for i in range(13))
-    spectral = "\n".join(f'        <Spectral_Information bandId="{i}" physicalBand="'
-                         f'{name.replace("B0", "B")}"/>' for name, i in BAND_ID.items())
+    spectral = "\n".join(
+        f'        <Spectral_Information bandId="{i}" physicalBand="{name.replace("B0", "B")}">'
+        f'<RESOLUTION>{NATIVE_RESOLUTION[name]}</RESOLUTION></Spectral_Information>'
+        for name, i in BAND_ID.items())
     images_xml = "\n".join(images)
+    band_list = "\n".join(f"          <BAND_NAME>{b.replace('B0', 'B')}</BAND_NAME>"
+                          for b in BANDS)
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <!-- SIMULATED product written by tools/synthcity.py (lcz project): a synthetic city, not a measurement. -->
 <n1:Level-2A_User_Product xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-2A.xsd" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
@@ -494,6 +502,12 @@ def mtd_msil2a(safe: str, granule: str, prefix: str, date: _dt.date) -> str:
         <SENSING_ORBIT_NUMBER>122</SENSING_ORBIT_NUMBER>
         <SENSING_ORBIT_DIRECTION>DESCENDING</SENSING_ORBIT_DIRECTION>
       </Datatake>
+      <Query_Options completeSingleTile="true">
+        <PRODUCT_FORMAT>SAFE_COMPACT</PRODUCT_FORMAT>
+        <Band_List>
+{band_list}
+        </Band_List>
+      </Query_Options>
       <Product_Organisation>
         <Granule_List>
           <Granule datastripIdentifier="S2B_OPER_MSI_L2A_DS_SYNT_{date.strftime('%Y%m%d')}T130421_N05.09" granuleIdentifier="{granule}" imageFormat="JPEG2000">
@@ -573,6 +587,14 @@ def write_safe(rng, folder: str, seed: int, material, bright) -> str:
     veg = block_mean(np.isin(material, [M[v] for v in VEGETATION]).astype(np.float32), k)
     scl = np.where(water > 0.5, 6, np.where(veg > 0.5, 4, 5)).astype(np.uint16)
     write_jp2(os.path.join(img, "R20m", f"{prefix}_SCL_20m.jp2"), scl, 20.0)
+    # constant atmosphere (AOT 0.15, water vapour 2 cm) and clear-sky masks, so that GDAL's
+    # SENTINEL2 driver finds every file it expects
+    write_jp2(os.path.join(img, "R20m", f"{prefix}_AOT_20m.jp2"), np.full_like(scl, 150), 20.0)
+    write_jp2(os.path.join(img, "R20m", f"{prefix}_WVP_20m.jp2"), np.full_like(scl, 2000), 20.0)
+    qi = os.path.join(safe, "GRANULE", granule, "QI_DATA")
+    os.makedirs(qi, exist_ok=True)
+    for mask in ("CLDPRB", "SNWPRB"):
+        write_jp2(os.path.join(qi, f"MSK_{mask}_20m.jp2"), np.zeros_like(scl), 20.0)
     with open(os.path.join(safe, "MTD_MSIL2A.xml"), "w", encoding="utf-8") as f:
         f.write(mtd_msil2a(safe_name, granule, prefix, date))
     with open(os.path.join(safe, "GRANULE", granule, "MTD_TL.xml"), "w", encoding="utf-8") as f:
