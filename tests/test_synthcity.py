@@ -190,11 +190,19 @@ def test_some_classes_differ_only_in_ancillary_layers(big_city, tmp_path):
     assert synthcity.RECIPES[1].building_fraction == synthcity.RECIPES[3].building_fraction
 
 
-def test_cli_writes_a_city(tmp_path, capsys):
-    assert synthcity.main(["--out", str(tmp_path / "c"), "--seed", "3", "--size-km", "0.5"]) == 0
+def test_cli_writes_a_city_and_a_zipped_product(tmp_path, capsys):
+    assert synthcity.main(["--out", str(tmp_path / "c"), "--seed", "3", "--size-km", "0.5",
+                           "--zip-safe"]) == 0
     assert "synthetic city" in capsys.readouterr().out
     assert (tmp_path / "c" / "synthcity.json").exists()
     assert read(tmp_path / "c" / "lcz_truth.tif").shape == (5, 5)
+    zipped = glob.glob(str(tmp_path / "c" / "*.SAFE.zip"))
+    assert len(zipped) == 1
+    safe = os.path.basename(zipped[0])[:-len(".zip")]
+    jp2 = glob.glob(str(tmp_path / "c" / safe / "GRANULE" / "*" / "IMG_DATA" / "R10m" /
+                        "*_B04_10m.jp2"))[0]
+    inside = f"/vsizip/{zipped[0]}/{os.path.relpath(jp2, str(tmp_path / 'c'))}"
+    np.testing.assert_array_equal(read(inside), read(jp2))
 
 
 @pytest.mark.slow

@@ -59,6 +59,7 @@ import datetime as _dt
 import json
 import math
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
@@ -201,6 +202,7 @@ class City:
     dtm: str
     training_areas: str
     training_areas_kml: str
+    safe_zip: str | None = None
     geotransform_10m: tuple = ()
 
     def band_path(self, band: str, resolution: int = 0) -> str:
@@ -796,8 +798,11 @@ def write_training_areas(rng, gpkg: str, kml: str, polygons) -> None:
 
 # -- the whole city -------------------------------------------------------------------------
 
-def generate(folder: str, seed: int = 0, size_km: float = 3.0) -> City:
-    """Simulate a city of ``size_km`` x ``size_km`` (rounded to 100 m) into ``folder``."""
+def generate(folder: str, seed: int = 0, size_km: float = 3.0, zip_safe: bool = False) -> City:
+    """Simulate a city of ``size_km`` x ``size_km`` (rounded to 100 m) into ``folder``.
+
+    ``zip_safe``: also write the product as ``<name>.SAFE.zip`` beside the folder, the way
+    the Copernicus Data Space delivers products (``City.safe_zip``)."""
     n = int(round(size_km * 1000 / CELL))
     if n < 3:
         raise ValueError("size_km must be at least 0.3 (three 100 m cells)")
@@ -817,6 +822,10 @@ def generate(folder: str, seed: int = 0, size_km: float = 3.0) -> City:
     write_tiff(dsm, ground + height, FINE, gdal.GDT_Float32, nodata=-9999.0)
     write_tiff(dtm, ground, FINE, gdal.GDT_Float32, nodata=-9999.0)
     safe = write_safe(rng, folder, seed, material, bright)
+    safe_zip = None
+    if zip_safe:
+        safe_zip = shutil.make_archive(safe, "zip", root_dir=folder,
+                                       base_dir=os.path.basename(safe))
     osm = os.path.join(folder, "city.osm")
     write_osm(rng, osm, cells, buildings)
     gpkg = os.path.join(folder, "training_areas.gpkg")
@@ -840,7 +849,7 @@ def generate(folder: str, seed: int = 0, size_km: float = 3.0) -> City:
     with open(os.path.join(folder, "synthcity.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
     return City(folder=folder, seed=seed, cells=cells, truth=truth, safe=safe, osm=osm,
-                dsm=dsm, dtm=dtm, training_areas=gpkg, training_areas_kml=kml,
+                dsm=dsm, dtm=dtm, training_areas=gpkg, training_areas_kml=kml, safe_zip=safe_zip,
                 geotransform_10m=(ORIGIN[0], 10.0, 0.0, ORIGIN[1], 0.0, -10.0))
 
 
@@ -854,8 +863,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--size-km", type=float, default=3.0,
                         help="side of the square scene in km (default 3)")
+    parser.add_argument("--zip-safe", action="store_true",
+                        help="also write the Sentinel-2 product as a .SAFE.zip")
     args = parser.parse_args(argv)
-    city = generate(args.out, seed=args.seed, size_km=args.size_km)
+    city = generate(args.out, seed=args.seed, size_km=args.size_km, zip_safe=args.zip_safe)
     codes = sorted(set(city.cells.ravel().tolist()))
     print(f"synthetic city (seed {city.seed}, {city.cells.shape[0]} x {city.cells.shape[1]} "
           f"cells of 100 m, classes {', '.join(lcz_class(c).letter for c in codes)}) in "
