@@ -285,3 +285,21 @@ def test_wudapt_kml_with_one_folder_per_class_is_read_whole(tmp_path):
     assert [a.code for a in areas.areas] == [2, 12, 17]
     assert len({a.polygon_id for a in areas.areas}) == 3
     assert "4326" in areas.crs_wkt or "WGS 84" in areas.crs_wkt
+
+
+def test_cells_whose_patch_is_mostly_nodata_are_skipped(tmp_path):
+    data = np.random.default_rng(5).normal(size=(2, 60, 60)).astype(np.float32)
+    data[:, :, 30:] = -9999.0  # the east half is no-data
+    stack = write_stack(tmp_path / "s.tif", data, ["T:a", "T:b"], nodata=-9999.0)
+    areas = write_polygons(tmp_path / "a.gpkg", [("5", cell_square(0, 0, rows=6, cols=6))])
+    feedback = RecordingFeedback()
+    result = extract_patches(stack, areas, str(tmp_path / "p.h5"), patch_size=8,
+                             feedback=feedback)
+    arrays, _ = load(result.output)
+    assert result.patches == 18  # the 3 western columns of cells
+    assert (arrays["centres"][:, 0] < ORIGIN[0] + 300).all()
+    assert any("skipped 18 cell(s) whose patch is mostly no-data" in w for w in feedback.warnings)
+    east = write_polygons(tmp_path / "e.gpkg", [("5", cell_square(0, 3, rows=6, cols=3))])
+    with pytest.raises(InputError, match="every cell inside the training areas is no-data"):
+        extract_patches(stack, east, str(tmp_path / "q.h5"), patch_size=8)
+    assert not (tmp_path / "q.h5").exists()
