@@ -333,7 +333,7 @@ def render_html(result: AssessResult, map_path: str, reference: str, title: str)
     matrix_head = "".join(f"<th>{html.escape(x)}</th>" for x in letters)
     matrix_rows = "\n".join(
         f"<tr><th>{html.escape(letters[a])}</th>" + "".join(
-            f"<td class='{'d' if a == b else ''}'>{matrix[i, j] or ''}</td>"
+            f"<td{' class=d' if a == b else ''}>{matrix[i, j] or ''}</td>"
             for b, j in enumerate(index)) + f"<td class='t'>{matrix[i].sum()}</td></tr>"
         for a, i in enumerate(index))
     col_totals = "".join(f"<td class='t'>{matrix[:, j].sum()}</td>" for j in index)
