@@ -172,3 +172,120 @@ def shared_data(relative: str) -> str:
         pytest.skip(f"real test data {relative} is absent: ../shared/data exists only in the "
                     f"project's own workspace")
     return path
+
+
+S2_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+
+
+def stack_from_synthcity(city, path, with_height: bool = True, offset_in_metadata=False) -> str:
+    """A 10 m input stack made directly from a synthetic city's JP2s and DSM/DTM with GDAL
+    (independent of the plugin's preprocessing algorithms): S2:B02 ... S2:B12 as DN with the
+    BOA_ADD_OFFSET removed (or, with ``offset_in_metadata``, as stored with a GDAL
+    scale/offset saying so), 20 m bands resampled by nearest neighbour, and DSM:height =
+    mean of DSM - DTM per 10 m pixel."""
+    first = gdal.Open(city.band_path("B02"))
+    width, height = first.RasterXSize, first.RasterYSize
+    bands, names = [], []
+    for band in S2_BANDS:
+        src = gdal.Open(city.band_path(band))
+        if src.RasterXSize != width:
+            src = gdal.Warp("", src, format="MEM", width=width, height=height,
+                            resampleAlg="near")
+        dn = src.ReadAsArray().astype(np.float32)
+        bands.append(dn if offset_in_metadata else dn - 1000.0)
+        names.append(f"S2:{band}")
+    if with_height:
+        dsm = gdal.Open(city.dsm).ReadAsArray().astype(np.float64)
+        dtm = gdal.Open(city.dtm).ReadAsArray().astype(np.float64)
+        k = dsm.shape[0] // height
+        h = (dsm - dtm).reshape(height, k, width, k).mean(axis=(1, 3))
+        bands.append(h.astype(np.float32))
+        names.append("DSM:height")
+    out = write_stack(path, np.stack(bands), names, geotransform=first.GetGeoTransform())
+    if offset_in_metadata:
+        ds = gdal.Open(out, gdal.GA_Update)
+        for i in range(len(S2_BANDS)):
+            ds.GetRasterBand(i + 1).SetScale(1e-4)
+            ds.GetRasterBand(i + 1).SetOffset(-0.1)
+        ds = None
+    return out
+
+
+def cell_square(row: int, col: int, rows: int = 1, cols: int = 1, cell: float = 100.0,
+                origin=ORIGIN, inset: float = 10.0) -> str:
+    """WKT of a rectangle covering cells (row, col) ... (row+rows-1, col+cols-1), inset."""
+    xa, ya = origin[0] + col * cell + inset, origin[1] - row * cell - inset
+    xb, yb = origin[0] + (col + cols) * cell - inset, origin[1] - (row + rows) * cell + inset
+    return f"POLYGON(({xa} {ya},{xb} {ya},{xb} {yb},{xa} {yb},{xa} {ya}))"
+
+
+def write_polygons(path, items, *, epsg: int = UTM33, field: str = "lcz",
+                   source_epsg: int | None = None) -> str:
+    """A GeoPackage of polygons ``items = [(label, wkt), ...]`` (WKT in ``source_epsg``,
+    default ``epsg``), stored in ``epsg`` with the label in a text field ``field``."""
+    from osgeo import ogr
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(epsg)
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    transform = None
+    if source_epsg and source_epsg != epsg:
+        src = osr.SpatialReference()
+        src.ImportFromEPSG(source_epsg)
+        src.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        transform = osr.CoordinateTransformation(src, srs)
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(os.fspath(path))
+    layer = ds.CreateLayer("areas", srs, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn(field, ogr.OFTString))
+    for label, wkt in items:
+        feature = ogr.Feature(layer.GetLayerDefn())
+        if label is not None:
+            feature.SetField(field, str(label))
+        geometry = ogr.CreateGeometryFromWkt(wkt)
+        if transform is not None:
+            geometry.Transform(transform)
+        feature.SetGeometry(geometry)
+        layer.CreateFeature(feature)
+    ds = None
+    return os.fspath(path)
+
+
+def write_kml(path, items) -> str:
+    """A KML of placemarks ``items = [(name or None, [(lon, lat), ...]), ...]``."""
+    marks = []
+    for name, ring in items:
+        coords = " ".join(f"{lon},{lat},0" for lon, lat in ring + ring[:1])
+        tag = f"<name>{name}</name>" if name is not None else ""
+        marks.append(f"<Placemark>{tag}<Polygon><outerBoundaryIs><LinearRing><coordinates>"
+                     f"{coords}</coordinates></LinearRing></outerBoundaryIs></Polygon>"
+                     f"</Placemark>")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write('<?xml version="1.0" encoding="UTF-8"?>\n<kml xmlns="http://www.opengis.net/kml'
+                '/2.2"><Document><Folder><name>areas</name>' + "".join(marks) +
+                "</Folder></Document></kml>\n")
+    return os.fspath(path)
+
+
+class RecordingFeedback:
+    """Core feedback that keeps its log lines and can cancel after ``cancel_after`` checks."""
+
+    def __init__(self, cancel_after: int | None = None):
+        self.infos, self.warnings, self.percent = [], [], []
+        self.cancel_after = cancel_after
+        self.checks = 0
+
+    def progress(self, percent):
+        self.percent.append(percent)
+
+    def is_cancelled(self):
+        self.checks += 1
+        return self.cancel_after is not None and self.checks > self.cancel_after
+
+    def info(self, message):
+        self.infos.append(message)
+
+    def warning(self, message):
+        self.warnings.append(message)
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.infos + self.warnings)

@@ -1,11 +1,14 @@
-"""The Processing algorithms of the ``lcz`` provider."""
+"""The Processing algorithms of the ``lcz`` provider, in the order of the LCZ workflow."""
 
 
 def all_algorithms():
-    from .classify import ClassifyAlgorithm
-    from .stacksentinel2 import StackSentinel2Algorithm
-    from .rasterizeosm import RasterizeOsmAlgorithm
-    from .preparedsm import PrepareDsmAlgorithm
+    from .assess_accuracy import AssessAccuracyAlgorithm
     from .buildstack import BuildStackAlgorithm
-    return [ClassifyAlgorithm(), StackSentinel2Algorithm(), RasterizeOsmAlgorithm(),
-            PrepareDsmAlgorithm(), BuildStackAlgorithm()]
+    from .classify import ClassifyAlgorithm
+    from .extract_patches import ExtractPatchesAlgorithm
+    from .preparedsm import PrepareDsmAlgorithm
+    from .rasterizeosm import RasterizeOsmAlgorithm
+    from .stacksentinel2 import StackSentinel2Algorithm
+    return [StackSentinel2Algorithm(), RasterizeOsmAlgorithm(), PrepareDsmAlgorithm(),
+            BuildStackAlgorithm(), ExtractPatchesAlgorithm(), ClassifyAlgorithm(),
+            AssessAccuracyAlgorithm()]

@@ -187,7 +187,9 @@ class _Scratch:
         if geometry is None or geometry.IsEmpty():
             return
         if buffer is not None:
-            geometry = geometry.Buffer(buffer / 2.0, 4)
+            geometry = _geos(lambda: geometry.Buffer(buffer / 2.0, 4))
+            if geometry is None:
+                return
         elif geometry.GetDimension() == 2:
             geometry = _valid_polygons(geometry)
             if geometry is None:
@@ -195,8 +197,7 @@ class _Scratch:
         if not geometry.Intersects(self.clip):
             return
         if not self.clip.Contains(geometry):
-            with quiet_gdal():
-                geometry = geometry.Intersection(self.clip)
+            geometry = _geos(lambda: geometry.Intersection(self.clip))
             if geometry is None or geometry.IsEmpty():
                 return
         feature = ogr.Feature(self.layer.GetLayerDefn())
@@ -219,13 +220,23 @@ class _Scratch:
                 os.remove(path)
 
 
+def _geos(operation):
+    """Result of a GEOS operation, or None where GEOS refuses a degenerate OSM geometry (a way
+    of two identical nodes ...). Works in both of OGR's error modes: another library in the
+    same process (QGIS, a script) may have called ogr.UseExceptions()."""
+    with quiet_gdal():
+        try:
+            return operation()
+        except RuntimeError:
+            return None
+
+
 def _valid_polygons(geometry):
     """OSM polygons cut by an extract's edge or drawn crossing themselves are invalid; repair
     them (GEOS MakeValid) and keep the polygonal parts, or drop what cannot be repaired."""
-    with quiet_gdal():
-        if geometry.IsValid():
-            return geometry
-        repaired = geometry.MakeValid()
+    if _geos(geometry.IsValid):
+        return geometry
+    repaired = _geos(geometry.MakeValid)
     if repaired is None or repaired.IsEmpty():
         return None
     if repaired.GetDimension() == 2 and repaired.GetGeometryType() in (

@@ -46,11 +46,11 @@ H5PY_MISSING = (
 
 
 def _h5py():
+    from .h5import import import_h5py
     try:
-        import h5py
+        return import_h5py()
     except ImportError as exc:
         raise InputError(f"{H5PY_MISSING} (Python said: {exc})") from None
-    return h5py
 
 
 @dataclass

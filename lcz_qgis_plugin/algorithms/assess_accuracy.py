@@ -1,0 +1,127 @@
+"""``lcz:assessaccuracy`` — Assess an LCZ map (adapter over core.assess)."""
+
+import math
+
+from qgis.core import (QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsProcessing,
+                       QgsProcessingException, QgsProcessingOutputNumber,
+                       QgsProcessingParameterFeatureSink, QgsProcessingParameterField,
+                       QgsProcessingParameterFileDestination,
+                       QgsProcessingParameterRasterLayer, QgsProcessingParameterVectorLayer,
+                       QgsWkbTypes)
+from qgis.PyQt.QtCore import QVariant
+
+from ..core.assess import assess_accuracy
+from .areas_input import labelled_areas
+from .base import LczAlgorithm
+
+SCORES = (("OA", "oa", "Overall accuracy"), ("WA", "wa", "Weighted accuracy (WA)"),
+          ("OA_BU", "oa_bu", "Overall accuracy of the built classes"),
+          ("OA_N", "oa_n", "Overall accuracy of the natural classes"),
+          ("OA_BUILT_VS_NATURAL", "oa_built_vs_natural", "Built vs natural accuracy"),
+          ("KAPPA", "kappa", "Cohen's kappa"), ("F1_MACRO", "f1_macro", "Macro F1"),
+          ("F1_WEIGHTED", "f1_weighted", "Weighted F1"))
+
+
+def _number(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+class AssessAccuracyAlgorithm(LczAlgorithm):
+    INPUT = "INPUT"
+    REFERENCE_AREAS = "REFERENCE_AREAS"
+    CLASS_FIELD = "CLASS_FIELD"
+    REFERENCE_RASTER = "REFERENCE_RASTER"
+    OUTPUT_HTML = "OUTPUT_HTML"
+    OUTPUT_TABLE = "OUTPUT_TABLE"
+
+    ALGORITHM_ID = "assessaccuracy"
+    DISPLAY_NAME = "Assess LCZ map accuracy"
+    GROUP = "Classification"
+    GROUP_ID = "classification"
+    TAGS = ("lcz,local climate zones,accuracy,validation,confusion matrix,kappa,f1,"
+            "weighted accuracy,wudapt,report")
+    SHORT_DESCRIPTION = ("Assesses an LCZ map against reference polygons or a reference "
+                         "LCZ raster and writes an accuracy report.")
+    HELP = """
+Compares an LCZ map cell by cell with reference data and reports the LCZ accuracy figures: overall accuracy (OA), weighted accuracy (WA, Bechtel et al. 2017, partial credit for similar classes), OA of the built classes (OA_BU) and of the natural classes (OA_N), built-vs-natural accuracy, Cohen's kappa, and per-class producer's and user's accuracy and F1, with the confusion matrix (rows: reference, columns: map).
+
+Parameters
+- LCZ map (INPUT): the map to assess, e.g. from Classify Local Climate Zones (codes 1-17; 101-107 are read as A-G; other values are no data).
+- Reference polygons (REFERENCE_AREAS): polygons with the true class, e.g. training areas held out for testing or a WUDAPT KML/KMZ (placemark names 1 ... 10, A ... G). A map cell is compared when its centre lies in a polygon. Reprojected to the map's CRS when needed.
+- Class field (CLASS_FIELD): field with the class (1-17, 101-107 or A-G). Empty: the KML placemark name (Name), or a field called lcz or class.
+- Reference LCZ raster (REFERENCE_RASTER): instead of polygons, an LCZ raster in any coding (1-17, 101-107), e.g. a published map. It is reprojected onto the map grid, taking the most frequent reference class in each map cell when it is finer than the map, the nearest otherwise. Give either polygons or a raster.
+
+Outputs
+- Report (OUTPUT_HTML): one HTML file with the scores, the per-class table and the confusion matrix as a table and as a figure (the figure needs matplotlib).
+- Per-class table (OUTPUT_TABLE, optional): one row per LCZ class: code, letter, name, reference and mapped cells, producer's and user's accuracy, F1; usable in a graphical model or saved as CSV.
+- Numbers OA, WA, OA_BU, OA_N, OA_BUILT_VS_NATURAL, KAPPA, F1_MACRO, F1_WEIGHTED (fractions 0-1) and SAMPLES (cells compared), for use in a model.
+"""
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("LCZ map")))
+        self.addParameter(QgsProcessingParameterVectorLayer(
+            self.REFERENCE_AREAS, self.tr("Reference polygons (or WUDAPT KML/KMZ)"),
+            [QgsProcessing.TypeVectorAnyGeometry], optional=True))
+        self.addParameter(QgsProcessingParameterField(
+            self.CLASS_FIELD, self.tr("Class field (empty: KML placemark name, or 'lcz')"),
+            parentLayerParameterName=self.REFERENCE_AREAS, optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            self.REFERENCE_RASTER, self.tr("Reference LCZ raster (instead of polygons)"),
+            optional=True))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.OUTPUT_HTML, self.tr("Accuracy report"), self.tr("HTML files (*.html)")))
+        self.addParameter(QgsProcessingParameterFeatureSink(
+            self.OUTPUT_TABLE, self.tr("Per-class accuracy table"), QgsProcessing.TypeVector,
+            optional=True, createByDefault=False))
+        for key, _, label in SCORES:
+            self.addOutput(QgsProcessingOutputNumber(key, self.tr(label)))
+        self.addOutput(QgsProcessingOutputNumber("SAMPLES", self.tr("Cells compared")))
+
+    def run_core(self, parameters, context, feedback):
+        lcz_map = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        areas_layer = self.parameterAsVectorLayer(parameters, self.REFERENCE_AREAS, context)
+        raster = self.parameterAsRasterLayer(parameters, self.REFERENCE_RASTER, context)
+        if (areas_layer is None) == (raster is None):
+            raise QgsProcessingException(
+                "Give exactly one reference: reference polygons (REFERENCE_AREAS) or a "
+                "reference LCZ raster (REFERENCE_RASTER).")
+        areas = None
+        if areas_layer is not None:
+            class_field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
+            areas = labelled_areas(areas_layer, class_field, feedback)
+        report = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)
+        result = assess_accuracy(
+            lcz_map.source(), reference_raster=raster.source() if raster else None,
+            reference_areas=areas, report=report,
+            title=f"Accuracy of the LCZ map {lcz_map.name()}", feedback=feedback)
+        outputs = {self.OUTPUT_HTML: result.report, "SAMPLES": result.samples}
+        for key, name, _ in SCORES:
+            outputs[key] = _number(result.scores[name])
+        table_id = self._write_table(parameters, context, result)
+        if table_id is not None:
+            outputs[self.OUTPUT_TABLE] = table_id
+        return outputs
+
+    def _write_table(self, parameters, context, result):
+        if parameters.get(self.OUTPUT_TABLE) in (None, ""):
+            return None
+        fields = QgsFields()
+        fields.append(QgsField("code", QVariant.Int))
+        fields.append(QgsField("letter", QVariant.String))
+        fields.append(QgsField("name", QVariant.String))
+        fields.append(QgsField("reference", QVariant.Int))
+        fields.append(QgsField("predicted", QVariant.Int))
+        fields.append(QgsField("producers_accuracy", QVariant.Double))
+        fields.append(QgsField("users_accuracy", QVariant.Double))
+        fields.append(QgsField("f1", QVariant.Double))
+        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT_TABLE, context, fields,
+                                             QgsWkbTypes.NoGeometry)
+        if sink is None:
+            return None
+        for row in result.classes:
+            feature = QgsFeature(fields)
+            feature.setAttributes([row.code, row.letter, row.name, row.reference,
+                                   row.predicted, _number(row.producers_accuracy),
+                                   _number(row.users_accuracy), _number(row.f1)])
+            sink.addFeature(feature, QgsFeatureSink.FastInsert)
+        return dest_id

@@ -1,0 +1,118 @@
+"""``lcz:extractpatches`` — Extract training patches (adapter over core.extract)."""
+
+from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputNumber,
+                       QgsProcessingParameterField, QgsProcessingParameterFileDestination,
+                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
+                       QgsProcessingParameterVectorLayer)
+
+from ..core.extract import extract_patches
+from .areas_input import labelled_areas
+from .base import LczAlgorithm
+
+
+class ExtractPatchesAlgorithm(LczAlgorithm):
+    INPUT = "INPUT"
+    TRAINING_AREAS = "TRAINING_AREAS"
+    CLASS_FIELD = "CLASS_FIELD"
+    PATCH_SIZE = "PATCH_SIZE"
+    CELL_SIZE = "CELL_SIZE"
+    MAX_PER_POLYGON = "MAX_PER_POLYGON"
+    MAX_PER_CLASS = "MAX_PER_CLASS"
+    VALIDATION_FRACTION = "VALIDATION_FRACTION"
+    TEST_FRACTION = "TEST_FRACTION"
+    SEED = "SEED"
+    OUTPUT = "OUTPUT"
+    OUTPUT_SUMMARY = "OUTPUT_SUMMARY"
+
+    ALGORITHM_ID = "extractpatches"
+    DISPLAY_NAME = "Extract training patches"
+    GROUP = "Training"
+    GROUP_ID = "training"
+    TAGS = ("lcz,local climate zones,training areas,training data,patches,samples,wudapt,"
+            "kml,hdf5,h5,deep learning,msmla")
+    SHORT_DESCRIPTION = ("Extracts training patches for LCZ models from training-area "
+                         "polygons and an input stack.")
+    HELP = """
+Cuts one patch of pixels around every output cell whose centre lies inside a training area, and writes them with their LCZ class to a patch file (HDF5) that the training package reads (python -m training train). Cells sit on the same grid and patches are centred exactly as in Classify Local Climate Zones, so training and classification see the same patches.
+
+Parameters
+- Input stack (INPUT): raster whose band descriptions name its channels (S2:B02 ... S2:B12, OSM:building_fraction, DSM:height ...), e.g. from Build input stack. Projected CRS in metres. All bands are extracted.
+- Training areas (TRAINING_AREAS): polygons with an LCZ class: any vector layer, or a WUDAPT KML/KMZ whose placemark names are the classes 1 ... 10, A ... G (every folder of the file is read). Reprojected to the stack's CRS when needed. Polygons outside the stack are skipped with a warning.
+- Class field (CLASS_FIELD): field holding the class as 1-17, WUDAPT 101-107 or letters A-G. Empty: the KML placemark name (Name), or a field called lcz or class. Unknown labels stop the run and are all listed.
+- Patch size (PATCH_SIZE): patch edge in pixels (48 for MSMLA, 32 for Sen2LCZ-Net / So2Sat models).
+- Cell size (CELL_SIZE): output cell size in metres, a whole multiple of the pixel size (100 m: one patch every 10 pixels).
+- Maximum patches per polygon (MAX_PER_POLYGON) and per class (MAX_PER_CLASS): 0 = all; otherwise a random subset (SEED) keeps large polygons and common classes from dominating.
+- Validation fraction (VALIDATION_FRACTION) and test fraction (TEST_FRACTION): share of each class's polygons held out (whole polygons, so overlapping neighbouring patches never cross the split); stored in the patch file's split dataset. 0 and 0: no split stored.
+- Random seed (SEED): makes sampling and split repeatable.
+
+Outputs
+- Patch file (OUTPUT): HDF5 (.h5) with patches (raw stack values), labels, polygon ids, split, cell centres, channel names and per-channel scale/offset (the band's GDAL scale/offset, else 1e-4 for S2:* and 1 for others). Schema: README, "Patch files".
+- Summary (OUTPUT_SUMMARY, optional): JSON with patches per class and split, skipped polygons and cells.
+- PATCHES: number of patches written. Class counts are also printed in the log.
+"""
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            self.INPUT, self.tr("Input stack")))
+        self.addParameter(QgsProcessingParameterVectorLayer(
+            self.TRAINING_AREAS, self.tr("Training areas (polygons, or WUDAPT KML/KMZ)"),
+            [QgsProcessing.TypeVectorAnyGeometry]))
+        self.addParameter(QgsProcessingParameterField(
+            self.CLASS_FIELD, self.tr("Class field (empty: KML placemark name, or 'lcz')"),
+            parentLayerParameterName=self.TRAINING_AREAS, optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.PATCH_SIZE, self.tr("Patch size in pixels"),
+            QgsProcessingParameterNumber.Integer, defaultValue=48, minValue=1, maxValue=1024))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.CELL_SIZE, self.tr("Cell size in metres"),
+            QgsProcessingParameterNumber.Double, defaultValue=100.0, minValue=0.0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.MAX_PER_POLYGON, self.tr("Maximum patches per polygon (0: all)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.MAX_PER_CLASS, self.tr("Maximum patches per class (0: all)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.VALIDATION_FRACTION, self.tr("Validation fraction of the polygons"),
+            QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0,
+            maxValue=0.9))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.TEST_FRACTION, self.tr("Test fraction of the polygons"),
+            QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0,
+            maxValue=0.9))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer,
+            defaultValue=42))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.OUTPUT, self.tr("Patch file"), self.tr("HDF5 patch files (*.h5)")))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.OUTPUT_SUMMARY, self.tr("Summary (JSON)"), self.tr("JSON files (*.json)"),
+            optional=True, createByDefault=False))
+        self.addOutput(QgsProcessingOutputNumber("PATCHES", self.tr("Patches written")))
+
+    def run_core(self, parameters, context, feedback):
+        stack = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if stack is None or stack.providerType() != "gdal":
+            raise QgsProcessingException(
+                "The input stack must be a raster file GDAL can read; save it as a GeoTIFF "
+                "first.")
+        layer = self.parameterAsVectorLayer(parameters, self.TRAINING_AREAS, context)
+        class_field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
+        areas = labelled_areas(layer, class_field, feedback)
+        summary = None
+        if parameters.get(self.OUTPUT_SUMMARY) not in (None, ""):
+            summary = self.parameterAsFileOutput(parameters, self.OUTPUT_SUMMARY, context) or None
+        result = extract_patches(
+            stack.source(), areas,
+            self.parameterAsFileOutput(parameters, self.OUTPUT, context),
+            patch_size=self.parameterAsInt(parameters, self.PATCH_SIZE, context),
+            cell_size=self.parameterAsDouble(parameters, self.CELL_SIZE, context),
+            max_per_polygon=self.parameterAsInt(parameters, self.MAX_PER_POLYGON, context),
+            max_per_class=self.parameterAsInt(parameters, self.MAX_PER_CLASS, context),
+            validation_fraction=self.parameterAsDouble(parameters, self.VALIDATION_FRACTION,
+                                                       context),
+            test_fraction=self.parameterAsDouble(parameters, self.TEST_FRACTION, context),
+            seed=self.parameterAsInt(parameters, self.SEED, context),
+            summary_output=summary, feedback=feedback)
+        return {self.OUTPUT: result.output, self.OUTPUT_SUMMARY: result.summary_path,
+                "PATCHES": result.patches}

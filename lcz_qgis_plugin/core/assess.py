@@ -1,0 +1,396 @@
+"""Assess an LCZ map against reference data: confusion matrix, LCZ scores, HTML report.
+
+The map's own grid is the unit of assessment: every map cell with a class (1-17) and a
+reference class counts once. The reference is either
+
+- polygons (a class field, or WUDAPT KML placemark names), rasterised onto the map grid:
+  a cell takes a polygon's class when its centre lies inside it (reprojected first when
+  the CRS differ); or
+- an LCZ raster in any coding (1-17 or WUDAPT 101-107), brought onto the map grid (and
+  reprojected when the CRS differ) by nearest neighbour; when the reference is finer than
+  the map, first onto a grid k times finer than the map's and then the *mode* (most
+  frequent class) of each k x k block is taken.
+
+Both map and reference may use 1-17 or 101-107 for A-G; any other value is no-data. The
+scores come from :mod:`.metrics` (one implementation for the plugin and the training
+package). The work is done in strips of map rows, so memory does not grow with the map.
+The report is one self-contained HTML file; its confusion-matrix figure is drawn with
+matplotlib when it is available (QGIS ships it) and left out, with a note, when not.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+from osgeo import gdal, ogr, osr
+
+from .about import software_tag
+from .areas import LabelledAreas, read_areas
+from .errors import Cancelled, InputError, OutputError
+from .feedback import Feedback
+from .lcz_classes import LCZ_CLASSES, LCZ_CODES, lcz_class
+from .metrics import accuracy_scores, confusion_matrix, format_percent
+from .stacks import open_raster
+
+STRIP_ROWS = 512
+FINE_PIXELS_PER_STRIP = 16_000_000
+"""Bound on the reference pixels warped per strip (Int16: 32 MB)."""
+
+
+@dataclass
+class ClassRow:
+    code: int
+    letter: str
+    name: str
+    reference: int
+    predicted: int
+    producers_accuracy: float
+    users_accuracy: float
+    f1: float
+
+
+@dataclass
+class AssessResult:
+    scores: dict
+    matrix: np.ndarray
+    classes: list[ClassRow]
+    report: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def samples(self) -> int:
+        return int(self.matrix.sum())
+
+
+def recode(values: np.ndarray) -> np.ndarray:
+    """Codes 1-17 as they are, WUDAPT 101-107 -> 11-17, anything else -> 0 (no-data)."""
+    lut = np.zeros(256, np.uint8)
+    lut[1:18] = np.arange(1, 18)
+    lut[101:108] = np.arange(11, 18)
+    v = np.asarray(values)
+    if v.dtype.kind == "f":
+        v = np.where(np.isfinite(v), v, -1)
+    v = v.astype(np.int64)
+    return np.where((v >= 0) & (v < 256), lut[np.clip(v, 0, 255)], 0).astype(np.uint8)
+
+
+def _srs(wkt: str) -> osr.SpatialReference:
+    srs = osr.SpatialReference(wkt=wkt)
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return srs
+
+
+class _RasterReference:
+    """Reference LCZ raster warped strip by strip onto the map grid."""
+
+    def __init__(self, path: str, map_ds: gdal.Dataset, feedback: Feedback):
+        self.ds = open_raster(path, "reference raster")
+        self.path = path
+        ref_wkt, map_wkt = self.ds.GetProjection(), map_ds.GetProjection()
+        if not ref_wkt:
+            raise InputError(f"the reference raster {path} has no CRS. Assign one "
+                             f"(Raster > Projections > Assign Projection).")
+        self.map_wkt = map_wkt
+        ref_srs, map_srs = _srs(ref_wkt), _srs(map_wkt)
+        self.notes = []
+        if not ref_srs.IsSame(map_srs):
+            message = (f"Reference raster reprojected from {ref_srs.GetName()} to the map's "
+                       f"CRS {map_srs.GetName()}.")
+            feedback.info(message)
+            self.notes.append(message)
+        ref_pixel = self._pixel_in_map_units(ref_srs, map_srs)
+        map_pixel = abs(map_ds.GetGeoTransform()[1])
+        # finer reference: nearest-neighbour onto a grid k times finer than the map, then the
+        # mode of each k x k block in numpy (GDAL's own 'mode' warp picked wrong classes
+        # across a CRS change in GDAL 3.6, see tests/test_assess.py)
+        self.factor = max(1, int(round(map_pixel / ref_pixel))) if ref_pixel < 0.75 * map_pixel \
+            else 1
+        message = (f"Reference pixels ({ref_pixel:g}) -> map cells ({map_pixel:g}): " + (
+            f"most frequent reference class of the {self.factor} x {self.factor} reference "
+            f"pixels in each cell (mode)." if self.factor > 1 else "nearest neighbour."))
+        feedback.info(message)
+        self.notes.append(message)
+        self.nodata = self.ds.GetRasterBand(1).GetNoDataValue()
+
+    def _pixel_in_map_units(self, ref_srs, map_srs) -> float:
+        gt = self.ds.GetGeoTransform()
+        if ref_srs.IsSame(map_srs):
+            return abs(gt[1])
+        transform = osr.CoordinateTransformation(ref_srs, map_srs)
+        cx = gt[0] + gt[1] * self.ds.RasterXSize / 2
+        cy = gt[3] + gt[5] * self.ds.RasterYSize / 2
+        a = transform.TransformPoint(cx, cy)
+        b = transform.TransformPoint(cx + gt[1], cy)
+        return math.hypot(b[0] - a[0], b[1] - a[1])
+
+    def read(self, geotransform, width: int, height: int) -> np.ndarray:
+        x0, px, _, y0, _, py = geotransform
+        k = self.factor
+        bounds = (x0, y0 + py * height, x0 + px * width, y0)
+        options = dict(format="MEM", outputBounds=bounds, width=width * k, height=height * k,
+                       dstSRS=self.map_wkt, resampleAlg="near", outputType=gdal.GDT_Int16,
+                       dstNodata=-1)
+        if self.nodata is not None:
+            options["srcNodata"] = self.nodata
+        warped = gdal.Warp("", self.ds, **options)
+        if warped is None:
+            raise InputError(f"GDAL could not warp the reference raster {self.path}: "
+                             f"{gdal.GetLastErrorMsg()}")
+        codes = recode(warped.ReadAsArray())
+        return codes if k == 1 else block_mode(codes, k)
+
+
+def block_mode(codes: np.ndarray, k: int) -> np.ndarray:
+    """Most frequent code 1-17 in each k x k block (ties: the lower code; 0 when the block
+    holds no code)."""
+    rows, cols = codes.shape[0] // k, codes.shape[1] // k
+    blocks = codes[:rows * k, :cols * k].reshape(rows, k, cols, k)
+    counts = np.stack([(blocks == code).sum(axis=(1, 3)) for code in LCZ_CODES])
+    best = counts.argmax(axis=0)
+    return np.where(counts.max(axis=0) > 0, np.asarray(LCZ_CODES)[best], 0).astype(np.uint8)
+
+
+class _PolygonReference:
+    """Reference polygons burnt strip by strip onto the map grid (cell centre inside)."""
+
+    def __init__(self, areas: LabelledAreas, map_ds: gdal.Dataset, feedback: Feedback):
+        areas = areas.in_crs(map_ds.GetProjection(), feedback, "reference areas")
+        self.notes = list(areas.notes)
+        driver = ogr.GetDriverByName("Memory")
+        self.source = driver.CreateDataSource("reference")
+        srs = _srs(map_ds.GetProjection()) if map_ds.GetProjection() else None
+        self.layer = self.source.CreateLayer("reference", srs, ogr.wkbMultiPolygon)
+        self.layer.CreateField(ogr.FieldDefn("code", ogr.OFTInteger))
+        for area in areas.areas:
+            feature = ogr.Feature(self.layer.GetLayerDefn())
+            feature.SetField("code", area.code)
+            feature.SetGeometry(area.geometry)
+            self.layer.CreateFeature(feature)
+        self.map_wkt = map_ds.GetProjection()
+
+    def read(self, geotransform, width: int, height: int) -> np.ndarray:
+        target = gdal.GetDriverByName("MEM").Create("", width, height, 1, gdal.GDT_Byte)
+        target.SetGeoTransform(geotransform)
+        if self.map_wkt:
+            target.SetProjection(self.map_wkt)
+        gdal.RasterizeLayer(target, [1], self.layer, options=["ATTRIBUTE=code"])
+        return target.ReadAsArray()
+
+
+def assess_accuracy(map_path: str, *, reference_raster: str | None = None,
+                    reference_areas: LabelledAreas | str | None = None,
+                    class_field: str | None = None, layer: str | None = None,
+                    report: str | None = None, title: str = "",
+                    feedback: Feedback | None = None) -> AssessResult:
+    """Confusion matrix and LCZ scores of ``map_path`` against exactly one reference.
+
+    ``reference_areas``: labelled polygons or the path of a vector file (then ``class_field``
+    and ``layer`` as in :func:`.areas.read_areas`); ``reference_raster``: an LCZ raster.
+    ``report``: path of the HTML report to write (optional).
+    """
+    feedback = feedback or Feedback()
+    if (reference_raster is None) == (reference_areas is None):
+        raise InputError("give exactly one reference: reference polygons or a reference LCZ "
+                         "raster.")
+    map_ds = open_raster(map_path, "LCZ map")
+    x0, px, rx, y0, ry, py = map_ds.GetGeoTransform()
+    if rx or ry:
+        raise InputError(f"the LCZ map {map_path} is rotated; warp it to a north-up grid.")
+    if not map_ds.GetProjection():
+        raise InputError(f"the LCZ map {map_path} has no coordinate reference system, so the "
+                         f"reference cannot be placed on it. Assign its CRS (Raster > "
+                         f"Projections > Assign Projection).")
+    if reference_raster is not None:
+        reference = _RasterReference(reference_raster, map_ds, feedback)
+        reference_name = reference_raster
+    else:
+        if isinstance(reference_areas, str):
+            reference_areas = read_areas(reference_areas, class_field, layer, feedback)
+        reference_name = reference_areas.source
+        reference = _PolygonReference(reference_areas, map_ds, feedback)
+    band = map_ds.GetRasterBand(1)
+    map_nodata = band.GetNoDataValue()
+    width, height = map_ds.RasterXSize, map_ds.RasterYSize
+    matrix = np.zeros((len(LCZ_CODES), len(LCZ_CODES)), np.int64)
+    factor = getattr(reference, "factor", 1)
+    strip_rows = max(1, min(STRIP_ROWS, FINE_PIXELS_PER_STRIP // max(1, width * factor ** 2)))
+    for row in range(0, height, strip_rows):
+        if feedback.is_cancelled():
+            raise Cancelled("Accuracy assessment cancelled; no report was written.")
+        rows = min(strip_rows, height - row)
+        predicted = band.ReadAsArray(0, row, width, rows)
+        if predicted is None:
+            raise InputError(f"GDAL could not read the LCZ map {map_path}: "
+                             f"{gdal.GetLastErrorMsg()}")
+        if map_nodata is not None:
+            predicted = np.where(predicted == map_nodata, 0, predicted)
+        strip_gt = (x0, px, 0.0, y0 + py * row, 0.0, py)
+        truth = reference.read(strip_gt, width, rows)
+        matrix += confusion_matrix(truth, recode(predicted))
+        feedback.progress(100.0 * (row + rows) / height)
+    if matrix.sum() == 0:
+        raise InputError(
+            f"no cell of the LCZ map {map_path} has both a class and a reference class from "
+            f"{reference_name}. Check that map and reference cover the same area, that the "
+            f"reference holds LCZ codes (1-17, 101-107) and that its CRS is declared.")
+    scores = accuracy_scores(matrix)
+    classes = class_rows(matrix, scores)
+    result = AssessResult(scores=scores, matrix=matrix, classes=classes,
+                          notes=list(getattr(reference, "notes", [])))
+    feedback.info(f"{result.samples} cells assessed: OA {format_percent(scores['oa'])}, "
+                  f"WA {format_percent(scores['wa'])}, kappa {scores['kappa']:.3f}, "
+                  f"OA_BU {format_percent(scores['oa_bu'])}, OA_N "
+                  f"{format_percent(scores['oa_n'])}.")
+    if report:
+        result.report = write_report(report, result, map_path, reference_name,
+                                     title or "LCZ map accuracy", feedback)
+    return result
+
+
+def class_rows(matrix: np.ndarray, scores: dict) -> list[ClassRow]:
+    rows = []
+    reference = matrix.sum(axis=1)
+    predicted = matrix.sum(axis=0)
+    for k, lcz in enumerate(LCZ_CLASSES):
+        hit = matrix[k, k]
+        rows.append(ClassRow(
+            code=lcz.code, letter=lcz.letter, name=lcz.name, reference=int(reference[k]),
+            predicted=int(predicted[k]),
+            producers_accuracy=float(hit / reference[k]) if reference[k] else float("nan"),
+            users_accuracy=float(hit / predicted[k]) if predicted[k] else float("nan"),
+            f1=float(scores["f1"][str(lcz.code)])))
+    return rows
+
+
+def confusion_figure_png(matrix: np.ndarray, codes: list[int]) -> bytes | None:
+    """The confusion matrix (row-normalised colours, counts written) as PNG bytes, or None
+    when matplotlib is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    index = [c - 1 for c in codes]
+    sub = matrix[np.ix_(index, index)].astype(np.float64)
+    totals = sub.sum(axis=1, keepdims=True)
+    share = np.divide(sub, totals, out=np.zeros_like(sub), where=totals > 0)
+    size = 1.2 + 0.45 * len(codes)
+    figure = Figure(figsize=(size + 1.2, size))
+    axes = figure.add_subplot(1, 1, 1)
+    image = axes.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    labels = [lcz_class(c).letter for c in codes]
+    axes.set_xticks(range(len(codes)), labels)
+    axes.set_yticks(range(len(codes)), labels)
+    axes.set_xlabel("predicted LCZ")
+    axes.set_ylabel("reference LCZ")
+    for i in range(len(codes)):
+        for j in range(len(codes)):
+            if sub[i, j]:
+                axes.text(j, i, f"{int(sub[i, j])}", ha="center", va="center", fontsize=7,
+                          color="white" if share[i, j] > 0.5 else "black")
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of reference row")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def _pct(value: float) -> str:
+    return html.escape(format_percent(value))
+
+
+def render_html(result: AssessResult, map_path: str, reference: str, title: str) -> str:
+    scores, matrix = result.scores, result.matrix
+    present = [c.code for c in result.classes if c.reference or c.predicted]
+    png = confusion_figure_png(matrix, present)
+    headline = [("Overall accuracy (OA)", _pct(scores["oa"])),
+                ("Weighted accuracy (WA, Bechtel et al. 2017)", _pct(scores["wa"])),
+                ("OA of the built classes 1-10 (OA_BU)", _pct(scores["oa_bu"])),
+                ("OA of the natural classes A-G (OA_N)", _pct(scores["oa_n"])),
+                ("Built vs natural accuracy", _pct(scores["oa_built_vs_natural"])),
+                ("Cohen's kappa", "n/a" if math.isnan(scores["kappa"])
+                 else f"{scores['kappa']:.3f}"),
+                ("Macro F1", _pct(scores["f1_macro"])),
+                ("Weighted F1", _pct(scores["f1_weighted"])),
+                ("Cells assessed", f"{result.samples:,}")]
+    head_rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in headline)
+    class_rows_html = "\n".join(
+        f"<tr><td><span class='sw' style='background:{lcz_class(c.code).colour}'></span> "
+        f"{html.escape(c.letter)}</td><td>{html.escape(c.name)}</td><td>{c.reference}</td>"
+        f"<td>{c.predicted}</td><td>{_pct(c.producers_accuracy)}</td>"
+        f"<td>{_pct(c.users_accuracy)}</td><td>{_pct(c.f1)}</td></tr>"
+        for c in result.classes if c.reference or c.predicted)
+    index = [c - 1 for c in present]
+    letters = [lcz_class(c).letter for c in present]
+    matrix_head = "".join(f"<th>{html.escape(x)}</th>" for x in letters)
+    matrix_rows = "\n".join(
+        f"<tr><th>{html.escape(letters[a])}</th>" + "".join(
+            f"<td{' class=d' if a == b else ''}>{matrix[i, j] or ''}</td>"
+            for b, j in enumerate(index)) + f"<td class='t'>{matrix[i].sum()}</td></tr>"
+        for a, i in enumerate(index))
+    col_totals = "".join(f"<td class='t'>{matrix[:, j].sum()}</td>" for j in index)
+    figure = (f"<img alt='Confusion matrix' src='data:image/png;base64,"
+              f"{base64.b64encode(png).decode('ascii')}'>" if png else
+              "<p class='note'>The confusion-matrix figure needs matplotlib, which is not "
+              "installed in this Python; the table above holds the same numbers.</p>")
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.notes)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #bbb; padding: 3px 8px; text-align: right; }}
+th {{ background: #f0f0f0; }} td.d {{ background: #d8ecd8; font-weight: bold; }}
+td.t {{ color: #666; }} .sw {{ display: inline-block; width: 1em; height: 1em; border: 1px solid #444; vertical-align: middle; }}
+.note {{ color: #a33; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>Map: <code>{html.escape(map_path)}</code><br>Reference: <code>{html.escape(reference)}</code><br>
+Written {stamp} by {html.escape(software_tag())}.</p>
+<h2>Scores</h2>
+<table>{head_rows}</table>
+<h2>Per class</h2>
+<p>Producer's accuracy: share of the reference cells of a class mapped as that class;
+user's accuracy: share of the cells mapped as a class that are that class in the reference.</p>
+<table><tr><th>LCZ</th><th>Class</th><th>Reference cells</th><th>Mapped cells</th>
+<th>Producer's acc.</th><th>User's acc.</th><th>F1</th></tr>
+{class_rows_html}</table>
+<h2>Confusion matrix</h2>
+<p>Rows: reference class; columns: mapped class (cells). Classes absent from both are left out.</p>
+<table><tr><th>ref \\ map</th>{matrix_head}<th>total</th></tr>
+{matrix_rows}
+<tr><th>total</th>{col_totals}<td class='t'>{result.samples}</td></tr></table>
+{figure}
+{f'<h2>Notes</h2><ul>{notes}</ul>' if notes else ''}
+</body></html>
+"""
+
+
+def write_report(path: str, result: AssessResult, map_path: str, reference: str, title: str,
+                 feedback: Feedback) -> str:
+    text = render_html(result, map_path, reference, title)
+    folder = os.path.dirname(os.path.abspath(path))
+    temp = os.path.join(folder, f".{os.path.basename(path)}.partial")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(temp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temp, path)
+    except OSError as exc:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise OutputError(f"cannot write the report {path}: {exc}") from None
+    if "data:image/png" not in text:
+        feedback.warning("matplotlib is not installed: the report has the confusion matrix "
+                         "as a table only.")
+    feedback.info(f"Report: {path}")
+    return path

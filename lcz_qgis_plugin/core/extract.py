@@ -1,0 +1,393 @@
+"""Extract training patches: training-area polygons + input stack -> patch file (QGIS-free).
+
+Which cells: the stack's cell lattice (:func:`.grid.make_grid`, the same lattice
+``lcz:classify`` uses), and of it every cell whose *centre* lies inside a training polygon.
+Each sampled cell gives one ``patch x patch`` pixel patch centred on the cell centre, read
+and edge-reflected exactly as at inference (:class:`.patches.StripReader`), so a model sees
+the same kind of patch in training and in use. Cells whose patch is mostly no-data (the
+classifier's rule) are skipped. A cell claimed by polygons of two different classes is
+dropped; claimed twice by one class, it is used once.
+
+Stored values are the stack's own (raw) values. Each channel gets a ``scale`` and ``offset``
+(physical value = raw * scale + offset) that a model's preprocessing starts from: the band's
+own GDAL scale/offset when it has one, otherwise 1e-4 and 0 for ``S2:*`` channels
+(Sentinel-2 DN with the processing-baseline offset already removed, as So2Sat) and 1 and 0
+for everything else.
+
+Sampling: ``max_per_polygon`` and then ``max_per_class`` patches, drawn at random with
+``seed``. Hold-out split by polygon: per class, a random ``validation_fraction`` and
+``test_fraction`` of its polygons (at least one each once a class has three polygons, and
+always at least one left for training) go to validation and test, so that neighbouring,
+overlapping patches never sit on both sides of a split.
+
+Memory: the stack is read in strips of cell rows holding selected cells (about
+``strip_memory_mb``), never whole.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+from osgeo import ogr
+
+from .about import software_tag
+from .areas import LabelledAreas, read_areas
+from .classify import bounded_gdal_cache, strip_rows_for
+from .contract import ModelCard
+from .errors import Cancelled, InputError, OutputError
+from .feedback import Feedback
+from .grid import CellGrid, make_grid
+from .lcz_classes import LCZ_CODES, lcz_class
+from .patches import StripReader
+from .patchfile import SPLITS, PatchFileInfo, PatchWriter
+from .stacks import Stack, check_georeferencing, open_raster
+
+PATCH_EXTENSIONS = (".h5", ".hdf5")
+S2_SCALE = 1e-4
+
+
+@dataclass
+class ExtractResult:
+    output: str
+    patches: int
+    counts: dict[int, dict[str, int]]
+    """Patches per LCZ code and split name."""
+    polygons: dict[int, int]
+    """Polygons that gave patches, per LCZ code."""
+    summary: dict = field(default_factory=dict)
+    summary_path: str | None = None
+
+
+def channel_scaling(stack: Stack, channels: list[str]) -> tuple[list[float], list[float]]:
+    """Per channel (scale, offset): the band's GDAL scale/offset, else the defaults."""
+    scales, offsets = [], []
+    for number, name in zip(stack.bands, channels):
+        band = stack.dataset.GetRasterBand(number)
+        scale, offset = band.GetScale(), band.GetOffset()
+        if scale not in (None, 1.0) or offset not in (None, 0.0):
+            scales.append(float(1.0 if scale is None else scale))
+            offsets.append(float(0.0 if offset is None else offset))
+        elif name.upper().startswith("S2:"):
+            scales.append(S2_SCALE)
+            offsets.append(0.0)
+        else:
+            scales.append(1.0)
+            offsets.append(0.0)
+    return scales, offsets
+
+
+def open_stack_channels(path: str) -> tuple[Stack, list[str]]:
+    """Open a stack whose band descriptions name its channels; all bands are channels."""
+    ds = open_raster(path, "input stack")
+    check_georeferencing(ds, path)
+    names = [ds.GetRasterBand(i).GetDescription().strip() for i in range(1, ds.RasterCount + 1)]
+    unnamed = [str(i) for i, n in enumerate(names, start=1) if not n]
+    if unnamed:
+        raise InputError(f"bands {', '.join(unnamed)} of the input stack {path} have no "
+                         f"description, so the patch file could not say which channel is "
+                         f"which. Build the stack with lcz:buildstack, or set each band's "
+                         f"description (S2:B02, OSM:building_fraction, DSM:height ...).")
+    duplicates = sorted(n for n, k in Counter(names).items() if k > 1)
+    if duplicates:
+        raise InputError(f"the input stack {path} has several bands named "
+                         f"{', '.join(duplicates)}; band descriptions must be unique.")
+    bands = list(range(1, ds.RasterCount + 1))
+    nodata = [ds.GetRasterBand(b).GetNoDataValue() for b in bands]
+    return Stack(path=path, dataset=ds, bands=bands, nodata=nodata), names
+
+
+def cells_in_areas(areas: LabelledAreas, grid: CellGrid):
+    """({polygon id: [(row, col), ...]}, areas outside the raster, areas too small to hold
+    a cell centre): the cells whose centre lies inside each area."""
+    cell = grid.cell_size
+    ox, oy = grid.origin_x, grid.origin_y
+    width_m, height_m = grid.raster_width * grid.pixel_size, grid.raster_height * grid.pixel_size
+    found: dict[int, list[tuple[int, int]]] = {}
+    outside, too_small = [], []
+    point = ogr.Geometry(ogr.wkbPoint)
+    for area in areas.areas:
+        minx, maxx, miny, maxy = area.geometry.GetEnvelope()
+        if maxx <= ox or minx >= ox + width_m or maxy <= oy - height_m or miny >= oy:
+            outside.append(area)
+            continue
+        c_a = max(0, math.ceil((minx - ox) / cell - 0.5))
+        c_b = min(grid.cols - 1, math.floor((maxx - ox) / cell - 0.5))
+        r_a = max(0, math.ceil((oy - maxy) / cell - 0.5))
+        r_b = min(grid.rows - 1, math.floor((oy - miny) / cell - 0.5))
+        cells = []
+        for r in range(r_a, r_b + 1):
+            for c in range(c_a, c_b + 1):
+                point.SetPoint_2D(0, ox + (c + 0.5) * cell, oy - (r + 0.5) * cell)
+                if area.geometry.Contains(point):
+                    cells.append((r, c))
+        if cells:
+            found[area.polygon_id] = cells
+        else:
+            too_small.append(area)
+    return found, outside, too_small
+
+
+def _describe(areas, limit: int = 15) -> str:
+    text = ", ".join(f"{a.polygon_id} ('{a.label}')" for a in areas[:limit])
+    return text + (f" and {len(areas) - limit} more" if len(areas) > limit else "")
+
+
+def split_polygons(by_class: dict[int, list[int]], validation: float, test: float,
+                   rng: np.random.Generator, feedback: Feedback) -> dict[int, int]:
+    """Split code (0 train, 1 validation, 2 test) per polygon id, chosen per class."""
+    split = {}
+    short = []
+    for code in sorted(by_class):
+        ids = sorted(by_class[code])
+        order = [ids[i] for i in rng.permutation(len(ids))]
+        n = len(order)
+        n_val = int(round(n * validation))
+        n_test = int(round(n * test))
+        if validation > 0 and n_val == 0 and n >= 3:
+            n_val = 1
+        if test > 0 and n_test == 0 and n >= 3:
+            n_test = 1
+        while n_val + n_test > n - 1 and n_test > 0:
+            n_test -= 1
+        while n_val + n_test > n - 1 and n_val > 0:
+            n_val -= 1
+        if (validation > 0 and n_val == 0) or (test > 0 and n_test == 0):
+            short.append(f"{lcz_class(code).letter} ({n})")
+        for k, pid in enumerate(order):
+            split[pid] = (SPLITS["validation"] if k < n_val else
+                          SPLITS["test"] if k < n_val + n_test else SPLITS["train"])
+    if short:
+        feedback.warning(
+            "too few polygons to hold out validation/test areas for class(es) "
+            f"{', '.join(short)} (polygons in brackets); all their patches are in the "
+            "training split. Digitise more, separate training areas for these classes.")
+    return split
+
+
+def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
+                    class_field: str | None = None, layer: str | None = None,
+                    patch_size: int = 48, cell_size: float = 100.0,
+                    max_per_polygon: int = 0, max_per_class: int = 0,
+                    validation_fraction: float = 0.0, test_fraction: float = 0.0,
+                    seed: int = 0, summary_output: str | None = None,
+                    feedback: Feedback | None = None, max_nodata_fraction: float = 0.5,
+                    strip_memory_mb: float = 256) -> ExtractResult:
+    """Write the patch file ``output`` (.h5) from an input stack and training areas.
+
+    ``areas``: a :class:`LabelledAreas` or the path of a vector file (``class_field`` and
+    ``layer`` then choose what to read, see :func:`.areas.read_areas`). Raises
+    :class:`~.errors.LczError` subclasses with messages meant for the user; a failed or
+    cancelled run leaves no patch file.
+    """
+    feedback = feedback or Feedback()
+    output = os.fspath(output)
+    if not output.lower().endswith(PATCH_EXTENSIONS):
+        raise InputError(f"the patch file {output} must end in .h5 (HDF5).")
+    if patch_size < 1:
+        raise InputError(f"the patch size must be at least 1 pixel, not {patch_size}.")
+    if not 0 <= validation_fraction < 1 or not 0 <= test_fraction < 1 or \
+            validation_fraction + test_fraction >= 1:
+        raise InputError(f"validation ({validation_fraction}) and test ({test_fraction}) "
+                         f"fractions must be in [0, 1) and leave some areas for training.")
+    stack, channels = open_stack_channels(stack_path)
+    grid = make_grid(stack.geotransform, stack.width, stack.height, cell_size, patch_size)
+    if isinstance(areas, str):
+        areas = read_areas(areas, class_field, layer, feedback)
+    source_name = areas.source
+    areas = areas.in_crs(stack.projection, feedback)
+    feedback.info(f"{len(areas.areas)} training areas, input stack {stack.width} x "
+                  f"{stack.height} px with {len(channels)} channels, {grid.rows} x "
+                  f"{grid.cols} cells of {grid.cell_size:g} m, {patch_size} px patches.")
+
+    found, outside, too_small = cells_in_areas(areas, grid)
+    if outside:
+        feedback.warning(f"{len(outside)} training area(s) lie outside the input raster and "
+                         f"are skipped: polygon {_describe(outside)}.")
+    if too_small:
+        feedback.warning(f"{len(too_small)} training area(s) hold no cell centre "
+                         f"({grid.cell_size:g} m cells) and are skipped: polygon "
+                         f"{_describe(too_small)}. Enlarge them or use smaller cells.")
+    if not found:
+        raise InputError(
+            f"none of the {len(areas.areas)} training areas of {source_name} contains a cell "
+            f"centre of the input raster {stack_path}"
+            + (f" ({len(outside)} lie entirely outside it)" if outside else "")
+            + ". Check that polygons and raster cover the same place (and that the polygons' "
+              "CRS is declared correctly).")
+    code_of = {a.polygon_id: a.code for a in areas.areas}
+    rng = np.random.default_rng(seed)
+    selected, conflicts = sample_cells(found, code_of, max_per_polygon, max_per_class, rng,
+                                       feedback)
+    with_split = validation_fraction > 0 or test_fraction > 0
+    split_of = {}
+    if with_split:
+        polygons_of_class: dict[int, list[int]] = defaultdict(list)
+        for pid in sorted({pid for _, _, pid in selected}):
+            polygons_of_class[code_of[pid]].append(pid)
+        split_of = split_polygons(polygons_of_class, validation_fraction, test_fraction, rng,
+                                  feedback)
+
+    scale, offset = channel_scaling(stack, channels)
+    info = PatchFileInfo(
+        channels=channels, patch_size=patch_size, pixel_size=grid.pixel_size,
+        cell_size=grid.cell_size, scale=scale, offset=offset, crs=stack.projection,
+        source={"input_stack": os.path.abspath(stack_path), "training_areas": source_name,
+                "class_field": areas.class_field, "software": software_tag(),
+                "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "seed": seed, "max_per_polygon": max_per_polygon,
+                "max_per_class": max_per_class, "validation_fraction": validation_fraction,
+                "test_fraction": test_fraction})
+    # raw values: a reader with identity scaling (the classifier's reader, so patches are
+    # cut, reflected and judged for no-data exactly as at inference)
+    n = len(channels)
+    identity = ModelCard(name="identity", channels=channels, patch_size=patch_size,
+                         scale=[1.0] * n, offset=[0.0] * n, mean=[0.0] * n, std=[1.0] * n,
+                         pixel_size=grid.pixel_size, cell_size=grid.cell_size)
+    reader = StripReader(stack, identity, grid, max_nodata_fraction)
+    folder = os.path.dirname(os.path.abspath(output))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the folder {folder} for the patch file: {exc}") from None
+    with bounded_gdal_cache(), PatchWriter(output, info, split=with_split) as writer:
+        counts, invalid = write_patches(
+            writer, reader, selected, code_of, split_of if with_split else None,
+            strip_rows_for(grid, n, strip_memory_mb), feedback)
+        if writer.count == 0:
+            raise InputError("every cell inside the training areas is no-data in the input "
+                             "stack, so no patch could be extracted. Check the stack's "
+                             "no-data values and coverage.")
+    if invalid:
+        feedback.warning(f"skipped {invalid} cell(s) whose patch is mostly no-data.")
+    summary = summarise(output, counts, feedback)
+    summary.update({
+        "polygons_outside_raster": [a.polygon_id for a in outside],
+        "polygons_without_cells": [a.polygon_id for a in too_small],
+        "cells_in_conflicting_polygons": len(conflicts), "cells_mostly_nodata": invalid,
+        "channels": channels, "scale": scale, "offset": offset, "notes": areas.notes})
+    if summary_output:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(summary_output)), exist_ok=True)
+            with open(summary_output, "w", encoding="utf-8") as f:
+                json.dump(summary, f, indent=2)
+        except OSError as exc:
+            raise OutputError(f"cannot write the summary {summary_output}: {exc}") from None
+    return ExtractResult(
+        output=output, patches=summary["patches"],
+        counts={code: {k: v for k, v in c.items() if v} for code, c in counts.items()},
+        polygons={code: len(pids) for code, pids in counts.polygons.items()},
+        summary=summary, summary_path=summary_output)
+
+
+def sample_cells(found: dict[int, list[tuple[int, int]]], code_of: dict[int, int],
+                 max_per_polygon: int, max_per_class: int, rng: np.random.Generator,
+                 feedback: Feedback) -> tuple[list[tuple[int, int, int]], set]:
+    """(row, col, polygon id) of the cells to extract, and the cells dropped because
+    polygons of different classes claim them. A cell claimed by several polygons of one
+    class goes to the polygon with the lowest id."""
+    owners: dict[tuple[int, int], set[int]] = defaultdict(set)
+    for pid in sorted(found):
+        for cell in found[pid]:
+            owners[cell].add(pid)
+    conflicts = {cell for cell, pids in owners.items() if len({code_of[p] for p in pids}) > 1}
+    if conflicts:
+        feedback.warning(f"{len(conflicts)} cell(s) lie in overlapping training areas of "
+                         f"different classes and are not used. Fix the overlapping polygons.")
+    by_class: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+    for pid in sorted(found):
+        cells = [c for c in found[pid] if c not in conflicts and min(owners[c]) == pid]
+        if max_per_polygon and len(cells) > max_per_polygon:
+            cells = [cells[k] for k in np.sort(rng.choice(len(cells), max_per_polygon,
+                                                          replace=False))]
+        by_class[code_of[pid]].extend((r, c, pid) for r, c in cells)
+    selected = []
+    for code in sorted(by_class):
+        items = by_class[code]
+        if max_per_class and len(items) > max_per_class:
+            items = [items[k] for k in np.sort(rng.choice(len(items), max_per_class,
+                                                          replace=False))]
+        selected.extend(items)
+    return selected, conflicts
+
+
+class ClassCounts(defaultdict):
+    """Patches per LCZ code and split name, and the polygons that gave them."""
+
+    def __init__(self):
+        super().__init__(Counter)
+        self.polygons: dict[int, set] = defaultdict(set)
+
+
+def write_patches(writer: PatchWriter, reader: StripReader, selected, code_of, split_of,
+                  strip_rows: int, feedback: Feedback) -> tuple[ClassCounts, int]:
+    """Read the strips holding selected cells and append their patches; returns the counts
+    and the number of cells skipped as mostly no-data."""
+    grid = reader.grid
+    split_names = {v: k for k, v in SPLITS.items()}
+    by_row: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for r, c, pid in selected:
+        by_row[r].append((c, pid))
+    rows = sorted(by_row)
+    counts, invalid, done, k = ClassCounts(), 0, 0, 0
+    while k < len(rows):
+        if feedback.is_cancelled():
+            raise Cancelled("Extraction cancelled; no patch file was written.")
+        row_a = rows[k]
+        row_b = min(grid.rows, row_a + strip_rows)
+        strip = reader.read(row_a, row_b)
+        cell_rows, cell_cols, pids = [], [], []
+        while k < len(rows) and rows[k] < row_b:
+            for c, pid in sorted(by_row[rows[k]]):
+                if strip.cell_valid[rows[k] - row_a, c]:
+                    cell_rows.append(rows[k] - row_a)
+                    cell_cols.append(c)
+                    pids.append(pid)
+                else:
+                    invalid += 1
+                done += 1
+            k += 1
+        if pids:
+            r_idx, c_idx = np.array(cell_rows), np.array(cell_cols)
+            centres = np.column_stack([
+                grid.origin_x + (grid.col0 + c_idx + 0.5) * grid.cell_size,
+                grid.origin_y - (grid.row0 + row_a + r_idx + 0.5) * grid.cell_size])
+            splits = np.array([(split_of or {}).get(p, 0) for p in pids], np.uint8)
+            writer.append(strip.gather(r_idx, c_idx),
+                          np.array([code_of[p] for p in pids], np.uint8),
+                          np.array(pids, np.int64), centres,
+                          split=splits if split_of is not None else None)
+            for pid, split in zip(pids, splits):
+                counts[code_of[pid]][split_names[int(split)]] += 1
+                counts.polygons[code_of[pid]].add(pid)
+        feedback.progress(100.0 * done / max(1, len(selected)))
+    return counts, invalid
+
+
+def summarise(output: str, counts: ClassCounts, feedback: Feedback) -> dict:
+    """Patches per class and split: logged as a table and returned (JSON-ready)."""
+    table = {}
+    for code in LCZ_CODES:
+        if code in counts and sum(counts[code].values()):
+            lcz, row = lcz_class(code), counts[code]
+            table[str(code)] = {"letter": lcz.letter, "name": lcz.name,
+                                "polygons": len(counts.polygons[code]),
+                                "train": row["train"], "validation": row["validation"],
+                                "test": row["test"], "total": sum(row.values())}
+    total = sum(row["total"] for row in table.values())
+    missing = [lcz_class(c).letter for c in LCZ_CODES if str(c) not in table]
+    feedback.info(f"Wrote {total} patches to {output}:")
+    feedback.info("  LCZ  class                    polygons  train  valid.  test  total")
+    for row in table.values():
+        feedback.info(f"  {row['letter']:>3}  {row['name']:<24} {row['polygons']:>8} "
+                      f"{row['train']:>6} {row['validation']:>7} {row['test']:>5} "
+                      f"{row['total']:>6}")
+    if missing:
+        feedback.info(f"  classes without patches: {', '.join(missing)}")
+    return {"patch_file": os.path.abspath(output), "patches": total, "classes": table,
+            "classes_without_patches": missing}

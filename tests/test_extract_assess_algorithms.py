@@ -1,0 +1,132 @@
+"""lcz:extractpatches and lcz:assessaccuracy in a real QgsApplication (processing.run)."""
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+from lcz_qgis_plugin.core.assess import assess_accuracy
+from lcz_qgis_plugin.core.extract import extract_patches
+from lcz_qgis_plugin.core.patchfile import open_patch_file
+from lcz_testing import cell_square, read, stack_from_synthcity, write_polygons, write_stack
+from tools import synthcity
+
+pytestmark = pytest.mark.qgis
+
+
+@pytest.fixture(scope="module")
+def processing(qgis_app):
+    import processing
+    return processing
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("alg_city")
+    town = synthcity.generate(str(folder / "city"), seed=5, size_km=1.0)
+    return town, stack_from_synthcity(town, folder / "stack.tif")
+
+
+def patch_arrays(path):
+    f, info = open_patch_file(str(path))
+    with f:
+        return {k: f[k][...] for k in f.keys()}, info
+
+
+def test_algorithms_are_registered(qgis_app):
+    from qgis.core import QgsApplication
+    registry = QgsApplication.processingRegistry()
+    assert registry.algorithmById("lcz:extractpatches") is not None
+    assert registry.algorithmById("lcz:assessaccuracy") is not None
+
+
+def test_extract_patches_through_processing_run(processing, city, tmp_path):
+    town, stack = city
+    results = processing.run("lcz:extractpatches", {
+        "INPUT": stack, "TRAINING_AREAS": town.training_areas_kml,
+        "VALIDATION_FRACTION": 0.25, "SEED": 9, "OUTPUT": str(tmp_path / "p.h5"),
+        "OUTPUT_SUMMARY": str(tmp_path / "p.json")})
+    core = extract_patches(stack, town.training_areas_kml, str(tmp_path / "core.h5"),
+                           validation_fraction=0.25, seed=9)
+    assert results["PATCHES"] == core.patches > 20
+    alg, info = patch_arrays(results["OUTPUT"])
+    ref, _ = patch_arrays(core.output)
+    for key in ("patches", "labels", "centres", "polygon_ids", "split"):
+        np.testing.assert_array_equal(alg[key], ref[key])
+    assert info.channels[-1] == "DSM:height"
+    assert (tmp_path / "p.json").exists()
+
+
+def test_extract_patches_from_a_memory_layer_with_a_class_field(processing, tmp_path):
+    """Layers that are not files (scratch outputs of a model) are read feature by feature."""
+    from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
+    data = np.random.default_rng(2).normal(size=(2, 40, 40)).astype(np.float32)
+    stack = write_stack(tmp_path / "s.tif", data, ["T:a", "T:b"])
+    layer = QgsVectorLayer("Polygon?crs=EPSG:32633&field=klasse:string", "areas", "memory")
+    features = []
+    for label, wkt in (("B", cell_square(0, 0, rows=2, cols=2)), ("104", cell_square(3, 3))):
+        feature = QgsFeature(layer.fields())
+        feature.setAttributes([label])
+        feature.setGeometry(QgsGeometry.fromWkt(wkt))
+        features.append(feature)
+    layer.dataProvider().addFeatures(features)
+    results = processing.run("lcz:extractpatches", {
+        "INPUT": stack, "TRAINING_AREAS": layer, "CLASS_FIELD": "klasse", "PATCH_SIZE": 8,
+        "OUTPUT": str(tmp_path / "p.h5")})
+    arrays, info = patch_arrays(results["OUTPUT"])
+    assert results["PATCHES"] == 5 and sorted(arrays["labels"].tolist()) == [12] * 4 + [14]
+    assert info.patch_size == 8 and info.channels == ["T:a", "T:b"]
+
+
+def test_extract_patches_bad_labels_raise_a_processing_error(processing, tmp_path):
+    from qgis.core import QgsProcessingException
+    data = np.zeros((1, 40, 40), np.float32)
+    stack = write_stack(tmp_path / "s.tif", data, ["T:a"])
+    areas = write_polygons(tmp_path / "a.gpkg", [("Q", cell_square(0, 0)),
+                                                 ("11", cell_square(1, 1))])
+    with pytest.raises(QgsProcessingException, match="'Q' \\(1x\\)"):
+        processing.run("lcz:extractpatches", {"INPUT": stack, "TRAINING_AREAS": areas,
+                                              "PATCH_SIZE": 8, "OUTPUT": str(tmp_path / "p.h5")})
+    assert not (tmp_path / "p.h5").exists()
+
+
+def test_assess_accuracy_through_processing_run(processing, city, tmp_path):
+    town, _ = city
+    truth = read(town.truth)
+    mapped = truth.copy()
+    mapped[0, :] = np.where(mapped[0, :] == 1, 2, 1)  # one row of errors
+    lcz_map = write_stack(tmp_path / "map.tif", mapped[None], ["LCZ"], pixel=100.0,
+                          origin=synthcity.ORIGIN, nodata=0, data_type=gdal.GDT_Byte)
+    results = processing.run("lcz:assessaccuracy", {
+        "INPUT": lcz_map, "REFERENCE_RASTER": town.truth,
+        "OUTPUT_HTML": str(tmp_path / "r.html"), "OUTPUT_TABLE": "memory:"})
+    assert results["SAMPLES"] == 100
+    assert results["OA"] == pytest.approx(0.9)
+    core = assess_accuracy(lcz_map, reference_raster=town.truth)
+    for key, name in (("WA", "wa"), ("KAPPA", "kappa"), ("OA_BU", "oa_bu")):
+        assert results[key] == pytest.approx(core.scores[name])
+    assert "data:image/png" in open(results["OUTPUT_HTML"], encoding="utf-8").read()
+    table = results["OUTPUT_TABLE"]  # a memory layer
+    rows = {f["code"]: f for f in table.getFeatures()}
+    assert len(rows) == 17
+    for row in core.classes:
+        assert rows[row.code]["reference"] == row.reference
+        assert rows[row.code]["predicted"] == row.predicted
+        if row.reference:
+            assert rows[row.code]["producers_accuracy"] == pytest.approx(row.producers_accuracy)
+
+
+def test_assess_accuracy_against_kml_polygons(processing, city, tmp_path):
+    town, _ = city
+    results = processing.run("lcz:assessaccuracy", {
+        "INPUT": town.truth, "REFERENCE_AREAS": town.training_areas_kml,
+        "OUTPUT_HTML": str(tmp_path / "r.html")})
+    assert results["OA"] == 1.0 and results["KAPPA"] == pytest.approx(1.0)
+    assert results["SAMPLES"] > 20
+
+
+def test_assess_accuracy_needs_exactly_one_reference(processing, city, tmp_path):
+    from qgis.core import QgsProcessingException
+    town, _ = city
+    with pytest.raises(QgsProcessingException, match="exactly one reference"):
+        processing.run("lcz:assessaccuracy", {"INPUT": town.truth,
+                                              "OUTPUT_HTML": str(tmp_path / "r.html")})

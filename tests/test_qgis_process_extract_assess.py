@@ -1,0 +1,82 @@
+"""lcz:extractpatches and lcz:assessaccuracy headless: qgis_process.bin with the ZIP plugin."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from lcz_qgis_plugin.core.assess import assess_accuracy
+from lcz_qgis_plugin.core.patchfile import open_patch_file
+from lcz_testing import read, stack_from_synthcity, write_stack
+from tools import synthcity
+
+pytestmark = pytest.mark.qgis_process
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("qp_city")
+    town = synthcity.generate(str(folder / "city"), seed=6, size_km=1.0)
+    return town, stack_from_synthcity(town, folder / "stack.tif")
+
+
+def test_help_lists_the_parameters(qgis_process):
+    done = qgis_process.call("help", "lcz:extractpatches")
+    for name in ("INPUT", "TRAINING_AREAS", "CLASS_FIELD", "PATCH_SIZE", "CELL_SIZE",
+                 "MAX_PER_POLYGON", "MAX_PER_CLASS", "VALIDATION_FRACTION", "TEST_FRACTION",
+                 "SEED", "OUTPUT", "OUTPUT_SUMMARY"):
+        assert f"{name}:" in done.stdout, name
+    done = qgis_process.call("help", "lcz:assessaccuracy")
+    for name in ("INPUT", "REFERENCE_AREAS", "CLASS_FIELD", "REFERENCE_RASTER", "OUTPUT_HTML",
+                 "OUTPUT_TABLE"):
+        assert f"{name}:" in done.stdout, name
+
+
+def test_extract_patches_json(qgis_process, city, tmp_path):
+    town, stack = city
+    done, answer = qgis_process.run_json("lcz:extractpatches", {
+        "INPUT": stack, "TRAINING_AREAS": town.training_areas, "PATCH_SIZE": 32,
+        "MAX_PER_POLYGON": 4, "TEST_FRACTION": 0.3, "SEED": 1,
+        "OUTPUT": str(tmp_path / "p.h5")})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = answer["results"]
+    f, info = open_patch_file(results["OUTPUT"])
+    with f:
+        assert f["patches"].shape == (results["PATCHES"], 11, 32, 32)
+        _, per_polygon = np.unique(f["polygon_ids"][...], return_counts=True)
+        assert per_polygon.max() <= 4
+        assert "split" in f
+    assert info.patch_size == 32
+
+
+def test_extract_patches_outside_the_raster_fails_with_the_reason(qgis_process, city,
+                                                                   tmp_path):
+    _, stack = city
+    other = synthcity.generate(str(tmp_path / "far"), seed=1, size_km=0.5)
+    # shift the stack far away: same CRS, no overlap with the training areas
+    data = read(stack)
+    moved = write_stack(tmp_path / "moved.tif", data, [f"S2:{b}" for b in synthcity.BANDS]
+                        + ["DSM:height"], origin=(300000.0, 5100000.0))
+    done, _ = qgis_process.run_json("lcz:extractpatches", {
+        "INPUT": moved, "TRAINING_AREAS": other.training_areas,
+        "OUTPUT": str(tmp_path / "p.h5")})
+    assert done.returncode != 0
+    assert "lie entirely outside it" in done.stdout + done.stderr
+    assert not (tmp_path / "p.h5").exists()
+
+
+def test_assess_accuracy_json_with_a_csv_table(qgis_process, city, tmp_path):
+    town, _ = city
+    done, answer = qgis_process.run_json("lcz:assessaccuracy", {
+        "INPUT": town.truth, "REFERENCE_AREAS": town.training_areas, "CLASS_FIELD": "lcz",
+        "OUTPUT_HTML": str(tmp_path / "r.html"), "OUTPUT_TABLE": str(tmp_path / "t.csv")})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = answer["results"]
+    core = assess_accuracy(town.truth, reference_areas=town.training_areas)
+    assert results["OA"] == 1.0 and results["SAMPLES"] == core.samples
+    with open(tmp_path / "t.csv", newline="") as f:
+        rows = {int(r["code"]): r for r in csv.DictReader(f)}
+    assert len(rows) == 17
+    for row in core.classes:
+        assert int(rows[row.code]["reference"]) == row.reference
+    assert "Confusion matrix" in (tmp_path / "r.html").read_text(encoding="utf-8")
