@@ -80,6 +80,10 @@ class ResNetV2(nn.Module):
         # Keras flattens NHWC: channels last
         return self.classifier(x.permute(0, 2, 3, 1).flatten(1))
 
+    def probabilities(self, x):
+        """The Keras model's output (softmax); exported for the converted pretrained model."""
+        return torch.softmax(self(x), dim=1)
+
 
 def resnet20(channels: int = 10, classes: int = 17, patch_size: int = 32, **options) -> ResNetV2:
     return ResNetV2(channels, classes, 20, patch_size, **options)

@@ -65,7 +65,7 @@ class Sen2LczNet(nn.Module):
 
     def forward(self, x):
         """Log of the averaged probabilities (use as logits for loss and temperature)."""
-        return torch.log(self.probabilities(x).clamp_min(1e-12))
+        return torch.log(self.probabilities(x).float().clamp_min(1e-12))
 
 
 def sen2lcz(channels: int = 10, classes: int = 17, **options) -> Sen2LczNet:
