@@ -46,6 +46,9 @@ def _add_train(sub):
                    help="train on label distributions where the data has them")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random flips and 90-degree rotations of training patches")
+    p.add_argument("--bn-momentum", type=float,
+                   help="BatchNorm momentum, Keras semantics (default 0.99; lower adapts the "
+                        "running statistics faster on small data sets)")
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
     p.add_argument("--amp", choices=["auto", "on", "off"])
@@ -124,7 +127,7 @@ def run(args) -> int:
             file_values = load_checkpoint(args.resume)["config"]
         overrides = {k: getattr(args, k) for k in
                      ("model", "cbam", "train", "val", "val_fraction", "setup", "optimizer",
-                      "lr", "decay", "schedule", "epochs", "batch_size", "patience",
+                      "lr", "decay", "schedule", "epochs", "batch_size", "patience", "bn_momentum",
                       "class_weights", "soft_labels", "augment", "seed", "workers", "amp",
                       "device", "out", "max_steps_per_epoch", "stats_samples", "version",
                       "progress")}

@@ -61,6 +61,7 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 32
     patience: int = 15
+    bn_momentum: float = 0.99           # Keras semantics: running = m * running + (1 - m) * batch
     class_weights: bool = False
     soft_labels: bool = True
     augment: bool = True
@@ -315,6 +316,9 @@ def _train(config, resume, device_name, dist_info: Dist) -> dict:
                             **options)
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = 1.0 - config.bn_momentum  # PyTorch's momentum is Keras' 1 - m
     optimizer = make_optimizer(config, model.parameters())
     start_epoch, step, best_loss, bad_epochs, history = 0, 0, math.inf, 0, []
     if payload is not None:
@@ -407,9 +411,9 @@ def _train(config, resume, device_name, dist_info: Dist) -> dict:
             scaler.step(optimizer)
             scaler.update()
             step += 1
-            total += float(loss) * len(x)
+            total += float(loss.detach()) * len(x)
             seen += len(x)
-            correct += int((logits.argmax(1) == labels).sum())
+            correct += int((logits.detach().argmax(1) == labels).sum())
         total, seen, correct = all_reduce_sum([total, seen, correct], dist_info, device)
         val = evaluate_loss(net, val_loader, device, use_amp, dist_info)
         improved = val["loss"] < best_loss
