@@ -39,9 +39,9 @@ def write_so2sat(path, n: int = 96, codes=TOY_CODES, patch: int = 16, seed: int 
     with h5py.File(path, "w") as f:
         if "sen1" in keys:
             f.create_dataset("sen1", data=rng.normal(size=(n, patch, patch, 8)).astype(
-                np.float32), chunks=(16, patch, patch, 8))
+                np.float32), chunks=(min(16, n), patch, patch, 8))
         if "sen2" in keys:
-            f.create_dataset("sen2", data=x, chunks=(16, patch, patch, 10))
+            f.create_dataset("sen2", data=x, chunks=(min(16, n), patch, patch, 10))
         if "label" in keys:
             f.create_dataset("label", data=label)
     return os.fspath(path)

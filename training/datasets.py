@@ -183,8 +183,8 @@ class PatchFile(PatchSource):
         self.has_soft_labels = info.has_soft_labels
         self._scale = np.asarray([info.scale[i] for i in self.columns], np.float32)
         self._offset = np.asarray([info.offset[i] for i in self.columns], np.float32)
-        self.card_scale = [float(v) for v in self._scale]
-        self.card_offset = [float(v) for v in self._offset]
+        self.card_scale = [float(info.scale[i]) for i in self.columns]
+        self.card_offset = [float(info.offset[i]) for i in self.columns]
         self._file = None
 
     def _open(self):
