@@ -176,3 +176,15 @@ def test_bad_training_inputs_end_with_one_line(toy, tmp_path, capsys):
     assert main(["evaluate", "--model", str(tmp_path / "missing.onnx"), "--data", toy["val"],
                  "--out", str(tmp_path / "e")]) == 2
     one_line_error(capsys)
+
+
+def test_random_forest_baseline_exports_to_the_contract(toy, tmp_path):
+    out = str(tmp_path / "rf.onnx")
+    assert main(["forest", "--train", toy["train"], "--out", out, "--trees", "25"]) == 0
+    card = Engine(out, device="cpu").card
+    assert card.name == "rf" and card.output_kind == "probabilities"
+    assert card.class_codes == list(TOY_CODES) and card.scale == [1e-4] * 10
+    assert main(["evaluate", "--model", out, "--data", toy["test"], "--out",
+                 str(tmp_path / "eval")]) == 0
+    with open(tmp_path / "eval" / "report.json") as f:
+        assert json.load(f)["oa"] >= 0.95
