@@ -14,6 +14,7 @@ from training.convert import convert_keras
 from training.keras_weights import KerasWeightsError, load_msmla, load_sen2lcz
 from training.models import build_model
 from training.summary import counts
+from training_data import one_torch_thread  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "..", "shared", "data")

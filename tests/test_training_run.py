@@ -17,7 +17,8 @@ from lcz_testing import read, write_stack
 from training.cli import main
 from training.evaluate import write_confusion_csv
 from training.train import load_checkpoint
-from training_data import S2_NAMES, TOY_CODES, write_patch_file, write_so2sat
+from training_data import (S2_NAMES, TOY_CODES, one_torch_thread,  # noqa: F401
+                           write_patch_file, write_so2sat)
 
 PATCH = 8
 FAST = ["--bn-momentum", "0.5", "--batch-size", "16", "--no-progress", "--device", "cpu"]

@@ -7,6 +7,7 @@ import os
 
 import h5py
 import numpy as np
+import pytest
 
 from lcz_qgis_plugin.core.patchfile import PatchFileInfo, PatchWriter
 
@@ -60,3 +61,15 @@ def write_patch_file(path, n: int = 96, codes=TOY_CODES, patch: int = 16, seed: 
         writer.append(dn, labels, polygons, np.zeros((n, 2)),
                       split=(polygons % 5 == 0).astype(np.uint8) if split else None)
     return os.fspath(path)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Training tests run torch on one thread: on a shared 2-core machine (CI, development)
+    OpenMP threads competing with other processes make tiny models many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
