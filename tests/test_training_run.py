@@ -113,6 +113,13 @@ def test_compare_puts_runs_side_by_side(toy, tmp_path, capsys):
     table = (tmp_path / "table.md").read_text().splitlines()
     assert table[0].startswith("| run | samples | OA | WA | OA_BU | OA_N")
     assert table[2].startswith("| run-a | 48 |") and table[3].startswith("| run-b | 48 |")
+    # a checkpoint evaluates to the same figures as its ONNX export
+    assert main(["evaluate", "--model", str(toy["run"] / "best.pt"), "--data", toy["val"],
+                 "--out", str(tmp_path / "pt")]) == 0
+    with open(tmp_path / "pt" / "report.json") as f, open(tmp_path / "a" / "report.json") as g:
+        from_pt, from_onnx = json.load(f), json.load(g)
+    assert from_pt["confusion_matrix"] == from_onnx["confusion_matrix"]
+    assert from_pt["ece"] == pytest.approx(from_onnx["ece"], abs=1e-4)
 
 
 def test_confusion_csv_of_a_hand_made_matrix(tmp_path):
@@ -143,8 +150,12 @@ def test_training_on_a_patch_file_split_by_polygon(tmp_path):
     path = write_patch_file(tmp_path / "p.h5", n=40, patch=PATCH, split=False)
     run = tmp_path / "run"
     assert main(["train", "--train", path, "--val-fraction", "0.25", "--epochs", "1",
-                 "--max-steps-per-epoch", "1", "--model", "sen2lcz", "--out", str(run),
-                 *FAST]) == 0
+                 "--max-steps-per-epoch", "1", "--model", "sen2lcz", "--setup", "authors-code",
+                 "--out", str(run), *FAST]) == 0
+    payload = load_checkpoint(str(run / "best.pt"))
+    assert payload["config"]["optimizer"] == "nadam"
+    assert all("mu_product" in state for state in payload["optimizer"]["state"].values())
+    assert payload["provenance"]["val"].endswith("(0.25 of polygons)")
     onnx_path = str(tmp_path / "p.onnx")
     assert main(["export", "--checkpoint", str(run / "best.pt"), "--out", onnx_path]) == 0
     card = Engine(onnx_path, device="cpu").card
