@@ -161,7 +161,8 @@ def plot_confusion(cm: np.ndarray, path: str, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 6.5), dpi=100)
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     labels = [c.label for c in LCZ_CLASSES]
-    ax.set_xticks(range(len(labels)), labels, fontsize=7)
+    short = [label.split()[1] for label in labels]  # "1" ... "10", "A" ... "G"
+    ax.set_xticks(range(len(labels)), short, fontsize=7)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_xlabel("predicted LCZ")
     ax.set_ylabel("reference LCZ")

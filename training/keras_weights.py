@@ -8,6 +8,12 @@ Layout conversions (Keras → PyTorch): convolution kernels HWIO → OIHW, Dense
 out) → (out, in), BatchNormalization gamma / beta / moving_mean / moving_variance → weight /
 bias / running_mean / running_var (eps 1e-3 is set by the ports). Inputs NHWC → NCHW.
 
+Padding: Keras 'same' with stride 2 pads an even input asymmetrically (the extra row and
+column at the bottom/right), unlike PyTorch's symmetric ``padding=k//2``. In MSMLA, Sen2LCZ-Net
+and the So2Sat ResNet every strided convolution is 1x1, which needs no padding, so the two
+frameworks agree (also for odd patch sizes: both give ceil(n/2)); the reference tests confirm
+it to 1e-5. A port with a strided 3x3 convolution would need an explicit ``F.pad``.
+
 Layers are matched by *role*, never by guessing from shapes alone: MSMLA's residual layers
 carry the authors' names (``res2a_branch2a``...), and the auto-numbered layers (``conv2d_N``,
 ``dense_N``) are taken in creation order, i.e. by their number, as
