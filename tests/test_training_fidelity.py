@@ -104,3 +104,28 @@ def test_convert_keras_cli_refuses_an_unknown_file_in_one_line(tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_calibrating_a_probability_model_scales_its_log_probabilities(tmp_path):
+    """Sen2LCZ-Net outputs averaged softmaxes: T is fitted on log p, and the plugin's engine
+    then returns softmax(log p / T) (DESIGN section 7)."""
+    import h5py
+
+    reference = np.load(need(os.path.join(REFERENCE, "keras_pretrained_reference.npz")))
+    model = str(tmp_path / "sen2lcz.onnx")
+    convert_keras(need(SEN2LCZ), model)
+    x = reference["x_nhwc"]
+    labels = np.zeros((len(x), 17), np.float32)   # the model's own answers: all correct
+    labels[np.arange(len(x)), reference["sen2lcz_drop_probs"].argmax(axis=1)] = 1
+    data = tmp_path / "val.h5"
+    with h5py.File(data, "w") as f:
+        f["sen2"], f["label"] = x, labels
+    out = str(tmp_path / "calibrated.onnx")
+    assert main(["calibrate", "--model", model, "--data", str(data), "--out", out]) == 0
+    engine = Engine(out, device="cpu")
+    t = engine.card.temperature
+    assert t < 1  # always right: calibration sharpens
+    log_p = np.log(reference["sen2lcz_drop_probs"].astype(np.float64))
+    expected = np.exp(log_p / t) / np.exp(log_p / t).sum(axis=1, keepdims=True)
+    got = engine.probabilities(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    np.testing.assert_allclose(got, expected, atol=1e-4)
