@@ -38,6 +38,7 @@ dist/lcz_qgis_plugin.zip: metadata.txt $(shell find lcz_qgis_plugin -type f -not
 bench: setup
 	$(PY) bench/bench_classify.py
 	$(PY) bench/bench_stack.py
+	$(PY) bench/bench_training.py
 
 clean:
 	rm -rf dist build out .pytest_cache

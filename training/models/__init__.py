@@ -1,8 +1,15 @@
-"""Model architectures, by name."""
+"""Model architectures, by name.
 
-from .msmla import MSMLA, msmla18, msmla50
+``msmla18`` / ``msmla50``: MSMLA (Kim et al. 2021); ``sen2lcz``: Sen2LCZ-Net-MF (Qiu et al.
+2020, outputs probabilities); ``resnet20``: the So2Sat LCZ42 ResNet v2 (32x32 only). The
+random-forest baseline is not a torch model: see :mod:`training.forest`.
+"""
 
-MODELS = {"msmla18": msmla18, "msmla50": msmla50}
+from .msmla import MSMLA, count_parameters, msmla18, msmla50
+from .resnet20 import resnet20
+from .sen2lcz import sen2lcz
+
+MODELS = {"msmla18": msmla18, "msmla50": msmla50, "sen2lcz": sen2lcz, "resnet20": resnet20}
 
 
 def build_model(name: str, channels: int, classes: int = 17, **options):
@@ -13,4 +20,10 @@ def build_model(name: str, channels: int, classes: int = 17, **options):
     return factory(channels=channels, classes=classes, **options)
 
 
-__all__ = ["MSMLA", "MODELS", "build_model", "msmla18", "msmla50"]
+def outputs_probabilities(model) -> bool:
+    """True for models whose exported output is probabilities (Sen2LCZ-Net averages softmaxes)."""
+    return bool(getattr(model, "outputs_probabilities", False))
+
+
+__all__ = ["MSMLA", "MODELS", "build_model", "count_parameters", "msmla18", "msmla50",
+           "outputs_probabilities", "resnet20", "sen2lcz"]

@@ -118,6 +118,7 @@ class MSMLA(nn.Module):
         if cbam not in ("faithful", "paper"):
             raise ValueError("cbam must be 'faithful' or 'paper'")
         block_type = {"basic": BasicBlock, "bottleneck": Bottleneck}[block]
+        self.faithful = cbam == "faithful"
         self.stem = nn.ModuleList([nn.Conv2d(channels, 16, 5, padding=2),
                                    nn.Conv2d(channels, 32, 3, padding=1),
                                    nn.Conv2d(channels, 16, 1)])

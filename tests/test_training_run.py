@@ -1,0 +1,202 @@
+"""End to end on a tiny separable toy problem: train → export → evaluate / calibrate →
+lcz:classify, resume, and the clear one-line errors of the command line."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from osgeo import gdal
+
+from lcz_qgis_plugin.core.classify import classify
+from lcz_qgis_plugin.core.engine import Engine
+from lcz_qgis_plugin.core.metrics import confusion_matrix
+from lcz_testing import read, write_stack
+from training.cli import main
+from training.evaluate import write_confusion_csv
+from training.train import load_checkpoint
+from training_data import (S2_NAMES, TOY_CODES, one_torch_thread,  # noqa: F401
+                           write_patch_file, write_so2sat)
+
+PATCH = 8
+FAST = ["--bn-momentum", "0.5", "--batch-size", "16", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("toy")
+    data = {name: write_so2sat(folder / f"{name}.h5", n=n, patch=PATCH, seed=seed)
+            for name, n, seed in (("train", 96, 0), ("val", 48, 1), ("test", 60, 2))}
+    run = folder / "run"
+    torch.manual_seed(0)
+    assert main(["train", "--train", data["train"], "--val", data["val"], "--epochs", "3",
+                 "--out", str(run), *FAST]) == 0
+    onnx_path = str(folder / "toy.onnx")
+    assert main(["export", "--checkpoint", str(run / "best.pt"), "--out", onnx_path]) == 0
+    return {"folder": folder, "run": run, "onnx": onnx_path, **data}
+
+
+def one_line_error(capsys):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_toy_run_learns_the_problem_and_is_evaluated(toy, capsys):
+    with open(toy["run"] / "log.csv") as f:
+        log = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in log] == [1, 2, 3]
+    out = toy["folder"] / "eval"
+    assert main(["evaluate", "--model", toy["onnx"], "--data", toy["test"], "--out",
+                 str(out), "--name", "toy"]) == 0
+    with open(out / "report.json") as f:
+        report = json.load(f)
+    assert report["samples"] == 60 and report["oa"] >= 0.95
+    assert 0 <= report["ece"] <= 1 and report["calibration"]["bins"] == 15
+    assert sum(map(sum, report["confusion_matrix"])) == 60
+    for name in ("confusion_matrix.csv", "confusion_matrix.png", "reliability.png", "report.md"):
+        assert (out / name).stat().st_size > 0
+    with open(out / "confusion_matrix.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "| toy | 60 |" in capsys.readouterr().out
+
+
+def test_card_carries_the_training_statistics(toy):
+    card = Engine(toy["onnx"], device="cpu").card
+    payload = load_checkpoint(str(toy["run"] / "best.pt"))
+    assert card.channels == S2_NAMES and card.patch_size == PATCH
+    assert card.class_codes == list(TOY_CODES) and card.output_kind == "logits"
+    assert card.scale == [1e-4] * 10  # So2Sat reflectance = Sentinel-2 DN / 10000
+    import h5py
+    with h5py.File(toy["train"]) as f:
+        x = f["sen2"][:].astype(np.float64)
+    np.testing.assert_allclose(card.mean, x.mean(axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(card.std, x.std(axis=(0, 1, 2)), rtol=1e-4)
+    assert card.mean == payload["mean"] and card.provenance["train"] == toy["train"]
+
+
+def test_lcz_classify_runs_the_exported_model(toy, tmp_path):
+    # a 60 x 80 px stack in DN: left half dense compact mid-rise (2), right half dense trees (11)
+    dn = np.full((10, 60, 80), 650.0, np.float32)
+    dn[0, :, :40] += 1500.0      # class index 0 (LCZ 2) raises band 0
+    dn[4, :, 40:] += 1500.0      # class index 2 (LCZ 11) raises band 4
+    stack = write_stack(tmp_path / "stack.tif", dn.astype(np.uint16), S2_NAMES,
+                        data_type=gdal.GDT_UInt16)
+    result = classify([stack], toy["onnx"], str(tmp_path / "lcz.tif"), device="cpu")
+    lcz = read(result.output)
+    assert lcz.shape == (6, 8)
+    assert (lcz[:, :4] == 2).all() and (lcz[:, 4:] == 11).all()
+
+
+def test_calibration_stores_the_temperature_with_ece_before_and_after(toy, capsys):
+    out = str(toy["folder"] / "calibrated.onnx")
+    assert main(["calibrate", "--model", toy["onnx"], "--data", toy["val"], "--out", out]) == 0
+    assert "ECE" in capsys.readouterr().out
+    card = Engine(out, device="cpu").card
+    summary = card.provenance["calibration"]
+    assert card.temperature == pytest.approx(summary["temperature"]) and card.temperature != 1
+    assert summary["nll_after"] <= summary["nll_before"] + 1e-9
+    assert summary["ece_after"] <= summary["ece_before"] + 1e-9
+    assert Engine(toy["onnx"], device="cpu").card.temperature == 1.0  # input untouched
+
+
+def test_compare_puts_runs_side_by_side(toy, tmp_path, capsys):
+    reports = []
+    for name in ("a", "b"):
+        assert main(["evaluate", "--model", toy["onnx"], "--data", toy["val"], "--out",
+                     str(tmp_path / name), "--name", f"run-{name}"]) == 0
+        reports.append(str(tmp_path / name))
+    capsys.readouterr()
+    assert main(["compare", *reports, "--out", str(tmp_path / "table.md")]) == 0
+    table = (tmp_path / "table.md").read_text().splitlines()
+    assert table[0].startswith("| run | samples | OA | WA | OA_BU | OA_N")
+    assert table[2].startswith("| run-a | 48 |") and table[3].startswith("| run-b | 48 |")
+    # a checkpoint evaluates to the same figures as its ONNX export
+    assert main(["evaluate", "--model", str(toy["run"] / "best.pt"), "--data", toy["val"],
+                 "--out", str(tmp_path / "pt")]) == 0
+    with open(tmp_path / "pt" / "report.json") as f, open(tmp_path / "a" / "report.json") as g:
+        from_pt, from_onnx = json.load(f), json.load(g)
+    assert from_pt["confusion_matrix"] == from_onnx["confusion_matrix"]
+    assert from_pt["ece"] == pytest.approx(from_onnx["ece"], abs=1e-4)
+
+
+def test_confusion_csv_of_a_hand_made_matrix(tmp_path):
+    cm = confusion_matrix([1, 1, 2, 17, 11], [1, 2, 2, 17, 17])
+    write_confusion_csv(cm, tmp_path / "cm.csv")
+    with open(tmp_path / "cm.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][1].startswith("LCZ 1 ") and rows[0][2].startswith("LCZ 2 ")
+    assert rows[0][-1] == "total" and len(rows[0]) == 19
+    assert rows[1][1:3] == ["1", "1"] and rows[1][-1] == "2"      # LCZ 1: 1 right, 1 as 2
+    assert rows[11][17] == "1" and rows[17][17] == "1"             # A -> G, G -> G
+    assert rows[-1][-1] == "5"
+
+
+def test_resume_continues_the_run_with_class_weights(toy, tmp_path):
+    run = tmp_path / "resumed"
+    import shutil
+    shutil.copytree(toy["run"], run)
+    assert main(["train", "--resume", str(run / "last.pt"), "--out", str(run), "--epochs",
+                 "4", "--class-weights", "--no-progress"]) == 0
+    with open(run / "log.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+    payload = load_checkpoint(str(run / "last.pt"))
+    assert payload["epoch"] == 3 and payload["config"]["class_weights"] is True
+
+
+def test_training_on_a_patch_file_split_by_polygon(tmp_path):
+    path = write_patch_file(tmp_path / "p.h5", n=40, patch=PATCH, split=False)
+    run = tmp_path / "run"
+    assert main(["train", "--train", path, "--val-fraction", "0.25", "--epochs", "1",
+                 "--max-steps-per-epoch", "1", "--model", "sen2lcz", "--setup", "authors-code",
+                 "--out", str(run), *FAST]) == 0
+    payload = load_checkpoint(str(run / "best.pt"))
+    assert payload["config"]["optimizer"] == "nadam"
+    assert all("mu_product" in state for state in payload["optimizer"]["state"].values())
+    assert payload["provenance"]["val"].endswith("(0.25 of polygons)")
+    onnx_path = str(tmp_path / "p.onnx")
+    assert main(["export", "--checkpoint", str(run / "best.pt"), "--out", onnx_path]) == 0
+    card = Engine(onnx_path, device="cpu").card
+    assert card.output_kind == "probabilities" and card.scale == [1e-4] * 10
+    assert 0.05 < card.mean[1] < 0.2   # statistics in reflectance, not DN
+
+
+def test_corrupt_checkpoint_ends_with_one_line(tmp_path, capsys):
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    assert main(["export", "--checkpoint", str(bad), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "damaged or incomplete" in one_line_error(capsys)
+    assert main(["train", "--resume", str(bad)]) == 2
+    assert "damaged or incomplete" in one_line_error(capsys)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_bad_training_inputs_end_with_one_line(toy, tmp_path, capsys):
+    no_label = write_so2sat(tmp_path / "nolabel.h5", n=8, patch=PATCH, keys=("sen1", "sen2"))
+    assert main(["train", "--train", no_label, "--val", toy["val"], *FAST]) == 2
+    assert "no 'label' dataset" in one_line_error(capsys)
+    assert main(["train", "--train", toy["train"], "--val", toy["val"], "--channels",
+                 "S2:B02,S2:B13", *FAST]) == 2
+    assert "'S2:B13' is not in So2Sat" in one_line_error(capsys)
+    assert main(["train", "--train", toy["train"], "--val", toy["val"], "--classes",
+                 "2,7,8,11", *FAST]) == 2
+    assert "7 (Lightweight low-rise) have no training sample" in one_line_error(capsys)
+    assert main(["train", "--train", toy["train"], *FAST]) == 2
+    assert "no validation data" in one_line_error(capsys)
+    assert main(["evaluate", "--model", str(tmp_path / "missing.onnx"), "--data", toy["val"],
+                 "--out", str(tmp_path / "e")]) == 2
+    one_line_error(capsys)
+
+
+def test_random_forest_baseline_exports_to_the_contract(toy, tmp_path):
+    out = str(tmp_path / "rf.onnx")
+    assert main(["forest", "--train", toy["train"], "--out", out, "--trees", "25"]) == 0
+    card = Engine(out, device="cpu").card
+    assert card.name == "rf" and card.output_kind == "probabilities"
+    assert card.class_codes == list(TOY_CODES) and card.scale == [1e-4] * 10
+    assert main(["evaluate", "--model", out, "--data", toy["test"], "--out",
+                 str(tmp_path / "eval")]) == 0
+    with open(tmp_path / "eval" / "report.json") as f:
+        assert json.load(f)["oa"] >= 0.95

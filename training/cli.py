@@ -1,0 +1,193 @@
+"""Command line of the training package: ``python -m training <command> --help``.
+
+Commands: summary, train, export, evaluate, compare, calibrate, convert-keras, forest.
+A bad input ends with one readable line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _csv_list(text: str | None, kind=str):
+    if text is None:
+        return None
+    return [kind(v.strip()) for v in text.split(",") if v.strip()]
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train a model (config file + overrides)",
+                       description="Train an LCZ model. Defaults: the MSMLA paper's setup "
+                       "(Adam lr 0.002, Keras decay 0.004 per iteration, batch 32, early stop "
+                       "15). Values: defaults < --setup < --config file < options.")
+    p.add_argument("--config", help="JSON or TOML file of training options")
+    p.add_argument("--resume", help="checkpoint (last.pt) to continue from")
+    p.add_argument("--model", help="msmla18 | msmla50 | sen2lcz | resnet20")
+    p.add_argument("--cbam", choices=["faithful", "paper"])
+    p.add_argument("--train", help="So2Sat h5 or patch file (path or path#train)")
+    p.add_argument("--val", help="validation file (path or path#validation)")
+    p.add_argument("--val-fraction", type=float,
+                   help="patch file without a split: share of polygons kept for validation")
+    p.add_argument("--channels", help="comma-separated channel names, e.g. S2:B02,S2:B03")
+    p.add_argument("--classes", help="comma-separated LCZ codes 1-17 (default: those present)")
+    p.add_argument("--setup", choices=["paper", "authors-code"])
+    p.add_argument("--optimizer", choices=["adam", "nadam", "sgd"])
+    p.add_argument("--lr", type=float)
+    p.add_argument("--decay", type=float, help="Keras-2 decay: lr / (1 + decay * iteration)")
+    p.add_argument("--schedule", choices=["inverse-time", "step", "constant"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--patience", type=int, help="early stopping patience (epochs)")
+    p.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="weight the loss by inverse class frequency")
+    p.add_argument("--soft-labels", action=argparse.BooleanOptionalAction, default=None,
+                   help="train on label distributions where the data has them")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random flips and 90-degree rotations of training patches")
+    p.add_argument("--bn-momentum", type=float,
+                   help="BatchNorm momentum, Keras semantics (default 0.99; lower adapts the "
+                        "running statistics faster on small data sets)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--amp", choices=["auto", "on", "off"])
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--out", help="run folder (checkpoints, log.csv)")
+    p.add_argument("--max-steps-per-epoch", type=int)
+    p.add_argument("--stats-samples", type=int, help="patches used for mean/std (0 = all)")
+    p.add_argument("--version", help="model version written into the model card")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training",
+                                     description="LCZ training package (PyTorch).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("summary", help="parameter counts of a model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--channels", type=int, default=10)
+    p.add_argument("--patch", type=int, default=48)
+    p.add_argument("--cbam", default="faithful", choices=["faithful", "paper"])
+
+    _add_train(sub)
+
+    p = sub.add_parser("export", help="checkpoint → plugin-ready ONNX (parity checked)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--version")
+
+    p = sub.add_parser("evaluate", help="LCZ metrics of a model on test patches")
+    p.add_argument("--model", required=True, help=".onnx or checkpoint .pt")
+    p.add_argument("--data", required=True, help="So2Sat h5 or patch file (path#test)")
+    p.add_argument("--out", required=True, help="folder for the report, CSV and PNGs")
+    p.add_argument("--name")
+    p.add_argument("--bins", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--limit", type=int, default=0, help="evaluate the first N patches only")
+
+    p = sub.add_parser("compare", help="markdown table of several evaluate reports")
+    p.add_argument("reports", nargs="+", help="report.json files or evaluate folders")
+    p.add_argument("--out", help="write the table here (default: print)")
+
+    p = sub.add_parser("calibrate", help="fit temperature scaling on validation patches")
+    p.add_argument("--model", required=True, help="exported .onnx")
+    p.add_argument("--data", required=True, help="validation patches")
+    p.add_argument("--out", required=True, help="calibrated .onnx (may equal --model)")
+    p.add_argument("--bins", type=int, default=15)
+
+    p = sub.add_parser("convert-keras", help="published Keras weights → plugin-ready ONNX")
+    p.add_argument("--weights", required=True, help="Keras .h5/.hdf5 weight file")
+    p.add_argument("--out", required=True, help="output .onnx")
+    p.add_argument("--model", choices=["sen2lcz", "resnet20"],
+                   help="architecture (detected from the file when omitted)")
+    p.add_argument("--torch-out", help="also save the PyTorch state dict here")
+
+    p = sub.add_parser("forest", help="random-forest baseline on per-patch features → ONNX")
+    p.add_argument("--train", required=True)
+    p.add_argument("--out", required=True, help="output .onnx")
+    p.add_argument("--channels")
+    p.add_argument("--trees", type=int, default=100)
+    p.add_argument("--max-samples", type=int, default=0,
+                   help="train on at most this many patches (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def run(args) -> int:
+    if args.command == "summary":
+        from .summary import summary
+        print(summary(args.model, args.channels, args.patch, args.cbam))
+    elif args.command == "train":
+        from .train import load_config_file, load_checkpoint, make_config, train
+        file_values = load_config_file(args.config) if args.config else {}
+        if args.resume and not args.config:
+            file_values = load_checkpoint(args.resume)["config"]
+        overrides = {k: getattr(args, k) for k in
+                     ("model", "cbam", "train", "val", "val_fraction", "setup", "optimizer",
+                      "lr", "decay", "schedule", "epochs", "batch_size", "patience", "bn_momentum",
+                      "class_weights", "soft_labels", "augment", "seed", "workers", "amp",
+                      "device", "out", "max_steps_per_epoch", "stats_samples", "version",
+                      "progress")}
+        overrides["channels"] = _csv_list(args.channels)
+        overrides["classes"] = _csv_list(args.classes, int)
+        result = train(make_config(file_values, overrides), resume=args.resume)
+        if result["rank"] == 0:
+            print(f"best checkpoint: {result['best']} (validation loss "
+                  f"{result['best_val_loss']:.4f}, {result['epochs']} epochs)")
+    elif args.command == "export":
+        from .export import export_checkpoint
+        print(export_checkpoint(args.checkpoint, args.out, args.temperature, args.version))
+    elif args.command == "evaluate":
+        from .evaluate import comparison_table, evaluate
+        report = evaluate(args.model, args.data, args.out, args.name, args.bins,
+                          args.batch_size, args.limit)
+        print(comparison_table([report]), end="")
+    elif args.command == "compare":
+        from .evaluate import compare
+        table = compare(args.reports)
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as f:
+                f.write(table)
+        print(table, end="")
+    elif args.command == "calibrate":
+        from .evaluate import calibrate
+        result = calibrate(args.model, args.data, args.out, args.bins)
+        print(f"temperature {result['temperature']:.4f}: ECE {100 * result['ece_before']:.2f} % "
+              f"-> {100 * result['ece_after']:.2f} % on {result['samples']} patches; "
+              f"written {args.out}")
+    elif args.command == "convert-keras":
+        from .convert import convert_keras
+        path, card = convert_keras(args.weights, args.out, args.model, args.torch_out)
+        print(f"{path}: {card.describe()}, output {card.output_kind}")
+    elif args.command == "forest":
+        from .forest import train_forest
+        result = train_forest(args.train, args.out, _csv_list(args.channels), args.trees,
+                              args.max_samples, args.seed)
+        print(json.dumps(result))
+    return 0
+
+
+def _known_errors():
+    from lcz_qgis_plugin.core.errors import LczError
+
+    from .datasets import DataError
+    from .evaluate import EvaluationError
+    from .export import ExportError
+    from .keras_weights import KerasWeightsError
+    from .train import TrainingError
+    return (LczError, DataError, EvaluationError, ExportError, KerasWeightsError, TrainingError)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except _known_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,292 @@
+"""``evaluate``, ``compare`` and ``calibrate``: LCZ metrics of a model on held-out patches.
+
+All figures come from :mod:`lcz_qgis_plugin.core.metrics` (the same code the plugin's accuracy
+assessment uses). A model is either an exported ``.onnx`` file, run through the plugin's own
+engine exactly as ``lcz:classify`` runs it (including its calibration temperature), or a
+training checkpoint ``.pt``.
+
+Temperature scaling (Guo et al. 2017) fits one scalar T > 0 on the validation set by
+minimising the cross-entropy of softmax(z / T); z are the logits, or for a model that outputs
+averaged probabilities (Sen2LCZ-Net) the log of those probabilities. T is searched on log T
+(bounded 1-D minimisation), then stored in the ONNX model card, where the plugin applies it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+
+from lcz_qgis_plugin.core.contract import ModelCard
+from lcz_qgis_plugin.core.lcz_classes import LCZ_CLASSES, LCZ_CODES
+from lcz_qgis_plugin.core.metrics import (accuracy_scores, calibration, confusion_matrix,
+                                          format_percent)
+
+from . import datasets as ds
+
+
+class EvaluationError(RuntimeError):
+    pass
+
+
+class Predictor:
+    """Raw outputs (logits or probabilities, per the card) for normalised patches."""
+
+    def __init__(self, path: str, device: str = "cpu"):
+        self.path = path
+        if path.endswith(".onnx"):
+            from lcz_qgis_plugin.core.engine import Engine
+            from lcz_qgis_plugin.core.errors import LczError
+            try:
+                self.engine = Engine(path, device=device)
+            except LczError as exc:
+                raise EvaluationError(str(exc)) from None
+            self.card: ModelCard = self.engine.card
+            self.model = None
+        else:
+            from .export import card_from_checkpoint
+            from .train import load_checkpoint, model_from_checkpoint
+            payload = load_checkpoint(path)
+            self.model = model_from_checkpoint(payload)
+            self.card = card_from_checkpoint(payload)
+            self.engine = None
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        if self.engine is not None:
+            return self.engine.run(np.ascontiguousarray(x, dtype=np.float32))
+        import torch
+        with torch.no_grad():
+            t = torch.from_numpy(x)
+            if self.card.output_kind == "probabilities":
+                return self.model.probabilities(t).numpy()
+            return self.model(t).numpy()
+
+
+def scores_of(raw: np.ndarray, card: ModelCard, temperature: float | None = None) -> np.ndarray:
+    """z: logits, or log-probabilities for a probability model (DESIGN section 7)."""
+    raw = raw.astype(np.float64)
+    return np.log(np.clip(raw, 1e-12, None)) if card.output_kind == "probabilities" else raw
+
+
+def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = z / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def predict(predictor: Predictor, data: str, batch_size: int = 256, limit: int = 0):
+    """(reference codes, z scores) for every patch of ``data`` (path or path#split)."""
+    card = predictor.card
+    try:
+        source, rows = ds.open_source(data, card.channels)
+    except ds.DataError as exc:
+        raise EvaluationError(str(exc)) from None
+    if source.patch_size != card.patch_size:
+        raise EvaluationError(f"{data} holds {source.patch_size}px patches, the model takes "
+                              f"{card.patch_size}px.")
+    rows = np.arange(len(source)) if rows is None else np.sort(rows)
+    if limit:
+        rows = rows[:limit]
+    mean = np.asarray(card.mean, np.float32)[:, None, None]
+    std = np.asarray(card.std, np.float32)[:, None, None]
+    z = np.empty((len(rows), card.n_classes))
+    for start in range(0, len(rows), batch_size):
+        x = (source.read(rows[start:start + batch_size]) - mean) / std
+        z[start:start + len(x)] = scores_of(predictor.raw(x.astype(np.float32)), card)
+    return source.codes[rows], z
+
+
+def evaluate(model: str, data: str, out: str, name: str | None = None, bins: int = 15,
+             batch_size: int = 256, limit: int = 0) -> dict:
+    predictor = Predictor(model)
+    card = predictor.card
+    reference, z = predict(predictor, data, batch_size, limit)
+    probs = softmax(z, card.temperature)
+    codes = np.asarray(card.class_codes)
+    predicted = codes[probs.argmax(axis=1)]
+    cm = confusion_matrix(reference, predicted)
+    scores = accuracy_scores(cm)
+    cal = calibration(probs.max(axis=1), predicted == reference, bins)
+    report = {"name": name or os.path.splitext(os.path.basename(model))[0], "model": model,
+              "data": data, "temperature": card.temperature, **scores,
+              "ece": cal["ece"], "mce": cal["mce"], "calibration": cal,
+              "confusion_matrix": cm.tolist()}
+    os.makedirs(out, exist_ok=True)
+    write_confusion_csv(cm, os.path.join(out, "confusion_matrix.csv"))
+    plot_confusion(cm, os.path.join(out, "confusion_matrix.png"), report["name"])
+    plot_reliability(cal, os.path.join(out, "reliability.png"), report["name"])
+    with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as f:
+        json.dump(_json_safe(report), f, indent=2)
+    with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
+        f.write(comparison_table([report]))
+    return report
+
+
+def _json_safe(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_confusion_csv(cm: np.ndarray, path: str) -> None:
+    labels = [c.label for c in LCZ_CLASSES]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["reference \\ predicted"] + labels + ["total"])
+        for label, row in zip(labels, cm):
+            writer.writerow([label] + [int(v) for v in row] + [int(row.sum())])
+        writer.writerow(["total"] + [int(v) for v in cm.sum(axis=0)] + [int(cm.sum())])
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_confusion(cm: np.ndarray, path: str, title: str) -> None:
+    plt = _pyplot()
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(7.5, 6.5), dpi=100)
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    labels = [c.label for c in LCZ_CLASSES]
+    short = [label.split()[1] for label in labels]  # "1" ... "10", "A" ... "G"
+    ax.set_xticks(range(len(labels)), short, fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xlabel("predicted LCZ")
+    ax.set_ylabel("reference LCZ")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            if cm[i, j]:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=5,
+                        color="white" if share[i, j] > 0.5 else "black")
+    ax.set_title(f"{title}: confusion matrix (row shares, counts)", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_reliability(cal: dict, path: str, title: str) -> None:
+    plt = _pyplot()
+    table = cal["table"]
+    centres = [(b["lower"] + b["upper"]) / 2 for b in table]
+    width = 1.0 / cal["bins"]
+    accuracy = [0 if math.isnan(b["accuracy"]) else b["accuracy"] for b in table]
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    ax.bar(centres, accuracy, width=width * 0.95, color="#4477aa", label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("top-1 confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}: ECE {100 * cal['ece']:.1f} %, MCE {100 * cal['mce']:.1f} % "
+                 f"({cal['bins']} bins)", fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+COLUMNS = [("OA", "oa"), ("WA", "wa"), ("OA_BU", "oa_bu"), ("OA_N", "oa_n"),
+           ("built/natural", "oa_built_vs_natural"), ("kappa", "kappa"),
+           ("F1 macro", "f1_macro"), ("F1 weighted", "f1_weighted"), ("ECE", "ece"),
+           ("MCE", "mce")]
+
+
+def comparison_table(reports: list[dict]) -> str:
+    """A markdown table of several runs side by side (one row per run)."""
+    head = "| run | samples | " + " | ".join(c for c, _ in COLUMNS) + " |\n"
+    rule = "|---|---:|" + "---:|" * len(COLUMNS) + "\n"
+    lines = []
+    for r in reports:
+        cells = []
+        for _, key in COLUMNS:
+            value = r.get(key)
+            value = float("nan") if value is None else value
+            cells.append(f"{value:.3f}" if key == "kappa" and not math.isnan(value)
+                         else format_percent(value))
+        lines.append(f"| {r['name']} | {r['samples']} | " + " | ".join(cells) + " |\n")
+    return head + rule + "".join(lines)
+
+
+def compare(report_paths: list[str]) -> str:
+    reports = []
+    for path in report_paths:
+        if os.path.isdir(path):
+            path = os.path.join(path, "report.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                reports.append(json.load(f))
+        except (OSError, ValueError) as exc:
+            raise EvaluationError(f"cannot read the report {path}: {exc}") from None
+    return comparison_table(reports)
+
+
+# -- temperature scaling -------------------------------------------------------------------------
+def nll(z: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    s = z / temperature
+    s = s - s.max(axis=1, keepdims=True)
+    log_p = s - np.log(np.exp(s).sum(axis=1, keepdims=True))
+    return float(-log_p[np.arange(len(labels)), labels].mean())
+
+
+def fit_temperature(z: np.ndarray, labels: np.ndarray) -> float:
+    """T minimising the validation cross-entropy; 1-D bounded search on log T in [1/50, 50]."""
+    from scipy.optimize import minimize_scalar
+
+    result = minimize_scalar(lambda log_t: nll(z, labels, math.exp(log_t)),
+                             bounds=(math.log(0.02), math.log(50.0)), method="bounded",
+                             options={"xatol": 1e-5})
+    return float(math.exp(result.x))
+
+
+def calibrate(model: str, data: str, out: str, bins: int = 15, batch_size: int = 256) -> dict:
+    """Fit T on ``data`` (validation patches) and write ``out``: the model with T in its card."""
+    if not model.endswith(".onnx"):
+        raise EvaluationError("calibrate works on an exported .onnx model (python -m training "
+                              "export first); the temperature goes into its model card.")
+    predictor = Predictor(model)
+    card = predictor.card
+    reference, z = predict(predictor, data, batch_size)
+    lookup = {c: i for i, c in enumerate(card.class_codes)}
+    keep = np.array([c in lookup for c in reference])
+    if not keep.any():
+        raise EvaluationError(f"{data} holds no sample of the model's classes.")
+    labels = np.array([lookup[c] for c in reference[keep]])
+    z = z[keep]
+    temperature = fit_temperature(z, labels)
+
+    def ece(t):
+        p = softmax(z, t)
+        return calibration(p.max(axis=1), p.argmax(axis=1) == labels, bins)
+
+    before, after = ece(card.temperature), ece(temperature)
+    summary = {"temperature": temperature, "fitted_on": data, "samples": int(keep.sum()),
+               "bins": bins, "ece_before": before["ece"], "ece_after": after["ece"],
+               "mce_before": before["mce"], "mce_after": after["mce"],
+               "nll_before": nll(z, labels, card.temperature),
+               "nll_after": nll(z, labels, temperature)}
+    from lcz_qgis_plugin.core.contract_writer import write_model_card
+    card.temperature = temperature
+    card.provenance = dict(card.provenance, calibration=summary)
+    partial = out + ".partial"
+    shutil.copyfile(model, partial)
+    try:
+        write_model_card(partial, card, partial)
+        os.replace(partial, out)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return summary
