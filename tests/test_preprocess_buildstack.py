@@ -12,7 +12,8 @@ from osgeo import gdal
 from lcz_testing import (files_in, identity_card, linear_probe_model, read, write_stack)
 from s2_product import make_product
 
-from lcz_qgis_plugin.core.buildstack import build_stack, read_metadata_props, read_model_card
+from lcz_qgis_plugin.core.buildstack import (build_stack, parse_channel_list, read_metadata_props,
+                                             read_model_card)
 from lcz_qgis_plugin.core.errors import InputError, ModelError
 from lcz_qgis_plugin.core.sentinel2 import SO2SAT_BANDS, channel_name
 
@@ -66,6 +67,30 @@ def test_stack_holds_the_model_channels_in_order(layers, tmp_path, extension):
         assert ds.GetRasterBand(1).DataType == gdal.GDT_Float32 and set(nodata) == {-9999}
         assert stack[0, 0, 0] == -9999 and stack[10, 5, 5] == -9999
     assert files_in(tmp_path / "out") == [f"stack{extension}"]
+
+
+def test_channel_list_stacks_without_a_model(layers, tmp_path):
+    """A training stack (for lcz:extractpatches) before any model exists."""
+    paths, _, data = layers
+    wanted = ["DSM:height", "S2:B04", "OSM:building_fraction"]
+    result = build_stack(None, paths, str(tmp_path / "out" / "train.vrt"), channels=wanted)
+    ds = gdal.Open(result.output)
+    assert [ds.GetRasterBand(i + 1).GetDescription() for i in range(3)] == wanted
+    stack = ds.ReadAsArray().astype(np.float64)
+    np.testing.assert_array_equal(stack[0], data["dsm"][0])
+    np.testing.assert_array_equal(stack[1], data["s2"][2])
+    assert parse_channel_list(" S2:B02, S2:B03;DSM:height\n") == ["S2:B02", "S2:B03",
+                                                                  "DSM:height"]
+    with pytest.raises(InputError, match="S2:B02 more than once"):
+        parse_channel_list("S2:B02,S2:B02")
+    with pytest.raises(InputError, match="Missing: OSM:sky.*channel list needs|channel list "
+                                         "needs. Missing: OSM:sky"):
+        build_stack(None, paths, str(tmp_path / "out" / "x.vrt"), channels=["OSM:sky"])
+    with pytest.raises(InputError, match="either a model or a channel list"):
+        build_stack(layers[1], paths, str(tmp_path / "out" / "x.vrt"), channels=wanted)
+    with pytest.raises(InputError, match="give a model"):
+        build_stack(None, paths, str(tmp_path / "out" / "x.vrt"))
+    assert files_in(tmp_path / "out") == ["train.vrt"]
 
 
 def test_built_stack_is_accepted_by_classify(layers, tmp_path):
@@ -160,6 +185,10 @@ def test_buildstack_and_classify_through_processing_run(qgis_app, layers, tmp_pa
     with pytest.raises(QgsProcessingException, match="Missing: DSM:height"):
         processing.run("lcz:buildstack", {"MODEL": model, "INPUT": paths[:2],
                                           "OUTPUT": str(tmp_path / "x.tif")})
+    listed = processing.run("lcz:buildstack", {"CHANNEL_LIST": "S2:B02, DSM:height",
+                                               "INPUT": paths,
+                                               "OUTPUT": str(tmp_path / "train.tif")})
+    assert listed["CHANNELS"] == "S2:B02,DSM:height"
 
 
 # -- headless: qgis_process.bin ------------------------------------------------------------------

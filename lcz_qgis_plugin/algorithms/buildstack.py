@@ -2,14 +2,15 @@
 
 from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputString,
                        QgsProcessingParameterFile, QgsProcessingParameterMultipleLayers,
-                       QgsProcessingParameterRasterDestination)
+                       QgsProcessingParameterRasterDestination, QgsProcessingParameterString)
 
-from ..core.buildstack import build_stack
+from ..core.buildstack import build_stack, parse_channel_list
 from .base import LczAlgorithm
 
 
 class BuildStackAlgorithm(LczAlgorithm):
     MODEL = "MODEL"
+    CHANNEL_LIST = "CHANNEL_LIST"
     INPUT = "INPUT"
     OUTPUT = "OUTPUT"
 
@@ -26,6 +27,7 @@ Reads the channel list of an LCZ model (.onnx with LCZ metadata) and writes a ra
 
 Parameters
 - Model (MODEL): the .onnx file; its metadata names the channels (S2:B02 ... S2:B12, OSM:building_fraction, DSM:height ...). onnxruntime is not needed for this step.
+- Channels (CHANNEL_LIST): instead of a model, the band names to stack in order, separated by commas (e.g. S2:B02,...,S2:B12,OSM:building_fraction,DSM:height). Use it to build a training stack for Extract training patches before any model exists. Give a model or a channel list, not both.
 - Rasters (INPUT): any number of rasters; bands are matched by description, the first raster wins when two hold the same name, unused bands are ignored.
 - Output (OUTPUT): .tif (a tiled GeoTIFF copy; mixed data types or no-data values become Float32 with -9999) or .vrt (a virtual raster pointing at the inputs, written instantly).
 
@@ -35,7 +37,9 @@ Every channel must come from rasters on one grid (same CRS, origin, pixel size a
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFile(
             self.MODEL, self.tr("Model (.onnx)"), QgsProcessingParameterFile.File,
-            extension="onnx"))
+            extension="onnx", optional=True))
+        self.addParameter(QgsProcessingParameterString(
+            self.CHANNEL_LIST, self.tr("Channels, in order (instead of a model)"), optional=True))
         self.addParameter(QgsProcessingParameterMultipleLayers(
             self.INPUT, self.tr("Rasters holding the channels"), QgsProcessing.TypeRaster))
         self.addParameter(QgsProcessingParameterRasterDestination(
@@ -47,8 +51,9 @@ Every channel must come from rasters on one grid (same CRS, origin, pixel size a
         if not layers:
             raise QgsProcessingException("No input raster: choose the rasters that hold the "
                                          "model's channels for INPUT.")
-        result = build_stack(self.parameterAsFile(parameters, self.MODEL, context),
+        channels = parse_channel_list(self.parameterAsString(parameters, self.CHANNEL_LIST, context))
+        result = build_stack(self.parameterAsFile(parameters, self.MODEL, context) or None,
                              [layer.source() for layer in layers],
                              self.parameterAsOutputLayer(parameters, self.OUTPUT, context),
-                             feedback=feedback)
+                             feedback=feedback, channels=channels or None)
         return {self.OUTPUT: result.output, "CHANNELS": ",".join(result.channels)}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -110,6 +111,28 @@ def read_model_card(path: str) -> ModelCard:
 
 
 @dataclass
+class ChannelList:
+    """The channels to stack when no model exists yet (a training stack for
+    lcz:extractpatches): names in order, no pixel-size requirement."""
+
+    channels: list[str]
+    pixel_size: float | None = None
+
+    def describe(self) -> str:
+        return f"channel list ({len(self.channels)} channels)"
+
+
+def parse_channel_list(text: str) -> list[str]:
+    """'S2:B02, S2:B03 ...' (commas, semicolons or new lines) -> names, duplicates refused."""
+    names = [n.strip() for n in re.split(r"[,;\n]", text or "") if n.strip()]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InputError(f"the channel list names {', '.join(repeated)} more than once; "
+                         "give each channel once.")
+    return names
+
+
+@dataclass
 class _Source:
     path: str
     dataset: gdal.Dataset
@@ -124,7 +147,7 @@ class BuildStackResult:
     sources: dict[str, str]  # channel -> "file:band"
 
 
-def _find_channels(card: ModelCard, rasters: list[str], model: str,
+def _find_channels(card: ModelCard | ChannelList, rasters: list[str], what: str,
                    feedback: Feedback) -> list[_Source]:
     if not rasters:
         raise InputError("no input raster given; choose the rasters that hold the model's "
@@ -145,7 +168,7 @@ def _find_channels(card: ModelCard, rasters: list[str], model: str,
     missing = [c for c in card.channels if c not in found]
     if missing:
         raise InputError(
-            f"the rasters do not provide every channel the model {os.path.basename(model)} "
+            f"the rasters do not provide every channel {what} "
             f"needs. Missing: {', '.join(missing)}. Available: {'; '.join(available)}. Make "
             f"them with lcz:stacksentinel2 (S2:*), lcz:rasterizeosm (OSM:*) or lcz:preparedsm "
             f"(DSM:height), or set the band descriptions of your own rasters to these names.")
@@ -156,7 +179,7 @@ def _check_grid(sources: list[_Source], card: ModelCard) -> None:
     first = sources[0]
     check_georeferencing(first.dataset, first.path)
     grid = grid_of(first.dataset)
-    if abs(grid.pixel - card.pixel_size) > 0.01 * card.pixel_size:
+    if card.pixel_size and abs(grid.pixel - card.pixel_size) > 0.01 * card.pixel_size:
         raise InputError(
             f"{first.path} has {grid.pixel:g} m pixels, but the model was trained on "
             f"{card.pixel_size:g} m pixels. Stack Sentinel-2 at 10 m with lcz:stacksentinel2, "
@@ -275,16 +298,28 @@ def _write_tif(sources: list[_Source], output: str, card: ModelCard,
         raise
 
 
-def build_stack(model: str, rasters: list[str], output: str,
-                feedback: Feedback | None = None) -> BuildStackResult:
+def build_stack(model: str | None, rasters: list[str], output: str,
+                feedback: Feedback | None = None,
+                channels: list[str] | None = None) -> BuildStackResult:
     """Write exactly the model's channels, in its order, from ``rasters`` to ``output``
-    (``.vrt`` or ``.tif``)."""
+    (``.vrt`` or ``.tif``). Without a model, ``channels`` names the bands to stack (a training
+    stack, before any model exists)."""
     feedback = feedback or Feedback()
     output = os.fspath(output)
     if not output.lower().endswith((".vrt", ".tif", ".tiff")):
         raise InputError(f"the output {output} must be a GeoTIFF (.tif) or a VRT (.vrt).")
-    card = read_model_card(model)
-    sources = _find_channels(card, [os.fspath(r) for r in rasters], model, feedback)
+    if model and channels:
+        raise InputError("give either a model or a channel list, not both: the model's "
+                         "metadata already fixes the channels and their order.")
+    if model:
+        card = read_model_card(model)
+    elif channels:
+        card = ChannelList(list(channels))
+    else:
+        raise InputError("give a model (.onnx) whose channels to stack, or a channel list "
+                         "such as 'S2:B02,S2:B03,...,OSM:building_fraction,DSM:height'.")
+    what = f"the model {os.path.basename(model)}" if model else "the channel list"
+    sources = _find_channels(card, [os.fspath(r) for r in rasters], what, feedback)
     _check_grid(sources, card)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     feedback.info(f"{card.describe()}: " + ", ".join(
