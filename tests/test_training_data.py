@@ -163,3 +163,18 @@ def test_batches_are_sorted_and_ranks_share_the_data_without_overlap():
     evaluation = [np.concatenate(list(ds.ShardedBatches(103, 10, False, rank=r, world=2,
                                                          even=False))) for r in range(2)]
     assert sorted(np.concatenate(evaluation).tolist()) == list(range(103))
+
+
+def test_validation_classes_unknown_to_the_model_are_refused_or_dropped(tmp_path, capsys):
+    """Validation areas from another city may hold classes the training city lacks."""
+    path = write_so2sat(tmp_path / "s.h5", n=12, patch=8)
+    source = ds.So2SatFile(path)
+    present = sorted(set(source.codes.tolist()))
+    classes = present[1:]  # the first class is unknown to this "model"
+    with pytest.raises(ds.DataError, match="--drop-unknown-validation"):
+        ds.make_split(source, None, classes, "validation")
+    split = ds.make_split(source, None, classes, "validation", drop_unknown=True)
+    kept = source.codes[split.rows]
+    assert present[0] not in kept and len(kept) == int((source.codes != present[0]).sum())
+    assert [classes[i] for i in split.labels] == kept.tolist()
+    assert "left out" in capsys.readouterr().out

@@ -32,6 +32,9 @@ def _add_train(sub):
                    help="patch file without a split: share of polygons kept for validation")
     p.add_argument("--channels", help="comma-separated channel names, e.g. S2:B02,S2:B03")
     p.add_argument("--classes", help="comma-separated LCZ codes 1-17 (default: those present)")
+    p.add_argument("--drop-unknown-validation", action="store_true", default=None,
+                   help="leave out validation samples of classes the training data lacks "
+                        "(validation areas from another city) instead of stopping")
     p.add_argument("--setup", choices=["paper", "authors-code"])
     p.add_argument("--optimizer", choices=["adam", "nadam", "sgd"])
     p.add_argument("--lr", type=float)
@@ -130,7 +133,7 @@ def run(args) -> int:
                       "lr", "decay", "schedule", "epochs", "batch_size", "patience", "bn_momentum",
                       "class_weights", "soft_labels", "augment", "seed", "workers", "amp",
                       "device", "out", "max_steps_per_epoch", "stats_samples", "version",
-                      "progress")}
+                      "progress", "drop_unknown_validation")}
         overrides["channels"] = _csv_list(args.channels)
         overrides["classes"] = _csv_list(args.classes, int)
         result = train(make_config(file_values, overrides), resume=args.resume)

@@ -252,8 +252,10 @@ def polygon_split(polygon_ids: np.ndarray, fraction: float, seed: int):
     return np.flatnonzero(~in_val), np.flatnonzero(in_val)
 
 
-def make_split(source: PatchSource, rows, class_codes: list[int], role: str) -> Split:
-    """Rows and label indices; refuses labels outside ``class_codes`` with a clear message."""
+def make_split(source: PatchSource, rows, class_codes: list[int], role: str,
+               drop_unknown: bool = False) -> Split:
+    """Rows and label indices; refuses labels outside ``class_codes`` with a clear message,
+    or, with ``drop_unknown``, leaves those rows out and says so."""
     rows = np.arange(len(source)) if rows is None else np.sort(np.asarray(rows))
     codes = source.codes[rows]
     lookup = np.full(max(LCZ_CODES) + 1, -1, np.int64)
@@ -262,9 +264,14 @@ def make_split(source: PatchSource, rows, class_codes: list[int], role: str) -> 
     if (labels < 0).any():
         extra = sorted(set(codes[labels < 0].tolist()))
         names = ", ".join(f"{c} ({lcz_class(c).name})" for c in extra)
+        if drop_unknown:
+            keep = labels >= 0
+            print(f"{role} data: {int((~keep).sum())} sample(s) of class(es) {names} left out: "
+                  "the training data has none.", flush=True)
+            return Split(rows=rows[keep], labels=labels[keep])
         raise DataError(f"the {role} data ({source.path}) holds class(es) {names} that the "
-                        f"model does not predict ({class_codes}); add them to --classes or "
-                        "remove those samples.")
+                        f"model does not predict ({class_codes}); add them to --classes, remove those samples "
+                        "or pass --drop-unknown-validation.")
     return Split(rows=rows, labels=labels)
 
 

@@ -51,6 +51,9 @@ class TrainConfig:
     val_fraction: float = 0.0
     channels: list | None = None
     classes: list | None = None
+    drop_unknown_validation: bool = False
+    """Validation samples of classes absent from the training data are dropped (with a
+    message) instead of refused; for validation areas from another city."""
     setup: str = "paper"
     optimizer: str = "adam"
     lr: float = 0.002
@@ -270,7 +273,8 @@ def _open_data(config: TrainConfig):
         train_codes = source.codes if rows is None else source.codes[rows]
         classes = ds.choose_classes(train_codes, config.classes, config.train)
         train_split = ds.make_split(source, rows, classes, "training")
-        val_split = ds.make_split(val_source, val_rows, classes, "validation")
+        val_split = ds.make_split(val_source, val_rows, classes, "validation",
+                                  drop_unknown=config.drop_unknown_validation)
         if len(val_split.rows) == 0:
             raise ds.DataError("the validation split is empty.")
         weights = ds.class_weights(train_split.labels, len(classes)) \
