@@ -100,6 +100,7 @@ class Background:
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        self._failed = False  # stays set once the error was raised: later calls are dropped
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
@@ -111,11 +112,11 @@ class Background:
                 continue
             if call is None:
                 return
-            if self._error is None:
+            if not self._failed:
                 try:
                     call()
                 except BaseException as exc:  # raised in the caller
-                    self._error = exc
+                    self._error, self._failed = exc, True
 
     def _raise_error(self) -> None:
         if self._error is not None:
