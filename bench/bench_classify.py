@@ -28,7 +28,7 @@ weights, uint8 activations) with real patches from the scene as calibration data
 onnxruntime and OpenVINO run the QDQ file. They are floors only: int8 is not a DEVICE of
 lcz:classify (see the README for why).
 
-    python bench/bench_classify.py [--models msmla18,msmla50] [--scene-px 1000] [--rounds 2]
+    python bench/bench_classify.py [--models msmla18,msmla50] [--scene-px 800] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -275,11 +275,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("mode", nargs="?", default="run", choices=["run", "classify", "floor"])
     parser.add_argument("--models", default="msmla18,msmla50")
-    parser.add_argument("--scene-px", type=int, default=1000,
-                        help="side of the generated scene in 10 m pixels (default 1000: "
-                             "10,000 patches at 100 m cells)")
+    parser.add_argument("--scene-px", type=int, default=800,
+                        help="side of the generated scene in 10 m pixels (default 800: "
+                             "6,400 patches at 100 m cells)")
     parser.add_argument("--floor-patches", type=int, default=2560,
                         help="patches per floor measurement (default 2560)")
+    parser.add_argument("--torch-patches", type=int, default=256,
+                        help="patches per PyTorch eager floor (default 256: it is slow)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--engines", default="all",
@@ -333,7 +335,7 @@ def main() -> None:
           f"(float32 peak {peak / 1e9:.0f} GFLOP/s), onnxruntime {onnxruntime.__version__}, "
           f"openvino {ov.__version__ if ov else '-'}, torch {torch.__version__}")
     print(f"scene {args.scene_px} x {args.scene_px} px, 100 m cells; batch {args.batch}; "
-          f"floors: {batches * args.batch} patches; {args.rounds} rounds in alternating order; "
+          f"floors: {batches * args.batch} patches ({args.torch_patches} for PyTorch); {args.rounds} rounds in alternating order; "
           f"load average {os.getloadavg()[0]:.2f} at start", flush=True)
 
     tasks = [(name, engine) for name in names for engine in engines]
@@ -352,10 +354,12 @@ def main() -> None:
                 if step == "floor" and not prefetch:
                     continue  # the same engine as its prefetching row
                 if step == "floor":
+                    n = max(1, args.torch_patches // args.batch) if device == "torch" \
+                        else batches
                     entry["floor"].append(run_child(
                         "floor", "--model", models[name], "--name", name, "--device", device,
                         "--patches", patches_file, "--batch", args.batch, "--batches",
-                        batches, "--out", out + ".npy"))
+                        n, "--out", out + ".npy"))
                 else:
                     entry["e2e"].append(run_child(
                         "classify", "--model", models[name], "--device", device, "--stack",
