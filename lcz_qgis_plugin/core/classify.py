@@ -3,9 +3,11 @@
 The scene is processed in strips of output cell rows. For each strip and each date stack the
 pixels are read once (:mod:`.patches`), the valid cells are run through the model in batches,
 the dates' probabilities are averaged per cell, and the strip's rows of every output are
-written before the next strip is read. Memory therefore depends on the strip and batch
-sizes, never on the scene size. Progress and cancellation are checked per batch; outputs
-appear only when the whole run succeeded (:mod:`.outputs`).
+written. Reading and cutting patches run ahead on a prefetch thread and writing runs behind
+on a writer thread (:mod:`.pipeline`), so the engine does not wait for either; both talk to
+the engine through bounded queues. Memory therefore depends on the strip and batch sizes,
+never on the scene size. Progress and cancellation are checked per batch; outputs appear only
+when the whole run succeeded (:mod:`.outputs`).
 """
 
 from __future__ import annotations
@@ -98,8 +100,9 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
     probabilities are averaged). ``model``: an .onnx path or an opened :class:`Engine`.
     ``extent`` is ``(xmin, ymin, xmax, ymax)`` in the stacks' CRS. ``cell_size`` in metres
     defaults to the model's. ``prefetch`` reads and writes on threads of their own, overlapping
-    with inference (same result as ``False``, which runs every stage in turn). Raises :class:`~.errors.LczError` subclasses with messages meant
-    for the user; nothing is left on disk after an error or a cancel.
+    with inference (same result as ``False``, which runs every stage in turn). Raises
+    :class:`~.errors.LczError` subclasses with messages meant for the user; nothing is left on
+    disk after an error or a cancel.
     """
     started = time.perf_counter()
     feedback = feedback or Feedback()
