@@ -333,10 +333,11 @@ def main() -> None:
     ov = import_openvino()
     print(f"LCZ inference benchmark: {cpu_model}, {cores} physical cores at {ghz:.2f} GHz "
           f"(float32 peak {peak / 1e9:.0f} GFLOP/s), onnxruntime {onnxruntime.__version__}, "
-          f"openvino {ov.__version__ if ov else '-'}, torch {torch.__version__}")
+          f"openvino {ov.__version__.split('-')[0] if ov else '-'}, torch {torch.__version__}")
     print(f"scene {args.scene_px} x {args.scene_px} px, 100 m cells; batch {args.batch}; "
-          f"floors: {batches * args.batch} patches ({args.torch_patches} for PyTorch); {args.rounds} rounds in alternating order; "
-          f"load average {os.getloadavg()[0]:.2f} at start", flush=True)
+          f"floors: {batches * args.batch} patches ({args.torch_patches} for PyTorch); "
+          f"{args.rounds} rounds in alternating order; load average "
+          f"{os.getloadavg()[0]:.2f} at start", flush=True)
 
     tasks = [(name, engine) for name in names for engine in engines]
     results: dict = {}
@@ -367,6 +368,8 @@ def main() -> None:
                         "--out", out + ".tif"))
             print(f"  round {round_index + 1}: {name} {label} done "
                   f"(load average {os.getloadavg()[0]:.2f})", flush=True)
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (this machine's cores: "
+          f"{os.cpu_count()})")
     report(names, engines, results, macs, peak, models, args)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from osgeo import gdal
 
 from .about import software_tag
-from .engine import Engine
+from .engine import GPU_PROVIDERS, Engine
 from .errors import Cancelled, InputError
 from .feedback import Feedback
 from .grid import CellGrid, make_grid
@@ -38,6 +38,7 @@ from .style import category_names, class_map_qml, colour_table
 FLOAT_NODATA = -9999.0
 CONFIDENCE_BANDS = ("top-1 probability", "normalised entropy")
 GDAL_CACHE_BYTES = 256 * 1024 * 1024
+GPU_BATCH_HINT = 1024
 PREFETCH_BYTES = 64 * 1024 * 1024
 """Batches read ahead of the engine: at most this much memory (and 2-8 batches)."""
 
@@ -128,6 +129,9 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
     engine = model if isinstance(model, Engine) else Engine(model, device, threads, feedback)
     card = engine.card
     feedback.info(f"Model: {card.describe()}; execution provider: {engine.provider}")
+    if engine.provider in GPU_PROVIDERS and batch_size < GPU_BATCH_HINT:
+        feedback.info(f"BATCH_SIZE is {batch_size}: a GPU is only filled by batches of "
+                      f"{GPU_BATCH_HINT}-4096 patches; raise it for speed.")
     stacks = open_stacks(list(inputs), card.channels, card.pixel_size, feedback)
     first = stacks[0]
     grid = make_grid(first.geotransform, first.width, first.height,
