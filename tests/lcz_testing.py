@@ -289,3 +289,40 @@ class RecordingFeedback:
     @property
     def log(self) -> str:
         return "\n".join(self.infos + self.warnings)
+
+
+def conv_probe_model(path, card: ModelCard, seed: int = 0, width: int = 8,
+                     logit_scale: float = 3.0) -> str:
+    """A small CNN (3x3 conv, ReLU, 3x3 conv with stride 2, ReLU, global average pool, dense):
+    the layer types of the real models, so that engines which rewrite convolutions (OpenVINO,
+    float16, bfloat16) are exercised, with logits of a few units so that the map has many
+    classes and close calls, like a trained model's."""
+    rng = np.random.default_rng(seed)
+    c = card.n_channels
+
+    def he(*shape):
+        fan_in = int(np.prod(shape[1:]))
+        return (rng.normal(size=shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+    dense = he(card.n_classes, width).T * logit_scale
+    inits = [numpy_helper.from_array(he(width, c, 3, 3), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.1, width).astype(np.float32), "b1"),
+             numpy_helper.from_array(he(width, width, 3, 3), "w2"),
+             numpy_helper.from_array(np.zeros(width, np.float32), "b2"),
+             numpy_helper.from_array(np.ascontiguousarray(dense), "w3"),
+             numpy_helper.from_array(rng.normal(0, 0.5, card.n_classes).astype(np.float32),
+                                     "b3")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1],
+                              strides=[2, 2]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "w3", "b3"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "conv_probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                       ["N", c, card.patch_size, card.patch_size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", card.n_classes])], inits)
+    return _save(graph, card, path)

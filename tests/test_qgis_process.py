@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from lcz_qgis_plugin.core.engine import CPU, OPENVINO_F32, import_openvino
 from lcz_testing import channel_names, identity_card, linear_probe_model, read, write_stack
 
 pytestmark = pytest.mark.qgis_process
@@ -46,7 +47,8 @@ def test_run_classify_json(qgis_process, inputs, tmp_path):
         "OUTPUT": str(tmp_path / "lcz.tif"), "OUTPUT_CONFIDENCE": str(tmp_path / "conf.tif")})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     results = answer["results"]
-    assert results["EXECUTION_PROVIDER"] == "CPUExecutionProvider"
+    # DEVICE Automatic without GPU: OpenVINO float32 where installed (QGIS runs this venv)
+    assert results["EXECUTION_PROVIDER"] == (OPENVINO_F32 if import_openvino() else CPU)
     assert results["OUTPUT"] == str(tmp_path / "lcz.tif")
     expected = classify(dates, model, str(tmp_path / "core.tif"), majority_radius=1)
     np.testing.assert_array_equal(read(results["OUTPUT"]), read(expected.output))

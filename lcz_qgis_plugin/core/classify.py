@@ -3,9 +3,11 @@
 The scene is processed in strips of output cell rows. For each strip and each date stack the
 pixels are read once (:mod:`.patches`), the valid cells are run through the model in batches,
 the dates' probabilities are averaged per cell, and the strip's rows of every output are
-written before the next strip is read. Memory therefore depends on the strip and batch
-sizes, never on the scene size. Progress and cancellation are checked per batch; outputs
-appear only when the whole run succeeded (:mod:`.outputs`).
+written. Reading and cutting patches run ahead on a prefetch thread and writing runs behind
+on a writer thread (:mod:`.pipeline`), so the engine does not wait for either; both talk to
+the engine through bounded queues. Memory therefore depends on the strip and batch sizes,
+never on the scene size. Progress and cancellation are checked per batch; outputs appear only
+when the whole run succeeded (:mod:`.outputs`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 from osgeo import gdal
 
 from .about import software_tag
-from .engine import Engine
+from .engine import GPU_PROVIDERS, Engine
 from .errors import Cancelled, InputError
 from .feedback import Feedback
 from .grid import CellGrid, make_grid
@@ -29,12 +31,16 @@ from .lcz_classes import NODATA_CODE, lcz_class
 from .majority import filter_band
 from .outputs import PendingOutputs, check_output_path
 from .patches import StripReader
+from .pipeline import Background, Inline, Prefetch
 from .stacks import open_stacks
 from .style import category_names, class_map_qml, colour_table
 
 FLOAT_NODATA = -9999.0
 CONFIDENCE_BANDS = ("top-1 probability", "normalised entropy")
 GDAL_CACHE_BYTES = 256 * 1024 * 1024
+GPU_BATCH_HINT = 1024
+PREFETCH_BYTES = 64 * 1024 * 1024
+"""Batches read ahead of the engine: at most this much memory (and 2-8 batches)."""
 
 
 @dataclass
@@ -87,14 +93,17 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
              extent: tuple[float, float, float, float] | None = None,
              device: str = "auto", batch_size: int = 64, majority_radius: int = 0,
              threads: int = 0, feedback: Feedback | None = None,
-             max_nodata_fraction: float = 0.5, strip_memory_mb: float = 256) -> ClassifyResult:
+             max_nodata_fraction: float = 0.5, strip_memory_mb: float = 256,
+             prefetch: bool = True) -> ClassifyResult:
     """Classify the input stack(s) into an LCZ map.
 
     ``inputs``: paths of one or more stacks of the same area and grid (several dates: their
     probabilities are averaged). ``model``: an .onnx path or an opened :class:`Engine`.
     ``extent`` is ``(xmin, ymin, xmax, ymax)`` in the stacks' CRS. ``cell_size`` in metres
-    defaults to the model's. Raises :class:`~.errors.LczError` subclasses with messages meant
-    for the user; nothing is left on disk after an error or a cancel.
+    defaults to the model's. ``prefetch`` reads and writes on threads of their own, overlapping
+    with inference (same result as ``False``, which runs every stage in turn). Raises
+    :class:`~.errors.LczError` subclasses with messages meant for the user; nothing is left on
+    disk after an error or a cancel.
     """
     started = time.perf_counter()
     feedback = feedback or Feedback()
@@ -120,6 +129,9 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
     engine = model if isinstance(model, Engine) else Engine(model, device, threads, feedback)
     card = engine.card
     feedback.info(f"Model: {card.describe()}; execution provider: {engine.provider}")
+    if engine.provider in GPU_PROVIDERS and batch_size < GPU_BATCH_HINT:
+        feedback.info(f"BATCH_SIZE is {batch_size}: a GPU is only filled by batches of "
+                      f"{GPU_BATCH_HINT}-4096 patches; raise it for speed.")
     stacks = open_stacks(list(inputs), card.channels, card.pixel_size, feedback)
     first = stacks[0]
     grid = make_grid(first.geotransform, first.width, first.height,
@@ -148,6 +160,7 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
     common = dict(width=grid.cols, height=grid.rows, geotransform=grid.geotransform,
                   projection=first.projection, block_rows=strip_rows)
     outputs = PendingOutputs(os.path.dirname(os.path.abspath(output)))
+    stages = contextlib.ExitStack()  # the reader and writer threads, closed before cleanup
     span = 90.0 if majority_radius else 100.0
     patches = 0
     histogram = np.zeros(256, dtype=np.int64)
@@ -178,35 +191,51 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
 
             readers = [StripReader(stack, card, grid, max_nodata_fraction) for stack in stacks]
             steps = n_strips * len(readers)
-            for strip_index, row_a in enumerate(range(0, grid.rows, strip_rows)):
-                row_b = min(row_a + strip_rows, grid.rows)
-                prob_sum = np.zeros((row_b - row_a, grid.cols, card.n_classes), np.float32)
-                n_dates = np.zeros((row_b - row_a, grid.cols), np.int32)
-                for date_index, reader in enumerate(readers):
-                    _check_cancel(feedback)
-                    strip = reader.read(row_a, row_b)
-                    rows, cols = np.nonzero(strip.cell_valid)
-                    step = strip_index * len(readers) + date_index
-                    for start in range(0, len(rows), batch_size):
-                        _check_cancel(feedback)
-                        r, c = rows[start:start + batch_size], cols[start:start + batch_size]
-                        prob_sum[r, c] += engine.probabilities(strip.gather(r, c))
-                        feedback.progress(span * (step + (start + len(r)) / len(rows)) / steps)
-                    n_dates += strip.cell_valid
-                    patches += len(rows)
-                    del strip
-                    feedback.progress(span * (step + 1) / steps)
+            batch_bytes = batch_size * card.n_channels * card.patch_size ** 2 * 4
+            depth = int(min(8, max(2, PREFETCH_BYTES // batch_bytes)))
+            source = _scene_batches(readers, grid, strip_rows, batch_size)
+            if prefetch:
+                source = stages.enter_context(Prefetch(source, depth, "lcz-read"))
+                writer = Background(2, "lcz-write")
+                stages.callback(writer.close)
+            else:
+                writer = Inline()
+
+            def write_strip(row_a, prob_sum, n_dates):
                 valid = n_dates > 0
                 probs = prob_sum / np.maximum(n_dates, 1)[..., None]
                 classes = np.where(valid, codes[probs.argmax(axis=2)], NODATA_CODE)
                 classes = classes.astype(np.uint8)
                 outputs.write(class_key, classes, row_a)
-                histogram += np.bincount(classes.ravel(), minlength=256)
+                histogram[:] += np.bincount(classes.ravel(), minlength=256)
                 if "OUTPUT_PROBABILITIES" in outputs:
                     planes = np.where(valid, probs.transpose(2, 0, 1), FLOAT_NODATA)
                     outputs.write("OUTPUT_PROBABILITIES", planes.astype(np.float32), row_a)
                 if "OUTPUT_CONFIDENCE" in outputs:
                     outputs.write("OUTPUT_CONFIDENCE", confidence_planes(probs, valid), row_a)
+
+            prob_sum = n_dates = None
+            for event in source:
+                _check_cancel(feedback)
+                kind = event[0]
+                if kind == "batch":
+                    _, step, r, c, batch, done, total = event
+                    prob_sum[r, c] += engine.probabilities(batch)
+                    feedback.progress(span * (step + done / total) / steps)
+                elif kind == "strip":
+                    _, row_a, row_b = event
+                    prob_sum = np.zeros((row_b - row_a, grid.cols, card.n_classes), np.float32)
+                    n_dates = np.zeros((row_b - row_a, grid.cols), np.int32)
+                elif kind == "date done":
+                    _, step, cell_valid = event
+                    n_dates += cell_valid
+                    patches += int(cell_valid.sum())
+                    feedback.progress(span * (step + 1) / steps)
+                else:  # "strip done"
+                    writer.submit(write_strip, event[1], prob_sum, n_dates)
+                    prob_sum = n_dates = None
+            writer.finish()
+            stages.close()
 
             if histogram[1:].sum() == 0:
                 raise InputError(
@@ -225,6 +254,7 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
                                         majority_radius, strip_rows, on_block)
             outputs.commit()
     except BaseException:
+        stages.close()  # stop and join the threads before their outputs are deleted
         outputs.discard()
         raise
     seconds = time.perf_counter() - started
@@ -242,6 +272,27 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
     feedback.info("Cells per class: " + ", ".join(
         f"{lcz_class(code).letter}: {count}" for code, count in result.class_counts.items()))
     return result
+
+
+def _scene_batches(readers: list[StripReader], grid: CellGrid, strip_rows: int,
+                   batch_size: int):
+    """The scene as a stream of events, strip by strip and date by date:
+    ``("strip", row_a, row_b)``, then per date ``("batch", step, rows, cols, patches, done,
+    total)`` for each batch of valid cells and ``("date done", step, cell_valid)``, then
+    ``("strip done", row_a)``. Runs on the prefetch thread: reading and gathering happen here."""
+    for strip_index, row_a in enumerate(range(0, grid.rows, strip_rows)):
+        row_b = min(row_a + strip_rows, grid.rows)
+        yield ("strip", row_a, row_b)
+        for date_index, reader in enumerate(readers):
+            step = strip_index * len(readers) + date_index
+            strip = reader.read(row_a, row_b)
+            rows, cols = np.nonzero(strip.cell_valid)
+            for start in range(0, len(rows), batch_size):
+                r, c = rows[start:start + batch_size], cols[start:start + batch_size]
+                yield ("batch", step, r, c, strip.gather(r, c), start + len(r), len(rows))
+            yield ("date done", step, strip.cell_valid)
+            del strip
+        yield ("strip done", row_a)
 
 
 def confidence_planes(probs: np.ndarray, valid: np.ndarray) -> np.ndarray:
