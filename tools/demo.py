@@ -12,10 +12,10 @@
 4. Trains two small MSMLA-18 models on the CPU (``python -m training train``): one on the
    ten Sentinel-2 bands plus the ancillary channels, one on the Sentinel-2 bands alone; exports
    both to ONNX (``python -m training export``).
-5. Maps the *second* city with the graphical model shipped with the plugin
+5. Maps the *third* city with the graphical model shipped with the plugin
    (lcz_qgis_plugin/models/lcz_map_from_downloads.model3: Sentinel-2 product + OSM + DSM/DTM
    -> LCZ map) run headless, once per model.
-6. lcz:assessaccuracy against the second city's truth; writes the styled map (GeoTIFF + .qml),
+6. lcz:assessaccuracy against the third city's truth; writes the styled map (GeoTIFF + .qml),
    a PNG quick-look with a legend and the HTML reports into the output folder, and prints the
    overall accuracy with and without the ancillary channels.
 
@@ -41,7 +41,8 @@ from lcz_qgis_plugin.core.quicklook import write_quicklook  # noqa: E402
 from tools import synthcity  # noqa: E402
 from tools.qgis_runner import QgisProcess  # noqa: E402
 
-MODEL3 = os.path.join(ROOT, "lcz_qgis_plugin", "models", "lcz_map_from_downloads.model3")
+MODEL3 = os.path.join("lcz_qgis_plugin", "models", "lcz_map_from_downloads.model3")
+"""The graphical model, relative to the plugins folder: the demo runs the installed copy."""
 S2_CHANNELS = ["S2:B02", "S2:B03", "S2:B04", "S2:B05", "S2:B06", "S2:B07", "S2:B08", "S2:B8A",
                "S2:B11", "S2:B12"]
 ANCILLARY = ["OSM:building_fraction", "DSM:height", "OSM:impervious_fraction"]
@@ -144,18 +145,18 @@ def main(argv=None) -> int:
         print(f"         {name}: {len(channels)} channels, trained in "
               f"{time.time() - started:.0f} s -> {models[name]}", flush=True)
 
-    step("mapping the second city with the plugin's graphical model "
+    step("mapping the third city with the plugin's graphical model "
          "lcz_map_from_downloads.model3 (qgis_process)")
     maps = {}
     for name, model in models.items():
-        results = qp.run(MODEL3, {
+        results = qp.run(os.path.join(qp.plugins, MODEL3), {
             "SENTINEL2": map_city.safe, "OSM": map_city.osm, "DSM": map_city.dsm,
             "DTM": map_city.dtm, "LCZ_MODEL": model,
             "classify:lcz_map": os.path.join(out, f"demo_lcz_map_{name}.tif"),
             "classify:lcz_confidence": os.path.join(out, f"demo_confidence_{name}.tif")})
         maps[name] = results.get("classify:lcz_map") or os.path.join(out, f"demo_lcz_map_{name}.tif")
 
-    step("lcz:assessaccuracy against the second city's simulated truth")
+    step("lcz:assessaccuracy against the mapped city's simulated truth")
     scores = {}
     for name, lcz_map in maps.items():
         report = qp.run("lcz:assessaccuracy", {
@@ -177,7 +178,8 @@ def main(argv=None) -> int:
               f"{os.path.basename(pngs[name])}, report "
               f"{os.path.basename(scores[name]['OUTPUT_HTML'])}")
     print()
-    print("Accuracy on the second, unseen city (simulated truth, every 100 m cell):")
+    print("Accuracy on the mapped city, seen neither in training nor in validation "
+          "(simulated truth, every 100 m cell):")
     for name, label in (("ancillary", "Sentinel-2 + OSM + DSM"), ("s2_only", "Sentinel-2 only")):
         s = scores[name]
         print(f"  {label:<24} OA {format_percent(s['OA'])}, WA {format_percent(s['WA'])}, "

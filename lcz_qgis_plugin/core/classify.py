@@ -31,13 +31,13 @@ from .lcz_classes import NODATA_CODE, lcz_class
 from .majority import filter_band
 from .outputs import PendingOutputs, check_output_path
 from .patches import StripReader
+from .refgrid import bounded_cache
 from .pipeline import Background, Inline, Prefetch
 from .stacks import open_stacks
 from .style import category_names, class_map_qml, colour_table
 
 FLOAT_NODATA = -9999.0
 CONFIDENCE_BANDS = ("top-1 probability", "normalised entropy")
-GDAL_CACHE_BYTES = 256 * 1024 * 1024
 GPU_BATCH_HINT = 1024
 PREFETCH_BYTES = 64 * 1024 * 1024
 """Batches read ahead of the engine: at most this much memory (and 2-8 batches)."""
@@ -66,16 +66,6 @@ class ClassifyResult:
         return self.patches / self.seconds if self.seconds > 0 else float("nan")
 
 
-@contextlib.contextmanager
-def bounded_gdal_cache(max_bytes: int = GDAL_CACHE_BYTES):
-    """Cap GDAL's block cache while streaming: each block is read about once, and the default
-    cache (5 % of RAM) would otherwise grow with the scene up to that size."""
-    previous = gdal.GetCacheMax()
-    gdal.SetCacheMax(min(previous, max_bytes))
-    try:
-        yield
-    finally:
-        gdal.SetCacheMax(previous)
 
 
 def strip_rows_for(grid: CellGrid, channels: int, memory_mb: float) -> int:
@@ -165,7 +155,7 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
     patches = 0
     histogram = np.zeros(256, dtype=np.int64)
     try:
-        with bounded_gdal_cache():
+        with bounded_cache():
             class_key = "RAW_CLASSES" if majority_radius else "OUTPUT"
             for key in dict.fromkeys([class_key, "OUTPUT"]):
                 outputs.create(key, destinations["OUTPUT"] if key == "OUTPUT" else None,

@@ -38,7 +38,8 @@ from osgeo import ogr
 
 from .about import software_tag
 from .areas import LabelledAreas, read_areas
-from .classify import bounded_gdal_cache, strip_rows_for
+from .classify import strip_rows_for
+from .refgrid import bounded_cache
 from .contract import ModelCard
 from .errors import Cancelled, InputError, OutputError
 from .feedback import Feedback
@@ -255,7 +256,7 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create the folder {folder} for the patch file: {exc}") from None
-    with bounded_gdal_cache(), PatchWriter(output, info, split=with_split) as writer:
+    with bounded_cache(), PatchWriter(output, info, split=with_split) as writer:
         counts, invalid = write_patches(
             writer, reader, selected, code_of, split_of if with_split else None,
             strip_rows_for(grid, n, strip_memory_mb), feedback)
