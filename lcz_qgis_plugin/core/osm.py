@@ -274,6 +274,17 @@ def _transform_to(layer_srs, grid: Grid, source: str):
     return osr.CoordinateTransformation(layer_srs, grid.srs)
 
 
+def _on_grid(feature, transform):
+    """A copy of the feature's geometry in the grid's CRS (None when it has none)."""
+    geometry = feature.GetGeometryRef()
+    if geometry is None:
+        return None
+    geometry = geometry.Clone()
+    if transform is not None:
+        geometry.Transform(transform)
+    return geometry
+
+
 def _feature_tags(feature, defn) -> dict[str, str]:
     tags = {}
     for i in range(defn.GetFieldCount()):
@@ -326,12 +337,9 @@ def _read_osm_file(path: str, scratch: _Scratch, metres_per_level: float,
         kinds = classify_tags(tags, wanted[name])
         if not kinds:
             continue
-        geometry = feature.GetGeometryRef()
+        geometry = _on_grid(feature, transform)
         if geometry is None:
             continue
-        geometry = geometry.Clone()
-        if transform is not None:
-            geometry.Transform(transform)
         for kind in kinds:
             if kind == "building":
                 height = building_height(tags, metres_per_level)
@@ -369,12 +377,9 @@ def _read_vector(path: str, role: str, scratch: _Scratch, metres_per_level: floa
     for number, feature in enumerate(layer):
         if number % 5000 == 0:
             check_cancel(feedback)
-        geometry = feature.GetGeometryRef()
+        geometry = _on_grid(feature, transform)
         if geometry is None:
             continue
-        geometry = geometry.Clone()
-        if transform is not None:
-            geometry.Transform(transform)
         tags = {k.lower() if k.lower() in ("height", "width") else k: v
                 for k, v in _feature_tags(feature, defn).items()}
         if "levels" in tags and "building:levels" not in tags:
