@@ -14,6 +14,7 @@ from training.convert import convert_keras
 from training.keras_weights import KerasWeightsError, load_msmla, load_sen2lcz
 from training.models import build_model
 from training.summary import counts
+from lcz_testing import shared_data
 from training_data import one_torch_thread  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,10 +26,8 @@ RESNET20 = os.path.join(DATA, "models",
 
 
 def need(path):
-    if not os.path.exists(path):
-        pytest.skip(f"{path} is absent (the shared test data lives in ../shared/data next to "
-                    "the repository; a plain clone has none)")
-    return path
+    """``path`` under ../shared/data, or a skip naming it (lcz_testing.shared_data)."""
+    return shared_data(os.path.relpath(path, DATA))
 
 
 def nchw(x_nhwc):
