@@ -66,6 +66,11 @@ def valid_props():
     ({PREFIX + "class_codes": "[1, 1]"}, "lists a class twice"),
     ({PREFIX + "output_kind": "scores"}, "output_kind"),
     ({PREFIX + "temperature": "-1"}, "temperature"),
+    ({PREFIX + "precision_checks": "[]"}, "should be a JSON object"),
+    ({PREFIX + "precision_checks": '{"bfloat16": {"same_class": 1.5, "patches": 10}}'},
+     "'bfloat16' needs 'same_class'"),
+    ({PREFIX + "precision_checks": '{"bfloat16": {"same_class": 0.99}}'},
+     "'bfloat16' needs 'same_class'"),
 ])
 def test_invalid_metadata_is_refused_with_a_reason(change, message):
     props = valid_props()
@@ -77,3 +82,23 @@ def test_invalid_metadata_is_refused_with_a_reason(change, message):
     with pytest.raises(ModelError, match=message) as info:
         ModelCard.from_metadata_props(props, source="the model x.onnx")
     assert "x.onnx" in str(info.value)
+
+
+@pytest.mark.parametrize("check,passes", [
+    (None, False),
+    ({"same_class": 1.0, "patches": 551}, True),
+    ({"same_class": 0.995, "patches": 200}, True),      # exactly the bar
+    ({"same_class": 0.99, "patches": 551}, False),      # the same map on 99 % is not enough
+    ({"same_class": 1.0, "patches": 50}, False),        # too few patches to tell
+])
+def test_precision_checks_round_trip_and_decide_bfloat16(tmp_path, check, passes):
+    card = identity_card("a", channel_names(2), 6)
+    if check:
+        card.precision_checks = {"bfloat16": dict(check, data="val.h5")}
+    path, *_ = linear_probe_model(tmp_path / "m.onnx", card)
+    props = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert (PREFIX + "precision_checks" in props) == bool(check)  # absent unless measured
+    read = Engine(path, device="cpu").card
+    assert read == card
+    assert read.passes_precision_check("bfloat16") is passes
+    assert not read.passes_precision_check("int8")

@@ -40,3 +40,22 @@ def test_demo_end_to_end_at_reduced_size(tmp_path):
         assert 0 <= summary["scores"][name]["OA"] <= 1
     assert (out / "demo_truth.png").stat().st_size > 0
     assert "simulated" in summary["note"]
+    assert_automatic_device_keeps_the_float32_map(out, work, tmp_path)
+
+
+def assert_automatic_device_keeps_the_float32_map(out, work, tmp_path):
+    """The demo's maps come from lcz:classify's Automatic device, which may run bfloat16 when
+    the exported model's card vouches for it: whatever it chose must give onnxruntime
+    float32's map on at least 99 % of cells (here on the validation city)."""
+    from lcz_qgis_plugin.core.classify import classify
+    stack = str(work / "validation_layers" / "stack.vrt")
+    for name in ("ancillary", "s2_only"):
+        model = str(out / f"demo_msmla18_{name}.onnx")
+        maps = {}
+        for device in ("cpu", "auto"):
+            result = classify([stack], model, str(tmp_path / f"{name}_{device}.tif"),
+                              device=device)
+            maps[device] = gdal.Open(result.output).ReadAsArray()
+        valid = maps["cpu"] > 0
+        same = (maps["auto"] == maps["cpu"])[valid].mean()
+        assert valid.sum() > 100 and same >= 0.99, (name, result.provider, same)

@@ -18,6 +18,7 @@ from lcz_qgis_plugin.core.classify import classify
 from lcz_qgis_plugin.core.engine import (CPU, OPENVINO_BF16, OPENVINO_F32, Engine, IoBoundRun,
                                          cached_sessions, clear_engine_cache, import_openvino,
                                          physical_cores, to_probabilities)
+from lcz_qgis_plugin.core.contract import ModelCard
 from lcz_qgis_plugin.core.errors import Cancelled, EngineError, InputError
 from lcz_qgis_plugin.core.feedback import Feedback
 from lcz_qgis_plugin.core.fp16 import to_float16
@@ -98,6 +99,42 @@ def test_openvino_bf16_is_approximate_but_close(scene, tmp_path):
     # bfloat16 keeps 8 bits of mantissa: probabilities move by about 1e-2, close calls flip
     assert np.abs(got_p - ref_p).max() < 0.05
     assert np.mean(got_map == ref_map) >= 0.9
+
+
+class Said(Feedback):
+    def __init__(self):
+        self.lines = []
+
+    def info(self, message):
+        self.lines.append(message)
+
+    warning = info
+
+
+@needs_openvino
+@pytest.mark.parametrize("check,expected,why", [
+    (None, OPENVINO_F32, "records no bfloat16 check"),
+    ({"same_class": 0.97, "patches": 900}, OPENVINO_F32, "on only 97.00 % of 900 patches"),
+    ({"same_class": 0.999, "patches": 900}, OPENVINO_BF16,
+     "bfloat16 gave float32's class on 99.90 % of 900 patches"),
+])
+def test_auto_runs_bfloat16_only_for_a_model_whose_check_passed(scene, tmp_path, check,
+                                                                 expected, why):
+    """The model card's recorded bfloat16 check decides OpenVINO's precision under auto."""
+    from lcz_qgis_plugin.core.contract_writer import write_model_card
+    from lcz_qgis_plugin.core.engine import cpu_runs_bfloat16
+    folder, card, model, _ = scene
+    checked = str(tmp_path / "checked.onnx")
+    card = ModelCard.from_metadata_props({p.key: p.value for p in onnx.load(model).metadata_props})
+    card.precision_checks = {"bfloat16": dict(check, data="val.h5")} if check else {}
+    write_model_card(model, card, checked)
+    said = Said()
+    engine = Engine(checked, device="auto", feedback=said)
+    if not cpu_runs_bfloat16():  # nothing to decide: float32, and no talk of bfloat16
+        assert engine.provider == OPENVINO_F32 and "bfloat16" not in said.lines[-1]
+        return
+    assert engine.provider == expected
+    assert why in said.lines[-1] and f"({expected};" in said.lines[-1]
 
 
 def test_float16_copy_gives_the_same_map(scene):

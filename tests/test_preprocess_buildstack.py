@@ -12,8 +12,8 @@ from osgeo import gdal
 from lcz_testing import (files_in, identity_card, linear_probe_model, read, write_stack)
 from s2_product import make_product
 
-from lcz_qgis_plugin.core.buildstack import (build_stack, parse_channel_list, read_metadata_props,
-                                             read_model_card)
+from lcz_qgis_plugin.core.buildstack import build_stack, parse_channel_list
+from lcz_qgis_plugin.core.modelfile import read_metadata_props, read_model_card
 from lcz_qgis_plugin.core.errors import InputError, ModelError
 from lcz_qgis_plugin.core.sentinel2 import SO2SAT_BANDS, channel_name
 

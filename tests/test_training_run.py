@@ -200,3 +200,43 @@ def test_random_forest_baseline_exports_to_the_contract(toy, tmp_path):
                  str(tmp_path / "eval")]) == 0
     with open(tmp_path / "eval" / "report.json") as f:
         assert json.load(f)["oa"] >= 0.95
+
+
+def test_export_records_how_bfloat16_compares_with_float32(toy, tmp_path, capsys):
+    """The check runs on the run's validation patches (48 here: recorded, but too few for the
+    Automatic device to trust bfloat16); where bfloat16 cannot run it is not recorded."""
+    from lcz_qgis_plugin.core.engine import cpu_runs_bfloat16
+    out = str(tmp_path / "checked.onnx")
+    assert main(["export", "--checkpoint", str(toy["run"] / "best.pt"), "--out", out]) == 0
+    printed = capsys.readouterr().out
+    card = Engine(out, device="cpu").card
+    if not cpu_runs_bfloat16():
+        assert "bfloat16 check not recorded" in printed and not card.precision_checks
+        return
+    check = card.precision_checks["bfloat16"]
+    assert check["patches"] == 48 and check["data"] == "val.h5"
+    assert 0.9 <= check["same_class"] <= 1 and 0 <= check["max_probability_difference"] < 0.1
+    assert "OpenVINO" in check["engine"] and "onnxruntime" in check["reference"]
+    assert "Automatic device keeps float32" in printed  # 48 < 200 patches
+    assert not card.passes_precision_check("bfloat16")
+    assert main(["export", "--checkpoint", str(toy["run"] / "best.pt"), "--out", out,
+                 "--no-precision-check"]) == 0
+    assert Engine(out, device="cpu").card.precision_checks == {}
+
+
+def test_check_precision_lets_the_automatic_device_run_bfloat16(toy, tmp_path, capsys):
+    from lcz_qgis_plugin.core.engine import OPENVINO_BF16, OPENVINO_F32, cpu_runs_bfloat16
+    patches = write_so2sat(tmp_path / "more.h5", n=256, patch=PATCH, seed=5)
+    out = str(tmp_path / "checked.onnx")
+    before = Engine(toy["onnx"], device="cpu").card
+    code = main(["check-precision", "--model", toy["onnx"], "--data", patches, "--out", out])
+    if not cpu_runs_bfloat16():
+        assert code == 2 and "AMX or AVX512-BF16" in one_line_error(capsys)
+        return
+    assert code == 0 and "passes" in capsys.readouterr().out
+    card = Engine(out, device="cpu").card
+    assert card.precision_checks["bfloat16"]["patches"] == 256
+    assert card.passes_precision_check("bfloat16")
+    assert card.channels == before.channels and card.mean == before.mean  # the rest is kept
+    assert Engine(out, device="auto").provider == OPENVINO_BF16
+    assert Engine(toy["onnx"], device="auto").provider == OPENVINO_F32  # 48 patches: no

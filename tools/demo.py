@@ -73,12 +73,14 @@ def prepare(qp: QgisProcess, city, folder: str) -> dict:
     return {"s2": s2, "osm": osm, "heights": heights}
 
 
-def training(*args: str) -> None:
-    """``python -m training ...`` in a child process (torch stays out of this one)."""
+def training(*args: str) -> str:
+    """``python -m training ...`` in a child process (torch stays out of this one); its
+    printed output."""
     command = [sys.executable, "-m", "training", *args]
     done = subprocess.run(command, cwd=ROOT, text=True, capture_output=True)
     if done.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done.stdout
 
 
 def main(argv=None) -> int:
@@ -140,10 +142,13 @@ def main(argv=None) -> int:
                  "--drop-unknown-validation",
                  "--no-progress", "--version", f"demo-{name}")
         models[name] = os.path.join(out, f"demo_msmla18_{name}.onnx")
-        training("export", "--checkpoint", os.path.join(run_dir, "best.pt"),
-                 "--out", models[name])
+        exported = training("export", "--checkpoint", os.path.join(run_dir, "best.pt"),
+                            "--out", models[name])
         print(f"         {name}: {len(channels)} channels, trained in "
               f"{time.time() - started:.0f} s -> {models[name]}", flush=True)
+        for line in exported.splitlines():
+            if line.startswith("bfloat16 check"):
+                print(f"         {line}", flush=True)
 
     step("mapping the third city with the plugin's graphical model "
          "lcz_map_from_downloads.model3 (qgis_process)")

@@ -1,6 +1,7 @@
 """Command line of the training package: ``python -m training <command> --help``.
 
-Commands: summary, train, export, evaluate, compare, calibrate, convert-keras, forest.
+Commands: summary, train, export, evaluate, compare, calibrate, check-precision,
+convert-keras, forest.
 A bad input ends with one readable line on stderr and exit status 2, never a traceback.
 """
 
@@ -81,6 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--version")
+    p.add_argument("--precision-data", default="auto",
+                   help="patches for the bfloat16 check recorded in the card (default: the "
+                        "run's validation data)")
+    p.add_argument("--no-precision-check", dest="precision_data", action="store_const",
+                   const=None, help="do not compare bfloat16 with float32")
+
+    p = sub.add_parser("check-precision",
+                       help="measure bfloat16 against float32 on patches; record it in the "
+                            "model card (lets lcz:classify's Automatic device use bfloat16)")
+    p.add_argument("--model", required=True, help="exported .onnx")
+    p.add_argument("--data", required=True, help="patches (So2Sat h5 or patch file)")
+    p.add_argument("--out", help="write the model here (default: in place)")
+    p.add_argument("--limit", type=int, default=4096, help="patches compared (default 4096)")
 
     p = sub.add_parser("evaluate", help="LCZ metrics of a model on test patches")
     p.add_argument("--model", required=True, help=".onnx or checkpoint .pt")
@@ -142,7 +156,8 @@ def run(args) -> int:
                   f"{result['best_val_loss']:.4f}, {result['epochs']} epochs)")
     elif args.command == "export":
         from .export import export_checkpoint
-        print(export_checkpoint(args.checkpoint, args.out, args.temperature, args.version))
+        print(export_checkpoint(args.checkpoint, args.out, args.temperature, args.version,
+                                args.precision_data))
     elif args.command == "evaluate":
         from .evaluate import comparison_table, evaluate
         report = evaluate(args.model, args.data, args.out, args.name, args.bins,
@@ -161,6 +176,9 @@ def run(args) -> int:
         print(f"temperature {result['temperature']:.4f}: ECE {100 * result['ece_before']:.2f} % "
               f"-> {100 * result['ece_after']:.2f} % on {result['samples']} patches; "
               f"written {args.out}")
+    elif args.command == "check-precision":
+        from .precision import check_precision
+        print(check_precision(args.model, args.data, args.out, args.limit))
     elif args.command == "convert-keras":
         from .convert import convert_keras
         path, card = convert_keras(args.weights, args.out, args.model, args.torch_out)

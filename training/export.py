@@ -116,12 +116,42 @@ def card_from_checkpoint(payload: dict, temperature: float = 1.0, version: str |
 
 
 def export_checkpoint(checkpoint: str, path: str, temperature: float = 1.0,
-                      version: str | None = None) -> str:
-    """``python -m training export``: a training checkpoint → plugin-ready ONNX."""
+                      version: str | None = None, precision_data: str | None = "auto",
+                      report=print) -> str:
+    """``python -m training export``: a training checkpoint → plugin-ready ONNX.
+
+    ``precision_data``: patches on which bfloat16 is compared with float32 and the result
+    recorded in the card (:mod:`training.precision`); ``auto`` takes the run's validation
+    data (else its training data), ``None`` skips the check."""
     from .train import load_checkpoint, model_from_checkpoint
 
     payload = load_checkpoint(checkpoint)
     model = model_from_checkpoint(payload)
     card = card_from_checkpoint(payload, temperature, version,
                                 {"checkpoint": os.path.basename(checkpoint)})
-    return export_onnx(model, card, path)
+    export_onnx(model, card, path)
+    if precision_data == "auto":
+        config = payload.get("config", {})
+        precision_data = config.get("val") or config.get("train")
+    if precision_data:
+        _record_bfloat16_check(path, precision_data, report)
+    return path
+
+
+def _record_bfloat16_check(path: str, data: str, report) -> None:
+    """Measure and record the bfloat16 check; a check that cannot run here only says why
+    (the model stays valid, the Automatic device then keeps float32)."""
+    from .evaluate import EvaluationError
+    from .precision import PrecisionCheckSkipped, describe, measure_bfloat16, record_check
+    if not os.path.exists(data.split("#")[0]):
+        report(f"bfloat16 check not recorded: the patches {data} are gone; run 'python -m "
+               f"training check-precision --model {path} --data PATCHES' to add it.")
+        return
+    try:
+        check = measure_bfloat16(path, data)
+    except (PrecisionCheckSkipped, EvaluationError) as exc:
+        report(f"bfloat16 check not recorded ({exc}); lcz:classify's Automatic device will "
+               f"run this model in float32.")
+        return
+    record_check(path, "bfloat16", check)
+    report(describe(check))

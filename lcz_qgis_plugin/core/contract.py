@@ -25,6 +25,13 @@ lcz.output_kind         ``logits`` or ``probabilities``
 lcz.temperature         calibration temperature T (> 0); probabilities = softmax(z / T),
                         z = logits, or log(probabilities) for a model that outputs them
 lcz.provenance          JSON object: dataset, training date, metrics, source weights ...
+lcz.precision_checks    optional JSON object: how far a reduced-precision engine's
+                        result was measured from float32 on real patches, e.g.
+                        ``{"bfloat16": {"same_class": 0.998, "patches": 551, ...}}``
+                        (written by ``python -m training export`` or
+                        ``check-precision``). ``lcz:classify``'s automatic device
+                        runs bfloat16 only for a model whose check passed
+                        (:func:`ModelCard.passes_precision_check`).
 ======================  ==========================================================
 
 This module only *reads and validates* (the plugin side); writing the keys into an ONNX file
@@ -45,6 +52,11 @@ from .lcz_classes import LCZ_CODES, lcz_class
 SCHEMA_VERSION = 1
 PREFIX = "lcz."
 OUTPUT_KINDS = ("logits", "probabilities")
+# A reduced-precision engine may run automatically when it gave float32's class on at least
+# this share of at least this many real patches. The issue's bar for "the same map" is 99 %
+# of cells; the margin covers a scene that differs from the patches the check used.
+SAME_CLASS_REQUIRED = 0.995
+PATCHES_REQUIRED = 200
 
 _EXPORT_HINT = ("Export the model with 'python -m training export', or add the metadata with "
                 "lcz_qgis_plugin.core.contract_writer.write_model_card().")
@@ -68,6 +80,7 @@ class ModelCard:
     temperature: float = 1.0
     version: str = "0"
     provenance: dict[str, Any] = field(default_factory=dict)
+    precision_checks: dict[str, dict] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -82,6 +95,13 @@ class ModelCard:
         return (f"{self.name} {self.version} ({self.n_channels} channels, "
                 f"{self.patch_size}x{self.patch_size} px at {self.pixel_size:g} m, "
                 f"{self.n_classes} classes)")
+
+    def passes_precision_check(self, precision: str) -> bool:
+        """Whether ``precision`` (e.g. ``bfloat16``) was measured to give float32's class on
+        enough real patches for the automatic device to use it."""
+        check = self.precision_checks.get(precision)
+        return bool(check) and (check["same_class"] >= SAME_CLASS_REQUIRED
+                                and check["patches"] >= PATCHES_REQUIRED)
 
     # -- serialisation ---------------------------------------------------------------------
     def to_metadata_props(self) -> dict[str, str]:
@@ -106,6 +126,8 @@ class ModelCard:
             "temperature": float(self.temperature),
             "provenance": self.provenance,
         }
+        if self.precision_checks:
+            values["precision_checks"] = self.precision_checks
         return {PREFIX + key: (value if isinstance(value, str) else json.dumps(value))
                 for key, value in values.items()}
 
@@ -141,6 +163,7 @@ class ModelCard:
             output_kind=_parse(props, "output_kind", str, source),
             temperature=_parse(props, "temperature", float, source, default=1.0),
             provenance=_parse(props, "provenance", dict, source, default={}),
+            precision_checks=_parse(props, "precision_checks", dict, source, default={}),
         )
         card.validate(source)
         return card
@@ -190,6 +213,15 @@ class ModelCard:
             raise bad(f"'lcz.output_kind' is {self.output_kind!r}; expected one of {OUTPUT_KINDS}")
         if not isinstance(self.provenance, dict):
             raise bad("'lcz.provenance' must be a JSON object")
+        if not isinstance(self.precision_checks, dict):
+            raise bad("'lcz.precision_checks' must be a JSON object")
+        for precision, check in self.precision_checks.items():
+            if not (isinstance(check, dict) and _is_finite_number(check.get("same_class"))
+                    and 0 <= check["same_class"] <= 1
+                    and isinstance(check.get("patches"), int)
+                    and not isinstance(check["patches"], bool) and check["patches"] >= 1):
+                raise bad(f"'lcz.precision_checks' entry {precision!r} needs 'same_class' "
+                          f"(a share 0-1) and 'patches' (a count of at least 1)")
 
 
 def _is_finite_number(value: object) -> bool:

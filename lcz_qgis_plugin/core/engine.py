@@ -11,8 +11,13 @@ Engines, all reading the same ONNX file:
   at load time), with the TensorRT provider first when onnxruntime has it; inputs and outputs
   go through IO binding so a batch is copied to the GPU once.
 
-``auto`` takes CUDA when it starts, otherwise OpenVINO float32 when openvino is installed (it
-gives the same map as onnxruntime), otherwise onnxruntime's CPU provider, and says which.
+``auto`` takes CUDA when it starts, otherwise OpenVINO when openvino is installed, otherwise
+onnxruntime's CPU provider, and says which. OpenVINO runs in bfloat16 when the CPU has it
+*and* the model card records a passed bfloat16 check (``lcz.precision_checks``: the same
+class as float32 on >= 99.5 % of real patches, measured by ``python -m training export`` or
+``check-precision``), in float32 (the same map as onnxruntime) otherwise. Whether bfloat16
+keeps the map is a property of the model, not of the engine: trained networks keep it
+(99.8-100 % of cells measured), random or near-tie networks do not.
 onnxruntime falls back to the CPU silently when CUDA libraries are missing, so the provider
 actually used is read back from the session, never assumed; an explicit CUDA request that
 ends on the CPU is an error, not a silent fallback.
@@ -37,6 +42,7 @@ import numpy as np
 from .contract import ModelCard
 from .errors import EngineError, ModelError
 from .feedback import Feedback
+from .modelfile import read_model_card
 
 DEVICES = ("auto", "cuda", "cpu", "openvino", "openvino-bf16", "cuda-fp16")
 CUDA = "CUDAExecutionProvider"
@@ -75,6 +81,19 @@ def import_openvino():
     except ImportError:
         return None
     return openvino
+
+
+_bfloat16_cpu: list = []
+
+
+def cpu_runs_bfloat16() -> bool:
+    """Whether OpenVINO executes bfloat16 on this CPU (AMX or AVX512-BF16); elsewhere it
+    would quietly compute in float32."""
+    if not _bfloat16_cpu:
+        ov = import_openvino()
+        _bfloat16_cpu.append(ov is not None and "BF16" in ov.Core().get_property(
+            "CPU", "OPTIMIZATION_CAPABILITIES"))
+    return _bfloat16_cpu[0]
 
 
 def available_providers() -> list[str]:
@@ -214,8 +233,7 @@ class _OpenVinoBackend:
     def __init__(self, path: str, precision: str, threads: int):
         ov = import_openvino()
         core = ov.Core()
-        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        if precision == "bf16" and "BF16" not in capabilities:
+        if precision == "bf16" and not cpu_runs_bfloat16():
             precision = "f32"  # reported through self.provider
         config = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": precision,
                   "INFERENCE_NUM_THREADS": threads}
@@ -359,18 +377,37 @@ class Engine:
             why, report = "CUDA could not start earlier in this session", feedback.info
         else:
             why, report = "No CUDA provider in this onnxruntime", feedback.info
-        backend = None
+        backend, precision_note = None, ""
         if import_openvino() is None:
             why += "; openvino is not installed (it is the faster CPU engine)"
         else:
+            precision, precision_note = self._automatic_precision()
             try:
-                backend = self._openvino("f32")
+                backend = self._openvino(precision)
             except ModelError as exc:
                 feedback.warning(f"{exc} Falling back to onnxruntime.")
         if backend is None:
-            backend = self._onnxruntime([CPU])
-        report(f"{why}: running on the CPU ({backend.provider}).")
+            backend, precision_note = self._onnxruntime([CPU]), ""
+        report(f"{why}: running on the CPU ({backend.provider}{precision_note}).")
         return backend
+
+    def _automatic_precision(self) -> tuple[str, str]:
+        """OpenVINO's precision for ``auto`` and why, from the model card's bfloat16 check
+        (read from the file's protobuf, before compiling: compiling twice costs seconds)."""
+        if not cpu_runs_bfloat16():
+            return "f32", ""
+        try:
+            card = read_model_card(self.model_path)
+        except ModelError:
+            return "f32", ""  # the full load reports what is wrong with the file
+        check = card.precision_checks.get("bfloat16")
+        if check is None:
+            return "f32", ("; float32: the model card records no bfloat16 check ('python -m "
+                           "training check-precision' adds one)")
+        share = f"{100 * check['same_class']:.2f} % of {check['patches']} patches"
+        if card.passes_precision_check("bfloat16"):
+            return "bf16", f"; bfloat16 gave float32's class on {share} in its check"
+        return "f32", f"; float32: bfloat16 gave float32's class on only {share}"
 
     def _check_io(self) -> None:
         card, source, backend = self.card, f"the model {self.model_path}", self.backend
