@@ -101,6 +101,21 @@ def test_openvino_bf16_is_approximate_but_close(scene, tmp_path):
     assert np.mean(got_map == ref_map) >= 0.9
 
 
+@needs_openvino
+def test_openvino_keeps_patch_order_for_any_batch_length(scene):
+    """A batch is cut into pieces run by parallel requests; the outputs must come back in the
+    patches' order, for batches shorter than, equal to and longer than the pieces."""
+    folder, card, model, _ = scene
+    reference, openvino = Engine(model, device="cpu"), Engine(model, device="openvino")
+    rng = np.random.default_rng(3)
+    for n in (1, 3, len(openvino._run.requests), 67):
+        batch = rng.normal(size=(n, card.n_channels, card.patch_size, card.patch_size))
+        batch = batch.astype(np.float32)
+        np.testing.assert_allclose(openvino.run(batch), reference.run(batch), atol=1e-4)
+        np.testing.assert_allclose(openvino.run(batch[::-1])[::-1], reference.run(batch),
+                                   atol=1e-4)
+
+
 class Said(Feedback):
     def __init__(self):
         self.lines = []
