@@ -12,6 +12,7 @@ from osgeo import gdal, osr
 
 from lcz_qgis_plugin.core.contract import ModelCard
 from lcz_qgis_plugin.core.contract_writer import write_model_card
+from lcz_qgis_plugin.core.feedback import Feedback
 from lcz_qgis_plugin.core.lcz_classes import LCZ_CODES
 
 ORIGIN = (500000.0, 5000000.0)
@@ -326,3 +327,15 @@ def conv_probe_model(path, card: ModelCard, seed: int = 0, width: int = 8,
                                        ["N", c, card.patch_size, card.patch_size])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", card.n_classes])], inits)
     return _save(graph, card, path)
+
+
+class MessageLog(Feedback):
+    """Feedback that keeps the info and warning lines, to check what a run told the user."""
+
+    def __init__(self):
+        self.lines = []
+
+    def info(self, message):
+        self.lines.append(message)
+
+    warning = info

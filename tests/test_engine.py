@@ -13,20 +13,9 @@ from onnx import TensorProto, helper
 from lcz_qgis_plugin.core.engine import (CPU, CUDA, OPENVINO_F32, Engine, available_providers,
                                          import_openvino)
 from lcz_qgis_plugin.core.errors import EngineError, ModelError
-from lcz_qgis_plugin.core.feedback import Feedback
-from lcz_testing import channel_names, identity_card, linear_probe_model
+from lcz_testing import MessageLog, channel_names, identity_card, linear_probe_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class Log(Feedback):
-    def __init__(self):
-        self.lines = []
-
-    def info(self, message):
-        self.lines.append(message)
-
-    warning = info
 
 
 def gpu_present() -> bool:
@@ -49,7 +38,7 @@ def test_cpu_device(model):
 
 
 def test_auto_names_the_provider_it_runs_on(model):
-    log = Log()
+    log = MessageLog()
     engine = Engine(model, device="auto", feedback=log)
     if engine.provider == CUDA:
         assert gpu_present()

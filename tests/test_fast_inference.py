@@ -23,7 +23,7 @@ from lcz_qgis_plugin.core.errors import Cancelled, EngineError, InputError
 from lcz_qgis_plugin.core.feedback import Feedback
 from lcz_qgis_plugin.core.fp16 import to_float16
 from lcz_qgis_plugin.core.pipeline import Background, Prefetch
-from lcz_testing import (channel_names, conv_probe_model, files_in, identity_card, read,
+from lcz_testing import (MessageLog, channel_names, conv_probe_model, files_in, identity_card, read,
                          write_stack)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,16 +116,6 @@ def test_openvino_keeps_patch_order_for_any_batch_length(scene):
                                    atol=1e-4)
 
 
-class Said(Feedback):
-    def __init__(self):
-        self.lines = []
-
-    def info(self, message):
-        self.lines.append(message)
-
-    warning = info
-
-
 @needs_openvino
 @pytest.mark.parametrize("check,expected,why", [
     (None, OPENVINO_F32, "records no bfloat16 check"),
@@ -143,7 +133,7 @@ def test_auto_runs_bfloat16_only_for_a_model_whose_check_passed(scene, tmp_path,
     card = ModelCard.from_metadata_props({p.key: p.value for p in onnx.load(model).metadata_props})
     card.precision_checks = {"bfloat16": dict(check, data="val.h5")} if check else {}
     write_model_card(model, card, checked)
-    said = Said()
+    said = MessageLog()
     engine = Engine(checked, device="auto", feedback=said)
     if not cpu_runs_bfloat16():  # nothing to decide: float32, and no talk of bfloat16
         assert engine.provider == OPENVINO_F32 and "bfloat16" not in said.lines[-1]

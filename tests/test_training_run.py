@@ -3,7 +3,6 @@ lcz:classify, resume, and the clear one-line errors of the command line."""
 
 import csv
 import json
-import os
 
 import numpy as np
 import pytest

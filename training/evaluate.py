@@ -17,12 +17,11 @@ import csv
 import json
 import math
 import os
-import shutil
 
 import numpy as np
 
 from lcz_qgis_plugin.core.contract import ModelCard
-from lcz_qgis_plugin.core.lcz_classes import LCZ_CLASSES, LCZ_CODES
+from lcz_qgis_plugin.core.lcz_classes import LCZ_CLASSES
 from lcz_qgis_plugin.core.metrics import (accuracy_scores, calibration, confusion_matrix,
                                           format_percent)
 
@@ -278,15 +277,8 @@ def calibrate(model: str, data: str, out: str, bins: int = 15, batch_size: int =
                "mce_before": before["mce"], "mce_after": after["mce"],
                "nll_before": nll(z, labels, card.temperature),
                "nll_after": nll(z, labels, temperature)}
-    from lcz_qgis_plugin.core.contract_writer import write_model_card
+    from lcz_qgis_plugin.core.contract_writer import copy_with_card
     card.temperature = temperature
     card.provenance = dict(card.provenance, calibration=summary)
-    partial = out + ".partial"
-    shutil.copyfile(model, partial)
-    try:
-        write_model_card(partial, card, partial)
-        os.replace(partial, out)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    copy_with_card(model, card, out)
     return summary

@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-import shutil
 
 import numpy as np
 
@@ -84,18 +83,10 @@ def measure_bfloat16(model: str, data: str, limit: int = DEFAULT_LIMIT,
 
 def record_check(model: str, precision: str, check: dict, out: str | None = None) -> ModelCard:
     """Write ``check`` into the model card of ``model`` (in place, or to ``out``)."""
-    from lcz_qgis_plugin.core.contract_writer import write_model_card
+    from lcz_qgis_plugin.core.contract_writer import copy_with_card
     card = Predictor(model, device="cpu").card
     card.precision_checks = dict(card.precision_checks, **{precision: check})
-    out = out or model
-    partial = out + ".partial"
-    shutil.copyfile(model, partial)
-    try:
-        write_model_card(partial, card, partial)
-        os.replace(partial, out)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    copy_with_card(model, card, out or model)
     return card
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from osgeo import gdal
 
 from .contract import ModelCard
-from .errors import InputError, ModelError
+from .errors import InputError
 from .feedback import Feedback
 from .modelfile import read_model_card
 from .outputs import PendingOutputs

@@ -8,6 +8,7 @@ written here is exactly what the plugin's reader accepts.
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Union
 
 from .contract import PREFIX, ModelCard
@@ -36,6 +37,22 @@ def write_model_card(model: Union["onnx.ModelProto", str, os.PathLike],  # noqa:
     if output_path is not None:
         onnx.save(model, os.fspath(output_path))
     return model
+
+
+def copy_with_card(model: Union[str, os.PathLike], card: ModelCard,
+                   output_path: Union[str, os.PathLike]) -> str:
+    """Write ``model`` with ``card`` to ``output_path`` (may be ``model`` itself) through a
+    temporary file, so that a failure leaves neither a half-written model nor a changed one."""
+    output_path = os.fspath(output_path)
+    partial = output_path + ".partial"
+    shutil.copyfile(os.fspath(model), partial)
+    try:
+        write_model_card(partial, card, partial)
+        os.replace(partial, output_path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return output_path
 
 
 def check_graph_matches_card(model, card: ModelCard) -> None:
