@@ -1,16 +1,41 @@
 """Benchmark of LCZ inference: every engine's floor and end-to-end classify, MSMLA-18 and -50.
 
-One run prints, side by side for MSMLA-18 and MSMLA-50 (random weights, 13 channels, 48 px,
-exported with training/export.py), for each engine:
+The models are **trained** and the scene is a **generated city** with a known truth, so that
+"same map as onnxruntime float32" is measured on what a user would see: a real classifier's
+close calls, not the extreme logits of random weights with randomised BatchNorm statistics.
 
-- floor: the engine's ``run`` on pre-built batches of real patches cut from the bench scene,
-  nothing else (PyTorch eager: ``model(batch)`` under ``torch.inference_mode``);
-- end to end: ``core.classify.classify`` on the bench scene (read strips, cut patches, run
+Preparation (cached in ``build/bench``; a step whose output exists is skipped, and every step
+writes under a temporary name and renames, so an interrupted run leaves nothing that looks
+finished):
+
+1. three simulated cities (tools/synthcity.py, a simulation, not a measurement): one to train
+   on (``--train-km``, 4 km), one whose training areas validate (``--val-km``, 2 km), and the
+   mapped scene (``--scene-km``, 8 km: 80 x 80 = 6,400 cells of 100 m);
+2. each city prepared into the 13-channel stack of ``make demo`` (ten Sentinel-2 bands,
+   OSM:building_fraction, DSM:height, OSM:impervious_fraction) with the plugin's QGIS-free
+   core: stack_sentinel2, rasterize_osm, prepare_dsm, build_stack (what lcz:stacksentinel2,
+   lcz:rasterizeosm, lcz:preparedsm and lcz:buildstack run);
+3. 48 px patches around the training areas' cells of the training and validation cities
+   (core.extract.extract_patches);
+4. MSMLA-18 and MSMLA-50 trained on the CPU (``python -m training train`` in a child
+   process, ``--epochs`` epochs, the demo's options) and exported (``python -m training
+   export``), then quantized to int8 (below).
+
+Then one run prints, side by side for MSMLA-18 and MSMLA-50, for each engine:
+
+- floor: the engine's ``run`` on pre-built batches of patches cut from the scene, nothing
+  else (PyTorch eager: the trained checkpoint's ``model(batch)`` under
+  ``torch.inference_mode``);
+- end to end: ``core.classify.classify`` on the scene stack (read strips, cut patches, run
   batches, write the map), with the engine opened beforehand so that both measure the same
-  work (the load time is printed on its own);
+  work (the load time is printed on its own); the ``auto`` row is lcz:classify's automatic
+  DEVICE, labelled with the engine it chose;
 - patches/s, km²/min at 100 m cells (1 patch = 1 cell = 0.01 km²), percent of the machine's
   float32 peak, peak memory (VmHWM of the measuring process), and how far the engine's
-  result is from onnxruntime float32 (same class on % of patches / cells; max |Δp|).
+  result is from onnxruntime float32 (same class on % of cells (end to end) or patches
+  (floor); max |Δp|);
+- and, per model, the onnxruntime map's overall accuracy against the scene's generated truth,
+  which shows the model is a working classifier.
 
 Peak float32 rate = physical cores × clock × 64 FLOP/cycle (AVX-512: 2 FMA units × 16 float32
 lanes × 2 FLOP per FMA). The clock is /proc/cpuinfo's "cpu MHz" (the nominal clock under a
@@ -21,16 +46,17 @@ whose peaks are higher; their percentages are still of the float32 peak, for com
 
 Every measurement runs in a fresh process (its own peak memory, no shared warm caches); the
 engine runs two batches before timing starts, for the floor and end to end alike (first
-inferences allocate and compile), and
-the whole series is repeated ``--rounds`` times in alternating order (the build machines are
-shared and noisy); rates are total patches / total seconds over the rounds.
+inferences allocate and compile), and the whole series is repeated ``--rounds`` times in
+alternating order (the build machines are shared and noisy); rates are total patches / total
+seconds over the rounds.
 
-int8: the models are quantized statically (onnxruntime.quantization, QDQ, per-channel int8
-weights, uint8 activations) with real patches from the scene as calibration data; both
-onnxruntime and OpenVINO run the QDQ file. They are floors only: int8 is not a DEVICE of
+int8: the trained models are quantized statically (onnxruntime.quantization, QDQ,
+per-channel int8 weights, uint8 activations) with patches of the scene as calibration data;
+both onnxruntime and OpenVINO run the QDQ file. They are floors only: int8 is not a DEVICE of
 lcz:classify (see the README for why).
 
-    python bench/bench_classify.py [--models msmla18,msmla50] [--scene-px 800] [--rounds 2]
+    python bench/bench_classify.py [--models msmla18,msmla50] [--scene-km 8] [--rounds 2]
+        [--epochs N] [--engines cpu,openvino,auto]
 """
 
 from __future__ import annotations
@@ -39,6 +65,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -47,17 +74,26 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from tools.demo import MODELS  # noqa: E402
+
 WORK = os.path.join(ROOT, "build", "bench")
-CHANNELS = [f"S2:B{b}" for b in ("02", "03", "04", "05", "06", "07", "08", "8A", "11", "12")] \
-    + ["OSM:building_fraction", "DSM:height", "LC:land_cover"]
+CHANNELS = MODELS["ancillary"]
+"""The demo's 13 channels: ten Sentinel-2 bands, OSM:building_fraction, DSM:height,
+OSM:impervious_fraction."""
 PATCH = 48
 KM2_PER_PATCH = 0.01  # one 100 m cell
+SEEDS = {"train": 3, "validation": 4, "scene": 5}
+"""synthcity seeds of the three cities: independent layouts."""
+EPOCHS = {"msmla18": 10, "msmla50": 8}
+"""Default training epochs: enough for a working classifier on the simulated cities within a
+few minutes per model on two cores (the preparation is cached)."""
 # (label, lcz:classify DEVICE, end-to-end too?, prefetch)
 ENGINES = [
     ("onnxruntime CPU f32", "cpu", True, True),
     ("OpenVINO f32", "openvino", True, True),
     ("OpenVINO f32, no prefetch", "openvino", True, False),
     ("OpenVINO bf16", "openvino-bf16", True, True),
+    ("auto", "auto", True, True),
     ("onnxruntime int8 (QDQ)", "cpu:int8", False, True),
     ("OpenVINO int8 (QDQ)", "openvino:int8", False, True),
     ("PyTorch eager f32", "torch", False, True),
@@ -75,38 +111,142 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def bench_card(name: str):
-    from lcz_qgis_plugin.core.contract import ModelCard
-    n = len(CHANNELS)
-    return ModelCard(name=name, version="bench-random", channels=CHANNELS, patch_size=PATCH,
-                     scale=[1e-4] * 10 + [1.0] * 3, offset=[0.0] * n,
-                     mean=[0.1] * 10 + [0.2, 5.0, 6.0], std=[0.05] * 10 + [0.2, 5.0, 4.0],
-                     provenance={"note": "random weights, for benchmarks only"})
+# --- preparation: cities, stacks, patches, trained models ------------------------------------
+
+class Steps:
+    """Timed preparation lines; ``times`` keeps each step's seconds for the summary."""
+
+    def __init__(self):
+        self.start, self.times = time.perf_counter(), {}
+
+    def run(self, what: str, action):
+        print(f"  [{time.perf_counter() - self.start:5.0f} s] {what} ...", flush=True)
+        started = time.perf_counter()
+        result = action()
+        self.times[what] = time.perf_counter() - started
+        return result
 
 
-def torch_model(name: str):
-    import torch
-    from training.models import build_model
-    torch.manual_seed(0)
-    return build_model(name, channels=len(CHANNELS)).eval()
+def fresh_partial(final: str) -> str:
+    """An empty ``<final>.partial`` folder, renamed to ``final`` once complete."""
+    partial = final + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    return partial
 
 
-def make_model(name: str) -> str:
-    from training.export import export_onnx
-    path = os.path.join(WORK, f"{name}_13ch_48px_random.onnx")
-    if not os.path.exists(path):
-        export_onnx(torch_model(name), bench_card(name), path)
-    return path
+def city_folder(role: str, size_km: float) -> str:
+    return os.path.join(WORK, "cities", f"{role}_seed{SEEDS[role]}_{size_km:g}km")
 
 
-def make_int8(model: str, calibration: np.ndarray) -> str:
-    """Static int8 quantization (QDQ) of ``model`` calibrated on real patches; keeps the LCZ
+def city_files(folder: str) -> dict:
+    """The files of a generated and prepared city (synthcity.json names them)."""
+    with open(os.path.join(folder, "synthcity.json"), encoding="utf-8") as f:
+        files = json.load(f)["files"]
+    paths = {key: os.path.join(folder, name) for key, name in files.items()}
+    paths["stack"] = os.path.join(folder, "stack.tif")
+    paths["patches"] = os.path.join(folder, f"patches_{PATCH}px.h5")
+    return paths
+
+
+def prepare_city(role: str, size_km: float, steps: Steps) -> dict:
+    """Generate the city, prepare its 13-channel stack with the plugin's core (the functions
+    behind lcz:stacksentinel2, lcz:rasterizeosm, lcz:preparedsm, lcz:buildstack) and, for the
+    training and validation cities, extract 48 px patches around the training areas' cells.
+    All of it in ``<folder>.partial``, renamed when complete."""
+    from lcz_qgis_plugin.core.buildstack import build_stack
+    from lcz_qgis_plugin.core.dsm import prepare_dsm
+    from lcz_qgis_plugin.core.extract import extract_patches
+    from lcz_qgis_plugin.core.osm import rasterize_osm
+    from lcz_qgis_plugin.core.sentinel2 import stack_sentinel2
+    from tools import synthcity
+
+    final = city_folder(role, size_km)
+    if os.path.isdir(final):
+        return city_files(final)
+    folder = fresh_partial(final)
+    name = f"{role} city ({size_km:g} km, seed {SEEDS[role]})"
+    city = steps.run(f"simulating the {name}",
+                     lambda: synthcity.generate(folder, SEEDS[role], size_km))
+    layers = os.path.join(folder, "layers")
+    os.makedirs(layers)
+    s2, osm, heights = (os.path.join(layers, n) for n in ("s2.tif", "osm.tif", "heights.tif"))
+
+    def stack():
+        stack_sentinel2([city.safe], s2)
+        rasterize_osm(s2, osm, osm_file=city.osm)
+        prepare_dsm(city.dsm, s2, heights, dtm=city.dtm)
+        build_stack(None, [s2, osm, heights], os.path.join(folder, "stack.tif"),
+                    channels=CHANNELS)
+    steps.run(f"13-channel stack of the {role} city (stack_sentinel2, rasterize_osm, "
+              f"prepare_dsm, build_stack)", stack)
+    if role != "scene":
+        result = steps.run(
+            f"{PATCH} px patches from the {role} city's training areas (extract_patches)",
+            lambda: extract_patches(os.path.join(folder, "stack.tif"), city.training_areas,
+                                    os.path.join(folder, f"patches_{PATCH}px.h5"),
+                                    class_field="lcz", patch_size=PATCH, seed=SEEDS[role]))
+        print(f"           {result.patches} patches of {len(result.counts)} classes",
+              flush=True)
+    os.replace(folder, final)
+    return city_files(final)
+
+
+def training(*args: str, echo: bool = False) -> None:
+    """``python -m training ...`` in a child process (the benchmark's own process stays free of
+    the training's threads and memory)."""
+    command = [sys.executable, "-m", "training", *args]
+    child = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+    lines = []
+    for line in child.stdout:
+        lines.append(line)
+        if echo:
+            print("           " + line.rstrip(), flush=True)
+    if child.wait() != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{''.join(lines[-40:])}")
+
+
+def train_model(name: str, epochs: int, train: dict, validation: dict, run_name: str,
+                steps: Steps) -> dict:
+    """Train ``name`` on the training city's patches (early stopping on the validation city's)
+    and export the best checkpoint; the run folder is renamed into place when both are done."""
+    final = os.path.join(WORK, "runs", run_name)
+    paths = {"run": final, "checkpoint": os.path.join(final, "best.pt"),
+             "model": os.path.join(final, f"{name}.onnx")}
+    if os.path.isdir(final):
+        return paths
+    folder = fresh_partial(final)
+    steps.run(f"training {name.upper()} ({epochs} epoch{'s' * (epochs != 1)}, {PATCH} px, "
+              f"{len(CHANNELS)} channels)",
+              lambda: training("train", "--model", name, "--train", train["patches"],
+                               "--val", validation["patches"], "--drop-unknown-validation",
+                               "--bn-momentum", "0.9", "--epochs", str(epochs),
+                               "--patience", str(epochs), "--seed", "0", "--out", folder,
+                               "--no-progress", "--version", f"bench-{run_name}", echo=True))
+    steps.run(f"exporting {name.upper()} to ONNX",
+              lambda: training("export", "--checkpoint", os.path.join(folder, "best.pt"),
+                               "--out", os.path.join(folder, f"{name}.onnx")))
+    os.replace(folder, final)
+    return paths
+
+
+def best_validation(run: str) -> tuple[int, float]:
+    """(epoch, validation OA) of the run's best epoch (lowest validation loss), from log.csv."""
+    import csv
+    with open(os.path.join(run, "log.csv"), encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    return int(best["epoch"]), float(best["val_oa"])
+
+
+def make_int8(model: str, calibration: np.ndarray, path: str) -> str:
+    """Static int8 quantization (QDQ) of ``model`` calibrated on scene patches; keeps the LCZ
     metadata so the plugin's engine opens it."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    path = model.replace(".onnx", ".int8.onnx")
     if os.path.exists(path):
         return path
 
@@ -118,58 +258,28 @@ def make_int8(model: str, calibration: np.ndarray) -> str:
         def get_next(self):
             return next(self.batches, None)
 
+    partial = path + ".partial.onnx"
     prepared = path + ".pre.onnx"
     quant_pre_process(model, prepared)
-    quantize_static(prepared, path, Patches(), quant_format=QuantFormat.QDQ,
+    quantize_static(prepared, partial, Patches(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     per_channel=True)
     os.remove(prepared)
-    source, quantized = onnx.load(model), onnx.load(path)
+    source, quantized = onnx.load(model), onnx.load(partial)
     del quantized.metadata_props[:]
     quantized.metadata_props.extend(source.metadata_props)
-    onnx.save(quantized, path)
+    onnx.save(quantized, partial)
+    os.replace(partial, path)
     return path
 
 
-def make_stack(size: int) -> str:
-    """A size x size px, 13-band UInt16 stack at 10 m, written block by block."""
-    from osgeo import gdal, osr
-
-    path = os.path.join(WORK, f"stack_{size}.tif")
-    if os.path.exists(path):
-        return path
-    gdal.SetCacheMax(128 * 2**20)
-    temp = path + ".partial.tif"
-    ds = gdal.GetDriverByName("GTiff").Create(
-        temp, size, size, len(CHANNELS), gdal.GDT_UInt16,
-        ["TILED=YES", "COMPRESS=DEFLATE", "ZLEVEL=1", "BIGTIFF=IF_SAFER", "INTERLEAVE=BAND"])
-    ds.SetGeoTransform((500000.0, 10.0, 0.0, 5100000.0, 0.0, -10.0))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32633)
-    ds.SetProjection(srs.ExportToWkt())
-    rng = np.random.default_rng(size)
-    for number, name in enumerate(CHANNELS, start=1):
-        band = ds.GetRasterBand(number)
-        band.SetDescription(name)
-        band.SetNoDataValue(0)
-        for row in range(0, size, 512):
-            rows = min(512, size - row)
-            y = (np.arange(row, row + rows) // 37)[:, None]
-            x = (np.arange(size) // 53)[None, :]
-            base = ((x * 7 + y * 13 + number * 5) % 23) * 60 + 300
-            noise = rng.integers(0, 200, size=(rows, size))
-            band.WriteArray((base + noise).astype(np.uint16), 0, row)
-    ds = None
-    os.replace(temp, path)
-    return path
-
-
-def real_patches(stack: str, count: int, seed: int) -> np.ndarray:
+def scene_patches(stack: str, model: str, count: int, seed: int) -> np.ndarray:
     """``count`` normalised patches of cells spread over the scene, as the engine gets them."""
+    from lcz_qgis_plugin.core.buildstack import read_model_card
     from lcz_qgis_plugin.core.grid import make_grid
     from lcz_qgis_plugin.core.patches import StripReader
     from lcz_qgis_plugin.core.stacks import open_stacks
-    card = bench_card("msmla50")
+    card = read_model_card(model)
     (opened,) = open_stacks([stack], card.channels, card.pixel_size)
     grid = make_grid(opened.geotransform, opened.width, opened.height, card.cell_size,
                      card.patch_size, None)
@@ -177,6 +287,18 @@ def real_patches(stack: str, count: int, seed: int) -> np.ndarray:
     rows, cols = np.nonzero(strip.cell_valid)
     pick = np.random.default_rng(seed).choice(len(rows), size=count, replace=False)
     return strip.gather(rows[pick], cols[pick])
+
+
+def truth_accuracy(lcz_map: str, truth: str) -> dict:
+    """Overall accuracy and kappa of a map against the generated truth, cell by cell (both
+    are 100 m rasters of the same grid)."""
+    from osgeo import gdal
+    from lcz_qgis_plugin.core.metrics import accuracy_scores, confusion_matrix
+    mapped, known = gdal.Open(lcz_map), gdal.Open(truth)
+    if (mapped.RasterXSize, mapped.RasterYSize) != (known.RasterXSize, known.RasterYSize) or \
+            not np.allclose(mapped.GetGeoTransform(), known.GetGeoTransform()):
+        raise SystemExit(f"the map {lcz_map} is not on the grid of the truth {truth}")
+    return accuracy_scores(confusion_matrix(known.ReadAsArray(), mapped.ReadAsArray()))
 
 
 def count_macs(path: str) -> int:
@@ -211,13 +333,6 @@ def cpu_ghz() -> float:
 
 # --- the measuring children ------------------------------------------------------------------
 
-def open_engine(model: str, device: str):
-    from lcz_qgis_plugin.core.engine import Engine
-    if device.endswith(":int8"):
-        return Engine(model.replace(".onnx", ".int8.onnx"), device.split(":")[0])
-    return Engine(model, device)
-
-
 def child_floor(args) -> dict:
     patches = np.load(args.patches)
     batches = [patches[i:i + args.batch] for i in range(0, len(patches), args.batch)]
@@ -225,15 +340,17 @@ def child_floor(args) -> dict:
     if args.device == "torch":
         import torch
         from lcz_qgis_plugin.core.engine import physical_cores
+        from training.train import load_checkpoint, model_from_checkpoint
         torch.set_num_threads(physical_cores())
-        model = torch_model(args.name)
+        model = model_from_checkpoint(load_checkpoint(args.checkpoint))
 
         def run(batch):
             with torch.inference_mode():
                 return model(torch.from_numpy(batch)).numpy()
         provider = f"torch {torch.__version__}"
     else:
-        engine = open_engine(args.model, args.device)
+        from lcz_qgis_plugin.core.engine import Engine
+        engine = Engine(args.model, args.device)
         run, provider = engine.run, engine.provider
     load = time.perf_counter() - start
     outputs = [run(b) for b in batches]  # warm-up, and the result compared with the reference
@@ -251,8 +368,9 @@ def child_floor(args) -> dict:
 
 def child_classify(args) -> dict:
     from lcz_qgis_plugin.core.classify import classify
+    from lcz_qgis_plugin.core.engine import Engine
     start = time.perf_counter()
-    engine = open_engine(args.model, args.device)
+    engine = Engine(args.model, args.device)
     load = time.perf_counter() - start
     card = engine.card  # warm-up, as for the floor: first inferences allocate and compile
     warm = np.zeros((args.batch, len(card.channels), card.patch_size, card.patch_size),
@@ -278,13 +396,59 @@ def run_child(*argv) -> dict:
 
 # --- the run ---------------------------------------------------------------------------------
 
+def prepare(args, names: list[str], int8: bool) -> dict:
+    """Cities, stacks, patches, trained and exported models, int8 copies, floor patches."""
+    steps = Steps()
+    print("preparing (cached in build/bench):", flush=True)
+    train = prepare_city("train", args.train_km, steps)
+    validation = prepare_city("validation", args.val_km, steps)
+    scene = prepare_city("scene", args.scene_km, steps)
+    cities = (f"train{args.train_km:g}km-s{SEEDS['train']}"
+              f"_val{args.val_km:g}km-s{SEEDS['validation']}")
+    runs = {}
+    for name in names:
+        epochs = args.epochs or EPOCHS[name]
+        runs[name] = train_model(name, epochs, train, validation,
+                                 f"{name}_{PATCH}px_e{epochs}_{cities}", steps)
+        runs[name]["epochs"] = epochs
+    scene_key = os.path.basename(city_folder("scene", args.scene_km))
+    for name, run in runs.items():  # patches normalised as each model's card says
+        run["patches"] = os.path.join(run["run"], f"floor_{args.batch * 4}_{scene_key}.npy")
+        if not os.path.exists(run["patches"]):
+            partial = run["patches"] + ".partial.npy"
+            np.save(partial, scene_patches(scene["stack"], run["model"], args.batch * 4,
+                                           seed=1))
+            os.replace(partial, run["patches"])
+        if int8:
+            run["int8"] = os.path.join(run["run"], f"{name}.int8-{scene_key}.onnx")
+            if not os.path.exists(run["int8"]):
+                calibration = scene_patches(scene["stack"], run["model"], 128, seed=2)
+                steps.run(f"quantizing {name.upper()} to int8 (calibrated on 128 scene "
+                          f"patches)", lambda: make_int8(run["model"], calibration,
+                                                         run["int8"]))
+    if steps.times:
+        print(f"  preparation: {time.perf_counter() - steps.start:.0f} s in all "
+              f"(load average {os.getloadavg()[0]:.2f})")
+        for what, seconds in steps.times.items():
+            print(f"    {seconds:6.1f} s  {what}")
+    else:
+        print("  everything cached from an earlier run")
+    return {"scene": scene, "runs": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("mode", nargs="?", default="run", choices=["run", "classify", "floor"])
     parser.add_argument("--models", default="msmla18,msmla50")
-    parser.add_argument("--scene-px", type=int, default=800,
-                        help="side of the generated scene in 10 m pixels (default 800: "
-                             "6,400 patches at 100 m cells)")
+    parser.add_argument("--scene-km", type=float, default=8.0,
+                        help="side of the mapped city in km (default 8: 6,400 cells of 100 m)")
+    parser.add_argument("--train-km", type=float, default=4.0,
+                        help="side of the training city in km (default 4)")
+    parser.add_argument("--val-km", type=float, default=2.0,
+                        help="side of the validation city in km (default 2)")
+    parser.add_argument("--epochs", type=int, default=0,
+                        help="training epochs of every model (default: "
+                             + ", ".join(f"{k} {v}" for k, v in EPOCHS.items()) + ")")
     parser.add_argument("--floor-patches", type=int, default=2560,
                         help="patches per floor measurement (default 2560)")
     parser.add_argument("--torch-patches", type=int, default=256,
@@ -292,10 +456,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--engines", default="all",
-                        help="comma-separated labels' DEVICE ids, e.g. cpu,openvino (default all)")
+                        help="comma-separated DEVICE ids of the rows, e.g. cpu,openvino,auto "
+                             "(default all; cpu, the reference, is always measured)")
     # children
     parser.add_argument("--model")
-    parser.add_argument("--name")
+    parser.add_argument("--checkpoint")
     parser.add_argument("--device")
     parser.add_argument("--stack")
     parser.add_argument("--patches")
@@ -312,38 +477,37 @@ def main() -> None:
 
     from lcz_qgis_plugin.core.engine import import_openvino, physical_cores
     os.makedirs(os.path.join(WORK, "out"), exist_ok=True)
-    engines = [e for e in ENGINES if args.engines == "all"
+    engines = [e for e in ENGINES if args.engines == "all" or e[0] == REFERENCE
                or e[1] in args.engines.split(",")]
     if import_openvino() is None:
         print("openvino is not installed: its rows are skipped")
         engines = [e for e in engines if "openvino" not in e[1]]
     names = args.models.split(",")
+    unknown = [n for n in names if n not in EPOCHS]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; use {', '.join(EPOCHS)}")
+    prepared = prepare(args, names, any(e[1].endswith(":int8") for e in engines))
+    scene, runs = prepared["scene"], prepared["runs"]
+    macs = {name: count_macs(runs[name]["model"]) for name in names}
+    batches = max(1, args.floor_patches // args.batch)
     cores, ghz = physical_cores(), cpu_ghz()
     peak = cores * ghz * 1e9 * 64
     cpu_model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                       if line.startswith("model name")), "?")
-    stack = make_stack(args.scene_px)
-    patches_file = os.path.join(WORK, "floor_patches.npy")
-    n_floor = args.batch * 4
-    np.save(patches_file, real_patches(stack, n_floor, seed=1))
-    calibration = real_patches(stack, 128, seed=2)
-    models, macs = {}, {}
-    for name in names:
-        models[name] = make_model(name)
-        macs[name] = count_macs(models[name])
-        if any(e[1].endswith(":int8") for e in engines):
-            make_int8(models[name], calibration)
-    batches = max(1, args.floor_patches // args.batch)
 
     import onnxruntime
     import torch
     ov = import_openvino()
+    print()
     print(f"LCZ inference benchmark: {cpu_model}, {cores} physical cores at {ghz:.2f} GHz "
           f"(float32 peak {peak / 1e9:.0f} GFLOP/s), onnxruntime {onnxruntime.__version__}, "
           f"openvino {ov.__version__.split('-')[0] if ov else '-'}, torch {torch.__version__}")
-    print(f"scene {args.scene_px} x {args.scene_px} px, 100 m cells; batch {args.batch}; "
-          f"floors: {batches * args.batch} patches ({args.torch_patches} for PyTorch); "
-          f"{args.rounds} rounds in alternating order; load average "
+    rows = int(round(args.scene_km * 10))
+    print(f"scene: simulated city of {args.scene_km:g} x {args.scene_km:g} km (seed "
+          f"{SEEDS['scene']}), {rows} x {rows} cells of 100 m; models trained on a "
+          f"{args.train_km:g} km city, validated on a {args.val_km:g} km one; batch "
+          f"{args.batch}; floors: {batches * args.batch} patches ({args.torch_patches} for "
+          f"PyTorch); {args.rounds} rounds in alternating order; load average "
           f"{os.getloadavg()[0]:.2f} at start", flush=True)
 
     tasks = [(name, engine) for name in names for engine in engines]
@@ -351,40 +515,45 @@ def main() -> None:
     for round_index in range(args.rounds):
         order = tasks if round_index % 2 == 0 else tasks[::-1]
         for name, (label, device, e2e, prefetch) in order:
-            key = (name, label)
-            out = os.path.join(WORK, "out", f"{name}_{device.replace(':', '_')}"
-                                            f"_{prefetch}")
-            entry = results.setdefault(key, {"floor": [], "e2e": []})
-            steps = [("floor", None)] + ([("e2e", None)] if e2e else [])
+            run = runs[name]
+            model = run["int8"] if device.endswith(":int8") else run["model"]
+            engine_device = device.split(":")[0]
+            out = output_stem(name, device, prefetch)
+            entry = results.setdefault((name, label), {"floor": [], "e2e": []})
+            steps = ["floor"] + (["e2e"] if e2e else [])
             if round_index % 2:
                 steps.reverse()
-            for step, _ in steps:
+            for step in steps:
                 if step == "floor" and not prefetch:
                     continue  # the same engine as its prefetching row
                 if step == "floor":
                     n = max(1, args.torch_patches // args.batch) if device == "torch" \
                         else batches
                     entry["floor"].append(run_child(
-                        "floor", "--model", models[name], "--name", name, "--device", device,
-                        "--patches", patches_file, "--batch", args.batch, "--batches",
-                        n, "--out", out + ".npy"))
+                        "floor", "--model", model, "--checkpoint", run["checkpoint"],
+                        "--device", engine_device, "--patches", run["patches"],
+                        "--batch", args.batch, "--batches", n, "--out", out + ".npy"))
                 else:
                     entry["e2e"].append(run_child(
-                        "classify", "--model", models[name], "--device", device, "--stack",
-                        stack, "--batch", args.batch, "--prefetch", int(prefetch),
+                        "classify", "--model", model, "--device", engine_device, "--stack",
+                        scene["stack"], "--batch", args.batch, "--prefetch", int(prefetch),
                         "--out", out + ".tif"))
             print(f"  round {round_index + 1}: {name} {label} done "
                   f"(load average {os.getloadavg()[0]:.2f})", flush=True)
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (this machine's cores: "
           f"{os.cpu_count()})")
-    report(names, engines, results, macs, peak, models, args)
+    report(names, engines, results, macs, peak, runs, scene)
+
+
+def output_stem(name: str, device: str, prefetch: bool) -> str:
+    return os.path.join(WORK, "out", f"{name}_{device.replace(':', '_')}_{prefetch}")
 
 
 def rate(runs: list[dict]) -> float:
     return sum(r["patches"] for r in runs) / sum(r["seconds"] for r in runs) if runs else 0.0
 
 
-def report(names, engines, results, macs, peak, models, args) -> None:
+def report(names, engines, results, macs, peak, runs, scene) -> None:
     from osgeo import gdal
     print()
     header = (f"{'engine':<27} {'floor p/s':>9} {'e2e p/s':>8} {'e2e/fl':>6} {'km2/min':>8} "
@@ -392,12 +561,16 @@ def report(names, engines, results, macs, peak, models, args) -> None:
               f"{'same %':>7} {'max dp':>7}")
     for name in names:
         flop = 2 * macs[name]
+        epoch, val_oa = best_validation(runs[name]["run"])
         print(f"{name.upper()}: {macs[name] / 1e6:.0f} M MACs = {flop / 1e6:.0f} MFLOP per "
-              f"patch; float32 peak = {peak / flop:.0f} patches/s")
+              f"patch; float32 peak = {peak / flop:.0f} patches/s; trained "
+              f"{runs[name]['epochs']} epochs, best epoch {epoch} (OA on the validation "
+              f"city's training areas {100 * val_oa:.1f} %)")
         print(header)
         ref_floor = rate(results[(name, REFERENCE)]["floor"])
-        ref_probs = np.load(os.path.join(WORK, "out", f"{name}_cpu_True.npy"))
-        ref_map = gdal.Open(os.path.join(WORK, "out", f"{name}_cpu_True.tif")).ReadAsArray()
+        ref_stem = output_stem(name, "cpu", True)
+        ref_probs = np.load(ref_stem + ".npy")
+        ref_map = gdal.Open(ref_stem + ".tif").ReadAsArray()
         best_floor = best_e2e = 0.0
         for label, device, e2e, prefetch in engines:
             entry = results[(name, label)]
@@ -405,7 +578,7 @@ def report(names, engines, results, macs, peak, models, args) -> None:
                 results[(name, label.replace(", no prefetch", ""))]["floor"])
             end = rate(entry["e2e"])
             shown = end or floor
-            out = os.path.join(WORK, "out", f"{name}_{device.replace(':', '_')}_{prefetch}")
+            out = output_stem(name, device, prefetch)
             delta = float("nan")
             if e2e:
                 same = 100.0 * np.mean(gdal.Open(out + ".tif").ReadAsArray() == ref_map)
@@ -416,10 +589,12 @@ def report(names, engines, results, macs, peak, models, args) -> None:
                 delta = float(np.abs(probs - ref_probs).max())
                 if not e2e:
                     same = 100.0 * np.mean(probs.argmax(1) == ref_probs.argmax(1))
-            runs = entry["floor"] + entry["e2e"]
-            load = np.mean([r["load"] for r in runs])
+            measured = entry["floor"] + entry["e2e"]
+            load = np.mean([r["load"] for r in measured])
             mb_floor = max((r["peak_mb"] for r in entry["floor"]), default=float("nan"))
             mb_e2e = max((r["peak_mb"] for r in entry["e2e"]), default=float("nan"))
+            if device == "auto":
+                label = f"auto ({', '.join(sorted({r['provider'] for r in measured}))})"
             if device != "torch" and device.split(":")[-1] != "int8":
                 best_floor = max(best_floor, floor)
                 best_e2e = max(best_e2e, end)
@@ -429,10 +604,14 @@ def report(names, engines, results, macs, peak, models, args) -> None:
                   f"{floor / ref_floor:>5.2f} {load:>6.2f} {mb_floor:>8.0f} {mb_e2e:>7.0f} "
                   f"{same:>7.2f} {delta:>7.1e}")
         classes = len(np.unique(ref_map[ref_map > 0]))
+        scores = truth_accuracy(ref_stem + ".tif", scene["truth"])
         print(f"best end to end / best floor (lcz:classify engines): "
               f"{best_e2e / best_floor:.3f}; best floor / onnxruntime floor: "
-              f"{best_floor / ref_floor:.2f}; the onnxruntime map has {classes} classes\n")
-    print("floor: engine.run on pre-built batches of real patches; e2e: classify with the "
+              f"{best_floor / ref_floor:.2f}")
+        print(f"onnxruntime map: {classes} classes, OA {100 * scores['oa']:.1f} % (kappa "
+              f"{scores['kappa']:.2f}) against the generated truth, {scores['samples']} "
+              f"cells\n")
+    print("floor: engine.run on pre-built batches of scene patches; e2e: classify with the "
           "engine already open; km2/min and % peak use e2e where measured, else the floor; "
           "x ort: floor / onnxruntime CPU floor; same %: cells (e2e) or patches (floor) with "
           "the onnxruntime f32 class; max dp: largest probability difference on the floor "
