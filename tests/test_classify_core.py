@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from lcz_qgis_plugin.core.classify import classify
+from lcz_qgis_plugin.core import classify as classify_module
+from lcz_qgis_plugin.core.classify import classify, strip_bounds
 from lcz_qgis_plugin.core.errors import Cancelled, InputError
 from lcz_qgis_plugin.core.feedback import Feedback
 from lcz_qgis_plugin.core.lcz_classes import LCZ_CLASSES
@@ -229,21 +230,39 @@ def test_extent_classifies_a_window_of_the_full_map(tmp_path):
     np.testing.assert_allclose(read(part.probabilities), full[:, 2:11, 3:10], atol=1e-6)
 
 
-def test_strips_give_the_same_map_as_one_strip(tmp_path):
+def test_strips_give_the_same_map_as_one_strip(tmp_path, monkeypatch):
     card, model, weights, bias, scene, names = probe_case(tmp_path, 8, 4, 90, 50, seed=8)
     stack = write_stack(tmp_path / "stack.tif", scene, names)
     one = Recorder()
-    a = classify([stack], model, str(tmp_path / "a.tif"), feedback=one,
-                 probabilities_output=str(tmp_path / "ap.tif"))
+    with monkeypatch.context() as patched:
+        patched.setattr(classify_module, "FIRST_STRIP_ROWS", 10**6)
+        a = classify([stack], model, str(tmp_path / "a.tif"), feedback=one,
+                     probabilities_output=str(tmp_path / "ap.tif"))
     many = Recorder()
     b = classify([stack], model, str(tmp_path / "b.tif"), feedback=many, batch_size=7,
                  probabilities_output=str(tmp_path / "bp.tif"), strip_memory_mb=0.02)
-    assert re.search(r" 1 strip\(s\)", " ".join(one.lines))
-    assert re.search(r" 11 strip\(s\) of 2 cell rows", " ".join(many.lines))
+    growing = Recorder()
+    c = classify([stack], model, str(tmp_path / "c.tif"), feedback=growing, batch_size=5,
+                 probabilities_output=str(tmp_path / "cp.tif"))
+    assert re.search(r" 1 strip\(s\) of up to 22 cell rows", " ".join(one.lines))
+    assert re.search(r" 11 strip\(s\) of up to 2 cell rows", " ".join(many.lines))
+    assert re.search(r" 4 strip\(s\) of up to 22 cell rows", " ".join(growing.lines))
+    np.testing.assert_array_equal(read(a.output), read(c.output))
+    np.testing.assert_array_equal(read(a.probabilities), read(c.probabilities))
     np.testing.assert_array_equal(read(a.output), read(b.output))
     np.testing.assert_array_equal(read(a.probabilities), read(b.probabilities))
     assert many.progress_calls == sorted(many.progress_calls)
     assert many.progress_calls[-1] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("total,largest,expected", [
+    (22, 22, [(0, 2), (2, 6), (6, 14), (14, 22)]),
+    (21, 5, [(0, 2), (2, 6), (6, 11), (11, 16), (16, 21)]),
+    (3, 1, [(0, 1), (1, 2), (2, 3)]),
+    (1, 40, [(0, 1)]),
+])
+def test_strips_start_small_and_grow_to_the_memory_budget(total, largest, expected):
+    assert strip_bounds(total, largest) == expected
 
 
 def test_model_outputting_probabilities_with_temperature(tmp_path):

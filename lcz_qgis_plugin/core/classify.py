@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -77,6 +76,22 @@ def strip_rows_for(grid: CellGrid, channels: int, memory_mb: float) -> int:
     return max(1, min(rows, grid.rows))
 
 
+FIRST_STRIP_ROWS = 2
+
+
+def strip_bounds(total_rows: int, max_rows: int) -> list[tuple[int, int]]:
+    """Cell-row ranges of the strips: small at first, doubling up to ``max_rows``. The engine
+    waits for the first strip (nothing is read ahead of it yet), so a first strip of the
+    full size would idle the engine while a whole memory budget is read; later strips are
+    read while the engine works on the previous one."""
+    bounds, row, size = [], 0, max(1, min(FIRST_STRIP_ROWS, max_rows))
+    while row < total_rows:
+        bounds.append((row, min(row + size, total_rows)))
+        row += size
+        size = min(2 * size, max_rows)
+    return bounds
+
+
 def classify(inputs: list[str], model: str | Engine, output: str, *,
              probabilities_output: str | None = None, confidence_output: str | None = None,
              cell_size: float | None = None,
@@ -127,10 +142,10 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
     grid = make_grid(first.geotransform, first.width, first.height,
                      cell_size if cell_size else card.cell_size, card.patch_size, extent)
     strip_rows = strip_rows_for(grid, card.n_channels, strip_memory_mb)
-    n_strips = math.ceil(grid.rows / strip_rows)
+    strips = strip_bounds(grid.rows, strip_rows)
     feedback.info(f"Output grid: {grid.cols} x {grid.rows} cells of {grid.cell_size:g} m "
-                  f"({grid.stride} px), {len(stacks)} date(s), {n_strips} strip(s) of "
-                  f"{strip_rows} cell rows, batches of {batch_size}.")
+                  f"({grid.stride} px), {len(stacks)} date(s), {len(strips)} strip(s) of up "
+                  f"to {strip_rows} cell rows, batches of {batch_size}.")
 
     codes = np.asarray(card.class_codes, dtype=np.uint8)
     metadata = {
@@ -180,10 +195,10 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
                                **common)
 
             readers = [StripReader(stack, card, grid, max_nodata_fraction) for stack in stacks]
-            steps = n_strips * len(readers)
+            steps = len(strips) * len(readers)
             batch_bytes = batch_size * card.n_channels * card.patch_size ** 2 * 4
             depth = int(min(8, max(2, PREFETCH_BYTES // batch_bytes)))
-            source = _scene_batches(readers, grid, strip_rows, batch_size)
+            source = _scene_batches(readers, strips, batch_size)
             if prefetch:
                 source = stages.enter_context(Prefetch(source, depth, "lcz-read"))
                 writer = Background(2, "lcz-write")
@@ -264,14 +279,13 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
     return result
 
 
-def _scene_batches(readers: list[StripReader], grid: CellGrid, strip_rows: int,
+def _scene_batches(readers: list[StripReader], strips: list[tuple[int, int]],
                    batch_size: int):
     """The scene as a stream of events, strip by strip and date by date:
     ``("strip", row_a, row_b)``, then per date ``("batch", step, rows, cols, patches, done,
     total)`` for each batch of valid cells and ``("date done", step, cell_valid)``, then
     ``("strip done", row_a)``. Runs on the prefetch thread: reading and gathering happen here."""
-    for strip_index, row_a in enumerate(range(0, grid.rows, strip_rows)):
-        row_b = min(row_a + strip_rows, grid.rows)
+    for strip_index, (row_a, row_b) in enumerate(strips):
         yield ("strip", row_a, row_b)
         for date_index, reader in enumerate(readers):
             step = strip_index * len(readers) + date_index
