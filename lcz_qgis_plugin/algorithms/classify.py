@@ -17,7 +17,7 @@ DEVICE_LABELS = ("Automatic (CUDA GPU when available, otherwise the fastest CPU 
                  "CUDA (NVIDIA GPU, onnxruntime, float32)",
                  "CPU (onnxruntime)",
                  "CPU (OpenVINO, float32)",
-                 "CPU (OpenVINO, bfloat16: 2-3x faster, approximate)",
+                 "CPU (OpenVINO, bfloat16: about 3x faster, approximate)",
                  "CUDA (NVIDIA GPU, onnxruntime, float16)")
 
 
@@ -63,7 +63,7 @@ Parameters
 - Model (MODEL): an .onnx file carrying the LCZ model metadata (channels, scaling, patch size, classes). Scaling and normalisation come only from the model.
 - Cell size (CELL_SIZE): output cell size in metres, a whole multiple of the pixel size. Empty: the model's default (usually 100 m).
 - Extent (EXTENT): optional area to classify; every cell overlapping it is classified. Pixels outside the extent but inside the raster still feed the patches at its border.
-- Device (DEVICE): 0 Automatic: CUDA GPU when onnxruntime-gpu can use one, otherwise OpenVINO on the CPU when it is installed (float32: the same map as onnxruntime, 1.1-1.4x faster as measured on a 2-core AVX-512 CPU; bfloat16, 2-3x, on CPUs with AMX or AVX-512 BF16 for a model whose card records a passed bfloat16 check, see python -m training check-precision), otherwise onnxruntime on the CPU; the log and the EXECUTION_PROVIDER output name what ran and why. 1 CUDA (float32; TensorRT first when installed; fails with an explanation when no GPU is usable). 2 CPU with onnxruntime. 3 CPU with OpenVINO, float32 (fails when openvino is not installed). 4 CPU with OpenVINO in bfloat16, forced even without a passed check (2-3x float32 on CPUs with AMX or AVX-512 BF16; probabilities differ slightly, close calls may change class). 5 CUDA in float16 (needs the onnx package; for large batches on recent GPUs).
+- Device (DEVICE): 0 Automatic: CUDA GPU when onnxruntime-gpu can use one, otherwise OpenVINO on the CPU when it is installed (float32: the same map as onnxruntime, 1.3-1.4x faster as measured on a 2-core AVX-512 CPU; bfloat16, 3x, on CPUs with AMX or AVX-512 BF16 for a model whose card records a passed bfloat16 check, see python -m training check-precision), otherwise onnxruntime on the CPU; the log and the EXECUTION_PROVIDER output name what ran and why. 1 CUDA (float32; TensorRT first when installed; fails with an explanation when no GPU is usable). 2 CPU with onnxruntime. 3 CPU with OpenVINO, float32 (fails when openvino is not installed). 4 CPU with OpenVINO in bfloat16, forced even without a passed check (2.3-2.7x OpenVINO float32 on CPUs with AMX or AVX-512 BF16; probabilities differ slightly, close calls may change class). 5 CUDA in float16 (needs the onnx package; for large batches on recent GPUs).
 - Batch size (BATCH_SIZE): patches per inference call (64 suits CPUs; 1024-4096 for GPUs).
 - Majority filter radius (MAJORITY_RADIUS): 0 = off; r > 0 replaces each class by the most frequent class in the (2r+1) x (2r+1) cells around it.
 - CPU threads (THREADS, advanced): 0 = one per physical core.

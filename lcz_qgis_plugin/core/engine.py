@@ -248,8 +248,8 @@ class _OpenVinoBackend:
     requests queue up for its streams (one per core, THROUGHPUT hint): a request's activations
     then stay in the core's cache, and a static input shape lets OpenVINO plan memory once.
     Measured on the 2-core AVX-512/AMX machine of the README (MSMLA-50, 48 px, 13 channels):
-    float32 605 patches/s with 2 patches per request against 200 with 16 patches on the
-    dynamic-batch model; bfloat16 1,580 with 4 (AMX tiles want a few rows) against 820."""
+    float32 600 patches/s with 2 patches per request against 400 with 16 patches on the
+    dynamic-batch model; bfloat16 1,510 with 4 (AMX tiles want a few rows) against 910."""
 
     PATCHES_PER_REQUEST = {"f32": 2, "bf16": 4}
 
