@@ -38,6 +38,8 @@ def test_demo_end_to_end_at_reduced_size(tmp_path):
         assert (ds.RasterXSize, ds.RasterYSize) == (15, 15)  # 1.5 km at 100 m
         assert ds.GetRasterBand(1).GetColorTable() is not None
         assert 0 <= summary["scores"][name]["OA"] <= 1
+    assert set(summary["engines"]) == {"ancillary", "s2_only"}
+    assert all(e and e in done.stdout for e in summary["engines"].values())
     assert (out / "demo_truth.png").stat().st_size > 0
     assert "simulated" in summary["note"]
     assert_automatic_device_keeps_the_float32_map(out, work, tmp_path)

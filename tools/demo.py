@@ -36,6 +36,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from osgeo import gdal  # noqa: E402
+
 from lcz_qgis_plugin.core.metrics import format_percent  # noqa: E402
 from lcz_qgis_plugin.core.quicklook import write_quicklook  # noqa: E402
 from tools import synthcity  # noqa: E402
@@ -152,7 +154,7 @@ def main(argv=None) -> int:
 
     step("mapping the third city with the plugin's graphical model "
          "lcz_map_from_downloads.model3 (qgis_process)")
-    maps = {}
+    maps, engines = {}, {}
     for name, model in models.items():
         results = qp.run(os.path.join(qp.plugins, MODEL3), {
             "SENTINEL2": map_city.safe, "OSM": map_city.osm, "DSM": map_city.dsm,
@@ -160,6 +162,9 @@ def main(argv=None) -> int:
             "classify:lcz_map": os.path.join(out, f"demo_lcz_map_{name}.tif"),
             "classify:lcz_confidence": os.path.join(out, f"demo_confidence_{name}.tif")})
         maps[name] = results.get("classify:lcz_map") or os.path.join(out, f"demo_lcz_map_{name}.tif")
+        engines[name] = gdal.Open(maps[name]).GetMetadataItem("LCZ_EXECUTION_PROVIDER")
+        print(f"         {name}: mapped on {engines[name]} (lcz:classify, DEVICE Automatic)",
+              flush=True)
 
     step("lcz:assessaccuracy against the mapped city's simulated truth")
     scores = {}
@@ -192,7 +197,7 @@ def main(argv=None) -> int:
     with open(os.path.join(out, "demo_summary.json"), "w", encoding="utf-8") as f:
         json.dump({"note": "simulated cities (tools/synthcity.py), not measurements",
                    "size_km": args.size_km, "epochs": args.epochs, "seed": args.seed,
-                   "models": models, "maps": maps,
+                   "models": models, "maps": maps, "engines": engines,
                    "scores": {k: {m: v[m] for m in ("OA", "WA", "KAPPA")}
                               for k, v in scores.items()}}, f, indent=2)
     return 0
