@@ -2,11 +2,12 @@
 
 Engines, all reading the same ONNX file:
 
-- onnxruntime's CPU provider (DEVICE ``cpu``): the reference; always there.
+- onnxruntime's CPU provider (DEVICE ``cpu``): the reference; always there. A batch runs as
+  consecutive runs of a few patches (faster than one run: the activations stay in cache).
 - the OpenVINO runtime on the CPU (``openvino``: float32; ``openvino-bf16``: bfloat16 where the
-  CPU has it, about twice as fast again but not bit-exact). OpenVINO splits each batch over
-  its parallel streams, which onnxruntime's single-stream session cannot do; on the 2-core
-  AVX-512 machine of the README that is 1.3-1.7x onnxruntime for the same float32 map.
+  CPU has it, 2.3-2.7x faster again but not bit-exact). OpenVINO runs the pieces of a batch
+  on parallel streams, which onnxruntime's single-stream session cannot do; on the 2-core
+  AVX-512 machine of the README that is 1.3-1.4x onnxruntime for the same float32 map.
 - onnxruntime's CUDA provider (``cuda``; ``cuda-fp16`` runs a float16 copy of the model made
   at load time), with the TensorRT provider first when onnxruntime has it; inputs and outputs
   go through IO binding so a batch is copied to the GPU once.
