@@ -84,7 +84,8 @@ def measure_bfloat16(model: str, data: str, limit: int = DEFAULT_LIMIT,
 def record_check(model: str, precision: str, check: dict, out: str | None = None) -> ModelCard:
     """Write ``check`` into the model card of ``model`` (in place, or to ``out``)."""
     from lcz_qgis_plugin.core.contract_writer import copy_with_card
-    card = Predictor(model, device="cpu").card
+    from lcz_qgis_plugin.core.modelfile import read_model_card
+    card = read_model_card(model)  # the card only: no engine session to load
     card.precision_checks = dict(card.precision_checks, **{precision: check})
     copy_with_card(model, card, out or model)
     return card
