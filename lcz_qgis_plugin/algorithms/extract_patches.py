@@ -3,7 +3,7 @@
 from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputNumber,
                        QgsProcessingParameterField, QgsProcessingParameterFileDestination,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
-                       QgsProcessingParameterVectorLayer)
+                       QgsProcessingParameterString, QgsProcessingParameterVectorLayer)
 
 from ..core.extract import extract_patches
 from .areas_input import labelled_areas
@@ -21,6 +21,7 @@ class ExtractPatchesAlgorithm(LczAlgorithm):
     VALIDATION_FRACTION = "VALIDATION_FRACTION"
     TEST_FRACTION = "TEST_FRACTION"
     SEED = "SEED"
+    INPUT_BANDS = "INPUT_BANDS"
     OUTPUT = "OUTPUT"
     OUTPUT_SUMMARY = "OUTPUT_SUMMARY"
 
@@ -44,6 +45,7 @@ Parameters
 - Maximum patches per polygon (MAX_PER_POLYGON) and per class (MAX_PER_CLASS): 0 = all; otherwise a random subset (SEED) keeps large polygons and common classes from dominating.
 - Validation fraction (VALIDATION_FRACTION) and test fraction (TEST_FRACTION): share of each class's polygons held out (whole polygons, so overlapping neighbouring patches never cross the split); stored in the patch file's split dataset. 0 and 0: no split stored.
 - Random seed (SEED): makes sampling and split repeatable.
+- Input band names (INPUT_BANDS, optional): for a stack without band names (a GeoTIFF exported from Google Earth Engine, the Copernicus Browser or SNAP): its bands' names in order, separated by commas (S2:B02 or just B2 / B02, OSM:building_fraction ...; - leaves a band out), or a preset: so2sat (So2Sat / LCZ42 ten bands B2, B3, B4, B5, B6, B7, B8, B8A, B11, B12), s2-l1c-13 (Level-1C: B1 ... B8, B8A, B9, B10, B11, B12), s2-l2a-12 (Level-2A: the same without B10). The number of names must equal the stack's band count; the patch file records these names as its channels (S2:B02 ...). Values are read as they are. Empty: the band descriptions; bare Sentinel-2 ids (B2, B02, B8A) are recorded as S2:B02 ....
 
 Outputs
 - Patch file (OUTPUT): HDF5 (.h5) with patches (raw stack values), labels, polygon ids, split, cell centres, channel names and per-channel scale/offset (the band's GDAL scale/offset, else 1e-4 for S2:* and 1 for others). Schema: README, "Patch files".
@@ -83,6 +85,10 @@ Outputs
         self.addParameter(QgsProcessingParameterNumber(
             self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer,
             defaultValue=42))
+        self.addParameter(QgsProcessingParameterString(
+            self.INPUT_BANDS,
+            self.tr("Input band names in order, or a preset: so2sat, s2-l1c-13, s2-l2a-12 "
+                    "(empty: the band descriptions)"), optional=True))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT, self.tr("Patch file"), self.tr("HDF5 patch files (*.h5)")))
         self.addParameter(QgsProcessingParameterFileDestination(
@@ -113,6 +119,7 @@ Outputs
                                                        context),
             test_fraction=self.parameterAsDouble(parameters, self.TEST_FRACTION, context),
             seed=self.parameterAsInt(parameters, self.SEED, context),
-            summary_output=summary, feedback=feedback)
+            summary_output=summary, feedback=feedback,
+            input_bands=self.parameterAsString(parameters, self.INPUT_BANDS, context) or None)
         return {self.OUTPUT: result.output, self.OUTPUT_SUMMARY: result.summary_path,
                 "PATCHES": result.patches}

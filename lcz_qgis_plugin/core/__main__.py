@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--input", action="append", required=True,
                      help="input stack; repeat for several dates of the same area")
     run.add_argument("--model", required=True, help=".onnx model with LCZ metadata")
+    run.add_argument("--input-bands", metavar="NAMES",
+                     help="names of the input's bands in order, instead of its band "
+                          "descriptions: comma-separated (S2:B02 or B2, OSM:..., '-' skips a "
+                          "band) or a preset: so2sat, s2-l1c-13, s2-l2a-12; applies to every "
+                          "--input")
     run.add_argument("--output", required=True, help="LCZ map (.tif)")
     run.add_argument("--probabilities", help="optional class probabilities (.tif)")
     run.add_argument("--confidence", help="optional confidence (.tif)")
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                           confidence_output=args.confidence, cell_size=args.cell_size,
                           extent=args.extent, device=args.device, batch_size=args.batch_size,
                           majority_radius=args.majority_radius, threads=args.threads,
-                          feedback=feedback)
+                          feedback=feedback, input_bands=args.input_bands)
         print(json.dumps({"output": result.output, "probabilities": result.probabilities,
                           "confidence": result.confidence, "provider": result.provider,
                           "classified_cells": result.classified_cells,

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal
 
+from .bandnames import (PRESETS, InputBands, band_channels, band_descriptions,
+                        canonical_channel, parse_input_bands)
 from .contract import ModelCard
 from .errors import InputError
 from .feedback import Feedback
@@ -42,8 +44,9 @@ class ChannelList:
 
 
 def parse_channel_list(text: str) -> list[str]:
-    """'S2:B02, S2:B03 ...' (commas, semicolons or new lines) -> names, duplicates refused."""
-    names = [n.strip() for n in re.split(r"[,;\n]", text or "") if n.strip()]
+    """'S2:B02, S2:B03 ...' (commas, semicolons or new lines) -> names, duplicates refused.
+    Bare Sentinel-2 ids count as contract names ('B2' -> 'S2:B02')."""
+    names = [canonical_channel(n) for n in re.split(r"[,;\n]", text or "") if n.strip()]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise InputError(f"the channel list names {', '.join(repeated)} more than once; "
@@ -67,17 +70,23 @@ class BuildStackResult:
 
 
 def _find_channels(card: ModelCard | ChannelList, rasters: list[str], what: str,
-                   feedback: Feedback) -> list[_Source]:
+                   feedback: Feedback, input_bands: InputBands | None = None) -> list[_Source]:
+    """Each channel's source band, by band name (:func:`.bandnames.band_channels`: ``B2``
+    is ``S2:B02``). ``input_bands`` names the bands of the first raster instead of its
+    descriptions."""
     if not rasters:
         raise InputError("no input raster given; choose the rasters that hold the model's "
                          "channels (the Sentinel-2 stack, OSM and height rasters ...).")
     found: dict[str, _Source] = {}
     available = []
-    for path in rasters:
+    for index, path in enumerate(rasters):
         ds = open_raster(path)
-        for number in range(1, ds.RasterCount + 1):
-            name = ds.GetRasterBand(number).GetDescription().strip()
-            available.append(f"{name or f'band {number} (no description)'} "
+        given = input_bands if index == 0 else None
+        names = band_channels(ds, path, given, feedback)
+        shown = names if given else band_descriptions(ds)  # as the user wrote them
+        for number, name in enumerate(names, start=1):
+            why = "skipped" if given else "no description"
+            available.append(f"{shown[number - 1] or f'band {number} ({why})'} "
                              f"({os.path.basename(path)})")
             if name in card.channels and name not in found:
                 found[name] = _Source(path, ds, number, name)
@@ -90,7 +99,10 @@ def _find_channels(card: ModelCard | ChannelList, rasters: list[str], what: str,
             f"the rasters do not provide every channel {what} "
             f"needs. Missing: {', '.join(missing)}. Available: {'; '.join(available)}. Make "
             f"them with lcz:stacksentinel2 (S2:*), lcz:rasterizeosm (OSM:*) or lcz:preparedsm "
-            f"(DSM:height), or set the band descriptions of your own rasters to these names.")
+            f"(DSM:height), or set the band descriptions of your own rasters to these names "
+            f"(bare Sentinel-2 ids such as B2 or B02 count as S2:B02), or name the bands of "
+            f"the first raster with INPUT_BANDS (its bands' names in order, or a preset: "
+            f"{', '.join(p.name for p in PRESETS)}).")
     return [found[c] for c in card.channels]
 
 
@@ -219,10 +231,12 @@ def _write_tif(sources: list[_Source], output: str, card: ModelCard,
 
 def build_stack(model: str | None, rasters: list[str], output: str,
                 feedback: Feedback | None = None,
-                channels: list[str] | None = None) -> BuildStackResult:
+                channels: list[str] | None = None, input_bands=None) -> BuildStackResult:
     """Write exactly the model's channels, in its order, from ``rasters`` to ``output``
     (``.vrt`` or ``.tif``). Without a model, ``channels`` names the bands to stack (a training
-    stack, before any model exists)."""
+    stack, before any model exists). ``input_bands`` (INPUT_BANDS: a preset or the names in
+    order, see :func:`.bandnames.parse_input_bands`) names the bands of the first raster;
+    the output's band descriptions are the channel names either way."""
     feedback = feedback or Feedback()
     output = os.fspath(output)
     if not output.lower().endswith((".vrt", ".tif", ".tiff")):
@@ -233,12 +247,13 @@ def build_stack(model: str | None, rasters: list[str], output: str,
     if model:
         card = read_model_card(model)
     elif channels:
-        card = ChannelList(list(channels))
+        card = ChannelList([canonical_channel(c) for c in channels])
     else:
         raise InputError("give a model (.onnx) whose channels to stack, or a channel list "
                          "such as 'S2:B02,S2:B03,...,OSM:building_fraction,DSM:height'.")
     what = f"the model {os.path.basename(model)}" if model else "the channel list"
-    sources = _find_channels(card, [os.fspath(r) for r in rasters], what, feedback)
+    sources = _find_channels(card, [os.fspath(r) for r in rasters], what, feedback,
+                             parse_input_bands(input_bands))
     _check_grid(sources, card)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     feedback.info(f"{card.describe()}: " + ", ".join(

@@ -99,14 +99,17 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
              device: str = "auto", batch_size: int = 64, majority_radius: int = 0,
              threads: int = 0, feedback: Feedback | None = None,
              max_nodata_fraction: float = 0.5, strip_memory_mb: float = 256,
-             prefetch: bool = True) -> ClassifyResult:
+             prefetch: bool = True, input_bands=None) -> ClassifyResult:
     """Classify the input stack(s) into an LCZ map.
 
     ``inputs``: paths of one or more stacks of the same area and grid (several dates: their
     probabilities are averaged). ``model``: an .onnx path or an opened :class:`Engine`.
     ``extent`` is ``(xmin, ymin, xmax, ymax)`` in the stacks' CRS. ``cell_size`` in metres
     defaults to the model's. ``prefetch`` reads and writes on threads of their own, overlapping
-    with inference (same result as ``False``, which runs every stage in turn). Raises
+    with inference (same result as ``False``, which runs every stage in turn).
+    ``input_bands`` (INPUT_BANDS) names the bands of every input in order instead of their
+    descriptions: a preset such as ``'so2sat'`` or comma-separated names, see
+    :func:`.bandnames.parse_input_bands`. Raises
     :class:`~.errors.LczError` subclasses with messages meant for the user; nothing is left on
     disk after an error or a cancel.
     """
@@ -137,7 +140,8 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
     if engine.provider in GPU_PROVIDERS and batch_size < GPU_BATCH_HINT:
         feedback.info(f"BATCH_SIZE is {batch_size}: a GPU is only filled by batches of "
                       f"{GPU_BATCH_HINT}-4096 patches; raise it for speed.")
-    stacks = open_stacks(list(inputs), card.channels, card.pixel_size, feedback)
+    stacks = open_stacks(list(inputs), card.channels, card.pixel_size, feedback,
+                         input_bands=input_bands, scale=card.scale)
     first = stacks[0]
     grid = make_grid(first.geotransform, first.width, first.height,
                      cell_size if cell_size else card.cell_size, card.patch_size, extent)

@@ -38,6 +38,7 @@ from osgeo import ogr
 
 from .about import software_tag
 from .areas import LabelledAreas, read_areas
+from .bandnames import PRESETS, band_channels, parse_input_bands
 from .classify import strip_rows_for
 from .refgrid import bounded_cache
 from .contract import ModelCard
@@ -83,22 +84,35 @@ def channel_scaling(stack: Stack, channels: list[str]) -> tuple[list[float], lis
     return scales, offsets
 
 
-def open_stack_channels(path: str) -> tuple[Stack, list[str]]:
-    """Open a stack whose band descriptions name its channels; all bands are channels."""
+def open_stack_channels(path: str, input_bands=None,
+                        feedback: Feedback | None = None) -> tuple[Stack, list[str]]:
+    """Open a stack whose band names give its channels; every named band is a channel.
+
+    Names come from ``input_bands`` (INPUT_BANDS; ``-`` leaves a band out) or else from the
+    band descriptions, both read under :func:`.bandnames.canonical_channel`, so the patch
+    file records contract names (``S2:B02``, not ``B2``)."""
     ds = open_raster(path, "input stack")
     check_georeferencing(ds, path)
-    names = [ds.GetRasterBand(i).GetDescription().strip() for i in range(1, ds.RasterCount + 1)]
-    unnamed = [str(i) for i, n in enumerate(names, start=1) if not n]
-    if unnamed:
+    input_bands = parse_input_bands(input_bands)
+    named = band_channels(ds, path, input_bands, feedback)
+    unnamed = [str(i) for i, n in enumerate(named, start=1) if not n]
+    if unnamed and input_bands is None:
         raise InputError(f"bands {', '.join(unnamed)} of the input stack {path} have no "
                          f"description, so the patch file could not say which channel is "
-                         f"which. Build the stack with lcz:buildstack, or set each band's "
-                         f"description (S2:B02, OSM:building_fraction, DSM:height ...).")
+                         f"which. Give INPUT_BANDS (the bands' names in order, or a preset: "
+                         f"{', '.join(p.name for p in PRESETS)}), build the stack with "
+                         f"lcz:buildstack, or set each band's description (S2:B02, "
+                         f"OSM:building_fraction, DSM:height ...).")
+    bands = [i for i, n in enumerate(named, start=1) if n]
+    names = [n for n in named if n]
+    if not names:
+        raise InputError(f"INPUT_BANDS skips every band of the input stack {path}; name at "
+                         f"least one band.")
     duplicates = sorted(n for n, k in Counter(names).items() if k > 1)
     if duplicates:
-        raise InputError(f"the input stack {path} has several bands named "
-                         f"{', '.join(duplicates)}; band descriptions must be unique.")
-    bands = list(range(1, ds.RasterCount + 1))
+        raise InputError(f"the input stack {path} has several bands read as "
+                         f"{', '.join(duplicates)} (B2, B02 and S2:B02 name the same band); "
+                         f"band names must be unique.")
     nodata = [ds.GetRasterBand(b).GetNoDataValue() for b in bands]
     return Stack(path=path, dataset=ds, bands=bands, nodata=nodata), names
 
@@ -178,11 +192,12 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
                     validation_fraction: float = 0.0, test_fraction: float = 0.0,
                     seed: int = 0, summary_output: str | None = None,
                     feedback: Feedback | None = None, max_nodata_fraction: float = 0.5,
-                    strip_memory_mb: float = 256) -> ExtractResult:
+                    strip_memory_mb: float = 256, input_bands=None) -> ExtractResult:
     """Write the patch file ``output`` (.h5) from an input stack and training areas.
 
     ``areas``: a :class:`LabelledAreas` or the path of a vector file (``class_field`` and
-    ``layer`` then choose what to read, see :func:`.areas.read_areas`). Raises
+    ``layer`` then choose what to read, see :func:`.areas.read_areas`). ``input_bands``
+    (INPUT_BANDS) names the stack's bands instead of their descriptions. Raises
     :class:`~.errors.LczError` subclasses with messages meant for the user; a failed or
     cancelled run leaves no patch file.
     """
@@ -196,7 +211,7 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
             validation_fraction + test_fraction >= 1:
         raise InputError(f"validation ({validation_fraction}) and test ({test_fraction}) "
                          f"fractions must be in [0, 1) and leave some areas for training.")
-    stack, channels = open_stack_channels(stack_path)
+    stack, channels = open_stack_channels(stack_path, input_bands, feedback)
     grid = make_grid(stack.geotransform, stack.width, stack.height, cell_size, patch_size)
     if isinstance(areas, str):
         areas = read_areas(areas, class_field, layer, feedback)

@@ -11,8 +11,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 from osgeo import gdal, osr
 
+from .bandnames import (PRESETS, InputBands, band_channels, band_descriptions,
+                        parse_input_bands)
 from .errors import InputError
 from .feedback import Feedback
 
@@ -91,32 +94,39 @@ def check_georeferencing(ds: gdal.Dataset, path: str) -> None:
 
 
 def match_channels(ds: gdal.Dataset, channels: list[str], path: str,
-                   feedback: Feedback | None = None) -> list[int]:
+                   feedback: Feedback | None = None,
+                   input_bands: InputBands | None = None) -> list[int]:
     """Band numbers holding the model's channels, in the model's order.
 
-    Refuses a stack that lacks any channel, naming the missing ones and the bands it has that
-    the model does not know. Extra bands are allowed (the model reads only its own) and are
-    listed in the log.
+    Band names come from ``input_bands`` when given, else from the band descriptions, both
+    read under :func:`.bandnames.canonical_channel` (``B2`` is ``S2:B02``). Refuses a stack
+    that lacks any channel, naming the missing ones and the bands it has that the model does
+    not know. Extra bands are allowed (the model reads only its own) and are listed in the log.
     """
-    descriptions = [ds.GetRasterBand(i).GetDescription().strip()
-                    for i in range(1, ds.RasterCount + 1)]
+    names = band_channels(ds, path, input_bands, feedback)
     by_name: dict[str, int] = {}
-    for number, name in enumerate(descriptions, start=1):
+    for number, name in enumerate(names, start=1):
         if name and name in by_name and name in channels:
-            raise InputError(f"the input raster {path} has two bands described as '{name}' "
-                             f"(bands {by_name[name]} and {number}); band names must be unique.")
-        by_name.setdefault(name, number)
+            raise InputError(f"the input raster {path} has two bands read as '{name}' "
+                             f"(bands {by_name[name]} and {number}; B2, B02 and S2:B02 name "
+                             f"the same band); band names must be unique.")
+        if name:
+            by_name.setdefault(name, number)
     missing = [c for c in channels if c not in by_name]
-    extra = [d or f"band {i} (no description)" for i, d in enumerate(descriptions, start=1)
-             if d not in channels]
+    shown = names if input_bands else band_descriptions(ds)  # as the user wrote them
+    extra = [shown[i - 1] or f"band {i} ({'skipped' if input_bands else 'no description'})"
+             for i, n in enumerate(names, start=1) if n not in channels]
     if missing:
         raise InputError(
             f"the input raster {path} does not provide the channels the model needs. "
             f"Missing: {', '.join(missing)}. The raster's bands not used by the model: "
-            f"{', '.join(extra) if extra else 'none'}. Band descriptions must equal the "
-            f"model's channel names ({', '.join(channels)}); build the stack with "
-            f"lcz:buildstack, or rename the bands (the <Description> of each band in a "
-            f"VRT, or band.SetDescription() in GDAL's Python).")
+            f"{', '.join(extra) if extra else 'none'}. Band names must equal the model's "
+            f"channel names ({', '.join(channels)}); bare Sentinel-2 ids such as B2 or B02 "
+            f"count as S2:B02. For a raster without band names (an Earth Engine or "
+            f"Copernicus Browser export) give INPUT_BANDS: the bands' names in order, or a "
+            f"preset ({', '.join(p.name for p in PRESETS)}). Or build the stack with "
+            f"lcz:buildstack, or rename the bands (the <Description> of each band in a VRT, "
+            f"or band.SetDescription() in GDAL's Python).")
     if extra and feedback is not None:
         feedback.info(f"{os.path.basename(path)}: ignoring bands the model does not use: "
                       f"{', '.join(extra)}")
@@ -124,15 +134,22 @@ def match_channels(ds: gdal.Dataset, channels: list[str], path: str,
 
 
 def open_stacks(paths: list[str], channels: list[str], pixel_size: float,
-                feedback: Feedback | None = None) -> list[Stack]:
-    """Open and check the date stacks of one area; they must share CRS and grid."""
+                feedback: Feedback | None = None, input_bands=None,
+                scale: list[float] | None = None) -> list[Stack]:
+    """Open and check the date stacks of one area; they must share CRS and grid.
+
+    ``input_bands`` (INPUT_BANDS: a preset, names, or ``None`` for the band descriptions,
+    see :func:`.bandnames.parse_input_bands`) names the bands of every stack alike. With the
+    model's ``scale``, Sentinel-2 channels that look like reflectance already are warned about.
+    """
     if not paths:
         raise InputError("no input raster given; choose at least one input stack.")
+    input_bands = parse_input_bands(input_bands)
     stacks = []
     for path in paths:
         ds = open_raster(path)
         check_georeferencing(ds, path)
-        bands = match_channels(ds, channels, path, feedback)
+        bands = match_channels(ds, channels, path, feedback, input_bands)
         nodata = [ds.GetRasterBand(b).GetNoDataValue() for b in bands]
         stacks.append(Stack(path=path, dataset=ds, bands=bands, nodata=nodata))
     first = stacks[0]
@@ -159,4 +176,43 @@ def open_stacks(paths: list[str], channels: list[str], pixel_size: float,
                 f"treated as dates of the same area and must align pixel for pixel; warp them "
                 f"onto one grid (gdalwarp -te ... -tr ... with the first stack's extent) or "
                 f"classify them separately.")
+    if scale is not None and feedback is not None:
+        warn_if_reflectance(first, channels, scale, feedback)
     return stacks
+
+
+REFLECTANCE_MAX = 1.5
+"""Sentinel-2 values at most this large are reflectance (0-1), not DN x 10000."""
+SAMPLE_PX = 256
+
+
+def warn_if_reflectance(stack: Stack, channels: list[str], scale: list[float],
+                        feedback: Feedback) -> None:
+    """Warn when the model reads Sentinel-2 channels as DN x 1e-4 but the stack holds
+    reflectance already (an Earth Engine export divided by 10000): every value would be ten
+    thousand times too small and the map meaningless. Looks at one window at the centre of
+    the stack only, so the check costs a block read per band."""
+    picked = [i for i, (name, s) in enumerate(zip(channels, scale))
+              if name.startswith("S2:") and s <= 2e-4]
+    if not picked:
+        return
+    size = min(SAMPLE_PX, stack.width), min(SAMPLE_PX, stack.height)
+    x0, y0 = (stack.width - size[0]) // 2, (stack.height - size[1]) // 2
+    peak = None
+    for i in picked:
+        data = stack.dataset.GetRasterBand(stack.bands[i]).ReadAsArray(x0, y0, *size)
+        if data is None:
+            return
+        data = data.astype(np.float64)
+        valid = np.isfinite(data)
+        if stack.nodata[i] is not None:
+            valid &= data != stack.nodata[i]
+        if valid.any():
+            peak = max(peak or 0.0, float(np.abs(data[valid]).max()))
+    if peak is not None and 0.0 < peak <= REFLECTANCE_MAX:
+        feedback.warning(
+            f"{os.path.basename(stack.path)}: the Sentinel-2 bands hold values up to "
+            f"{peak:.3g} (centre of the raster), which looks like reflectance (0-1), but the "
+            f"model reads them as DN x 10000 (scale {min(scale[i] for i in picked):g}); if so, "
+            f"the map is meaningless. Export the bands as DN (in Earth Engine without dividing "
+            f"by 10000), or multiply them by 10000 (Raster calculator) before classifying.")
