@@ -180,6 +180,9 @@ def test_wrong_band_count_is_refused_naming_both_counts(case, tmp_path):
     assert "The preset so2sat has 10 bands" in message
     with pytest.raises(InputError, match=r"names 3 bands, but .* has 10 bands"):
         classify([plain], case["model"], str(out / "lcz.tif"), input_bands="B2,B3,B4")
+    with pytest.raises(InputError, match=r"\('so2sta'\) is not a preset and names 1 band, "
+                                         r"but .* has 10 bands.*Presets: so2sat"):
+        classify([plain], case["model"], str(out / "lcz.tif"), input_bands="so2sta")
     assert not out.exists() or files_in(out) == []
 
 
@@ -325,3 +328,18 @@ def test_algorithms_take_input_bands_through_processing_run(qgis_app, case, tmp_
         "PATCH_SIZE": PATCH, "CELL_SIZE": 40.0, "OUTPUT": str(tmp_path / "p.h5")})
     _, info = patch_arrays(extracted["OUTPUT"])
     assert info.channels == [canonical_channel(b) for b in L1C]
+
+
+@pytest.mark.qgis_process
+def test_classify_with_input_bands_through_qgis_process(qgis_process, case, tmp_path):
+    plain = write_stack(tmp_path / "gee.tif", case["s2"], [""] * 10, data_type=gdal.GDT_UInt16)
+    done, answer = qgis_process.run_json("lcz:classify", {
+        "INPUT": plain, "MODEL": case["model"], "INPUT_BANDS": "so2sat",
+        "OUTPUT": str(tmp_path / "lcz.tif")})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    np.testing.assert_array_equal(read(answer["results"]["OUTPUT"]), case["named_map"])
+    done, _ = qgis_process.run_json("lcz:classify", {
+        "INPUT": plain, "MODEL": case["model"], "INPUT_BANDS": "s2-l2a-12",
+        "OUTPUT": str(tmp_path / "x.tif")})
+    assert done.returncode != 0
+    assert "names 12 bands, but the input raster" in done.stdout + done.stderr

@@ -115,8 +115,10 @@ class InputBands:
         fitting = [p.name for p in PRESETS if len(p.channels) == count]
         hint = (f" The preset {fitting[0]} has {count} bands; check that it matches the "
                 f"file's band order." if fitting else "")
+        names = ("is not a preset and names 1 band" if len(self.names) == 1
+                 else f"names {len(self.names)} bands")
         raise InputError(
-            f"INPUT_BANDS ({self.label}) names {len(self.names)} bands, but the input raster "
+            f"INPUT_BANDS ({self.label}) {names}, but the input raster "
             f"{path} has {count} bands. Give one name per band of the raster, in its order "
             f"('-' skips a band), or a preset with {count} bands.{hint} Presets: "
             f"{presets_help()}.")
