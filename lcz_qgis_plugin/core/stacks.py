@@ -3,7 +3,9 @@
 A stack is any GDAL raster whose band descriptions name its channels (``S2:B02``,
 ``OSM:building_fraction``, ``DSM:height`` ...). Channels are matched by name, not position,
 so a stack may hold its bands in any order and may carry bands the model does not use.
-Several stacks (dates of the same area) must share one grid.
+Bare Sentinel-2 ids (``B2``, ``B02``) count as ``S2:B02``, and INPUT_BANDS can name the bands
+of a raster that has no descriptions (:mod:`.bandnames`). Several stacks (dates of the same
+area) must share one grid.
 """
 
 from __future__ import annotations
