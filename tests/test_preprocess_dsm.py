@@ -292,7 +292,7 @@ def test_nodata_value_that_is_a_plausible_height_is_warned(tmp_path):
     assert len(said) == 2, feedback.warnings
     dsm_said = next(w for w in said if "DSM coast_dsm.tif" in w)
     assert "no-data value 0," in dsm_said and "exactly 0 m (sea level)" in dsm_said
-    assert "gdal_edit -unsetnodata coast_dsm.tif" in dsm_said and "-9999" in dsm_said
+    assert "gdal_edit.py -unsetnodata coast_dsm.tif" in dsm_said and "-9999" in dsm_said
     dtm_said = next(w for w in said if "DTM coast_dtm.tif" in w)
     assert "exactly -1 m " in dtm_said and "sea level" not in dtm_said
 

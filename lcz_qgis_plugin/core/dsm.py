@@ -127,7 +127,7 @@ def warn_if_nodata_is_a_height(ds: gdal.Dataset, what: str, path: str,
     feedback.warning(
         f"the {what} {os.path.basename(path)} has the no-data value {nodata:g}, which is also "
         f"a plausible height: every pixel at exactly {nodata:g} m{sea} is treated as no data "
-        f"and has no height. If the file has no gaps, remove the no-data value (gdal_edit "
+        f"and has no height. If the file has no gaps, remove the no-data value (gdal_edit.py "
         f"-unsetnodata {os.path.basename(path)}); otherwise have the {what} written with a "
         f"no-data value no height can take, such as -9999.")
     return True
