@@ -73,7 +73,8 @@ Outputs
             self.MAX_PER_CLASS, self.tr("Maximum patches per class (0: all)"),
             QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.VALIDATION_FRACTION, self.tr("Validation fraction of each class's patches (whole polygons)"),
+            self.VALIDATION_FRACTION,
+            self.tr("Validation fraction of each class's patches (whole polygons)"),
             QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0,
             maxValue=0.9))
         self.addParameter(QgsProcessingParameterNumber(
