@@ -291,3 +291,14 @@ def test_automatic_threads_follow_omp_num_threads_and_torchrun(monkeypatch, caps
                  *ANY_THREADS]) == 2
     assert "--threads -1: give a number of CPU threads" in one_line_error(capsys)
 
+
+
+def test_busy_machine_note_suggests_one_thread(monkeypatch):
+    import os
+    from training.train import busy_machine_note
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.9, 5.1, 2.5))
+    note = busy_machine_note(2)
+    assert "load average 6.9 with 2 threads" in note and "try --threads 1" in note
+    assert busy_machine_note(1) is None  # one thread: nothing to contend
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.3, 0.2))
+    assert busy_machine_note(2) is None

@@ -17,7 +17,9 @@ NCCL on CUDA, gloo on CPU). Rank 0 writes the checkpoints and the logs.
 CPU threads (``--threads``, :func:`training_threads`): by default one per physical core, not
 PyTorch's one per logical core. On a shared 2-core machine the logical-core default made an
 epoch take 393 s instead of 57-140 s on one thread: hyper-threads and other users' processes
-compete for the same cores, and every OpenMP barrier waits for the slowest thread.
+compete for the same cores, and every OpenMP barrier waits for the slowest thread. Physical
+cores remove only the hyper-thread part of that; when the machine is already busy the run
+prints a note suggesting ``--threads 1`` (:func:`busy_machine_note`).
 """
 
 from __future__ import annotations
@@ -193,6 +195,23 @@ def training_threads(requested: int) -> tuple[int, str]:
     return max(1, cores // local), f"{cores} physical cores / {local} processes on this node"
 
 
+def busy_machine_note(threads: int) -> str | None:
+    """A hint when the cores are already busy before the run starts (1-minute load average
+    at least the number of threads): threads that wait for each other at every OpenMP
+    barrier then lose far more than they gain."""
+    if threads <= 1:
+        return None
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not available on this system
+        return None
+    if load < threads:
+        return None
+    return (f"note: load average {load:.1f} with {threads} threads: other processes keep the "
+            f"cores busy, where one thread is often several times faster (a shared 2-core "
+            f"machine: 0.9-1.2 s per batch on 1 thread, 6-7 s on 2); try --threads 1.")
+
+
 def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
     try:  # inter-op pool (used by few ops in eager training): no larger than the intra-op one
@@ -337,6 +356,9 @@ def train(config: TrainConfig, resume: str | None = None) -> dict:
     _set_threads(threads)
     if dist_info.main:
         print(f"threads: {threads} ({source})", flush=True)
+        note = busy_machine_note(threads) if source != "--threads" else None
+        if note:
+            print(note, flush=True)
     try:
         return _train(config, resume, device_name, dist_info)
     finally:
