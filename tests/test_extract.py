@@ -303,3 +303,91 @@ def test_cells_whose_patch_is_mostly_nodata_are_skipped(tmp_path):
     with pytest.raises(InputError, match="every cell inside the training areas is no-data"):
         extract_patches(stack, east, str(tmp_path / "q.h5"), patch_size=8)
     assert not (tmp_path / "q.h5").exists()
+
+
+def unequal_polygons(tmp_path):
+    """22 x 20 cells of 100 m. LCZ D: one polygon of 200 cells and 25 of 4 cells; LCZ 2:
+    polygons of 40, 30, 20 and 10 cells; LCZ 7: two polygons of 5 cells; LCZ G: one of 3."""
+    data = np.random.default_rng(8).normal(size=(2, 220, 200)).astype(np.float32)
+    stack = write_stack(tmp_path / "wide.tif", data, channel_names(2))
+    items = [("D", cell_square(0, 0, rows=10, cols=20))]
+    items += [("D", cell_square(10 + 2 * i, 2 * j, rows=2, cols=2))
+              for i in range(5) for j in range(5)]
+    items += [("2", cell_square(r, 10, rows=n, cols=10)) for r, n in ((10, 4), (14, 3), (17, 2),
+                                                                       (19, 1))]
+    items += [("7", cell_square(20, 0, cols=5)), ("7", cell_square(20, 5, cols=5)),
+              ("G", cell_square(21, 0, cols=3))]
+    return stack, write_polygons(tmp_path / "unequal.gpkg", items)
+
+
+def split_by_polygon(path):
+    arrays, _ = load(path)
+    split_of, code_of = {}, {}
+    for pid, code, split in zip(arrays["polygon_ids"], arrays["labels"], arrays["split"]):
+        assert split_of.setdefault(int(pid), int(split)) == int(split)  # never shared
+        code_of[int(pid)] = int(code)
+    return split_of, code_of, arrays
+
+
+def test_split_aims_at_the_fraction_of_patches_not_of_polygons(tmp_path):
+    """Old rule (a share of the polygons): LCZ D got 5 of its 26 polygons for validation,
+    i.e. 20 patches (7 %) or, when the big polygon was among them, over 70 %. Now the held-out
+    patches come within half the smallest polygon (2 patches here) of the requested share."""
+    stack, areas = unequal_polygons(tmp_path)
+    for seed in (0, 1, 2, 3):
+        feedback = RecordingFeedback()
+        result = extract_patches(stack, areas, str(tmp_path / f"s{seed}.h5"), patch_size=8,
+                                 validation_fraction=0.2, test_fraction=0.1, seed=seed,
+                                 feedback=feedback)
+        split_of, code_of, _ = split_by_polygon(result.output)
+        d = result.counts[14]
+        assert sum(d.values()) == 300
+        assert abs(d["validation"] - 60) <= 2 and abs(d["test"] - 30) <= 2, (seed, d)
+        big = min(pid for pid, code in code_of.items() if code == 14)
+        assert split_of[big] == 0  # the 200-cell polygon stays in training
+        assert result.counts[2] == {"train": 70, "validation": 20, "test": 10}
+
+
+def test_split_minimum_per_class_and_its_warnings(tmp_path):
+    stack, areas = unequal_polygons(tmp_path)
+    feedback = RecordingFeedback()
+    result = extract_patches(stack, areas, str(tmp_path / "p.h5"), patch_size=8,
+                             validation_fraction=0.2, test_fraction=0.1, seed=4,
+                             feedback=feedback)
+    # two polygons: one for validation even though 50 % is far from 20 %; none for test
+    assert result.counts[7] == {"train": 5, "validation": 5}
+    assert result.counts[17] == {"train": 3}  # one polygon: all in training
+    assert any("too few polygons" in w and "7 (2), G (1)" in w for w in feedback.warnings)
+    far = [w for w in feedback.warnings if "could not bring the hold-out near" in w]
+    assert len(far) == 1 and "7 validation 5 of 10 patches (50 %)" in far[0], far
+    assert "D " not in far[0] and "2 " not in far[0]
+
+
+def test_split_is_deterministic_for_a_seed(tmp_path):
+    stack, areas = unequal_polygons(tmp_path)
+    runs = [extract_patches(stack, areas, str(tmp_path / f"{name}.h5"), patch_size=8,
+                            validation_fraction=0.2, test_fraction=0.1, seed=seed)
+            for name, seed in (("a", 7), ("b", 7), ("c", 8))]
+    a, b, c = (split_by_polygon(run.output)[0] for run in runs)
+    assert a == b and a != c
+    assert runs[0].counts == runs[1].counts
+
+
+def test_summary_table_columns_line_up_with_split_shares(tmp_path):
+    stack, areas = unequal_polygons(tmp_path)
+    feedback = RecordingFeedback()
+    extract_patches(stack, areas, str(tmp_path / "p.h5"), patch_size=8,
+                    validation_fraction=0.2, test_fraction=0.1, seed=4, feedback=feedback)
+    start = next(i for i, line in enumerate(feedback.infos) if line.startswith("Wrote"))
+    table = feedback.infos[start + 1:start + 6]
+    assert table[0].split() == ["LCZ", "class", "polygons", "train", "validation", "test",
+                                "total"]
+    assert len({len(line) for line in table}) == 1, table  # right-aligned to one edge
+    seven = next(line for line in table if "Lightweight low-rise" in line)
+    assert "5 (50 %)" in seven and "0 (0 %)" in seven
+    d = next(line for line in table if "Low plants" in line)
+    assert "60 (20 %)" in d
+    for title in ("polygons", "train", "validation", "test", "total"):  # right edges agree
+        edge = table[0].index(title) + len(title)
+        assert all(line[edge - 1] != " " and (edge == len(line) or line[edge] == " ")
+                   for line in table), (title, table)

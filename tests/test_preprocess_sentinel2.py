@@ -348,3 +348,30 @@ def test_l2a_bands_are_taken_at_their_native_resolution(tmp_path):
     stack = read(stack_sentinel2([product], str(tmp_path / "s.tif"), bands=["B02", "B05"]).output)
     np.testing.assert_array_equal(stack[0], np.rint(data["B02"] * 10000))
     assert (stack != 7777 - 1000).all()
+
+
+def test_stacking_log_line_is_plain_english(tmp_path):
+    """'Stacking ... of 1 L1C product' / 'of 2 L1C products' / 'from loose band rasters',
+    never 'of 1 bands input(s)'."""
+    from lcz_testing import RecordingFeedback
+    data = synthetic(20, seed=6)
+    left = {b: v[:, :12] for b, v in data.items()}
+    right = {b: v[:, 8:] for b, v in data.items()}
+    one = make_product(tmp_path / "one", data, X0, Y0)
+    a = make_product(tmp_path / "a", left, X0, Y0, tile="T33TVM")
+    b = make_product(tmp_path / "b", right, X0 + 80.0, Y0, tile="T33TWM")
+    loose = str(tmp_path / "T33TVM_20230704T100031_B04.jp2")
+    write_jp2(loose, dn_of(data["B04"], 0), X0, Y0, 10.0, 32633)
+    lines = {}
+    for name, inputs, bands in (("one", [one], ["B4"]), ("mosaic", [a, b], ["B4", "B3"]),
+                                ("loose", [loose], ["B4"])):
+        feedback = RecordingFeedback()
+        stack_sentinel2(inputs, str(tmp_path / f"{name}.tif"), bands=bands, feedback=feedback)
+        lines[name] = next(line for line in feedback.infos if line.startswith("Stacking"))
+    assert lines["one"] == ("Stacking B04 of 1 L1C product dated 2023-07-04 onto 20 x 20 px "
+                            "of 10 m; offset removed: -1000"), lines["one"]
+    assert lines["mosaic"] == ("Stacking B04, B03 of 2 L1C products dated 2023-07-04 onto "
+                               "20 x 20 px of 10 m; offsets removed: -1000, -1000"), lines["mosaic"]
+    assert lines["loose"] == ("Stacking B04 from loose band rasters onto 20 x 20 px of 10 m; "
+                              "offset removed: 0"), lines["loose"]
+    assert not any("(s)" in line or "bands input" in line for line in lines.values())

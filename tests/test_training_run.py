@@ -20,7 +20,9 @@ from training_data import (S2_NAMES, TOY_CODES, one_torch_thread,  # noqa: F401
                            write_patch_file, write_so2sat)
 
 PATCH = 8
-FAST = ["--bn-momentum", "0.5", "--batch-size", "16", "--no-progress", "--device", "cpu"]
+ANY_THREADS = ["--bn-momentum", "0.5", "--batch-size", "16", "--no-progress", "--device",
+               "cpu"]
+FAST = ANY_THREADS + ["--threads", "1"]  # one thread, as one_torch_thread: a shared machine
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +241,64 @@ def test_check_precision_lets_the_automatic_device_run_bfloat16(toy, tmp_path, c
     assert card.channels == before.channels and card.mean == before.mean  # the rest is kept
     assert Engine(out, device="auto").provider == OPENVINO_BF16
     assert Engine(toy["onnx"], device="auto").provider == OPENVINO_F32  # 48 patches: no
+
+
+def tiny_run(toy, out, *options):
+    return main(["train", "--train", toy["train"], "--val", toy["val"], "--epochs", "1",
+                 "--max-steps-per-epoch", "1", "--out", str(out),
+                 *ANY_THREADS, *options])
+
+
+def test_threads_option_holds_for_the_run_and_is_printed(toy, tmp_path, capsys):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert tiny_run(toy, tmp_path / "one", "--threads", "1") == 0
+        assert torch.get_num_threads() == 2  # the caller's setting is given back
+    finally:
+        torch.set_num_threads(before)
+    assert "threads: 1 (--threads)" in capsys.readouterr().out.splitlines()
+    payload = load_checkpoint(str(tmp_path / "one" / "last.pt"))
+    assert payload["provenance"]["threads"] == 1  # torch.get_num_threads() during the run
+    assert payload["config"]["threads"] == 1
+    with open(tmp_path / "one" / "config.json") as f:
+        assert json.load(f)["threads"] == 1
+
+
+def test_default_threads_are_the_physical_cores(toy, tmp_path, capsys, monkeypatch):
+    from lcz_qgis_plugin.core.engine import physical_cores
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert tiny_run(toy, tmp_path / "auto") == 0
+    cores = physical_cores()
+    assert f"threads: {cores} (physical cores)" in capsys.readouterr().out.splitlines()
+    payload = load_checkpoint(str(tmp_path / "auto" / "last.pt"))
+    assert payload["provenance"]["threads"] == cores and payload["config"]["threads"] == 0
+
+
+def test_automatic_threads_follow_omp_num_threads_and_torchrun(monkeypatch, capsys, toy):
+    from lcz_qgis_plugin.core.engine import physical_cores
+    from training.train import make_config, training_threads
+    assert make_config().threads == 0
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert training_threads(0) == (3, "OMP_NUM_THREADS")
+    assert training_threads(5) == (5, "--threads")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * physical_cores()))
+    threads, source = training_threads(0)
+    assert threads == 1 and "processes on this node" in source
+    assert main(["train", "--train", toy["train"], "--val", toy["val"], "--threads", "-1",
+                 *ANY_THREADS]) == 2
+    assert "--threads -1: give a number of CPU threads" in one_line_error(capsys)
+
+
+
+def test_busy_machine_note_suggests_one_thread(monkeypatch):
+    import os
+    from training.train import busy_machine_note
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.9, 5.1, 2.5))
+    note = busy_machine_note(2)
+    assert "load average 6.9 with 2 threads" in note and "try --threads 1" in note
+    assert busy_machine_note(1) is None  # one thread: nothing to contend
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.3, 0.2))
+    assert busy_machine_note(2) is None

@@ -55,6 +55,9 @@ def _add_train(sub):
                         "running statistics faster on small data sets)")
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for PyTorch (default 0: OMP_NUM_THREADS when set, else "
+                        "one per physical core, shared among torchrun's processes on a node)")
     p.add_argument("--amp", choices=["auto", "on", "off"])
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--out", help="run folder (checkpoints, log.csv)")
@@ -147,7 +150,7 @@ def run(args) -> int:
                       "lr", "decay", "schedule", "epochs", "batch_size", "patience", "bn_momentum",
                       "class_weights", "soft_labels", "augment", "seed", "workers", "amp",
                       "device", "out", "max_steps_per_epoch", "stats_samples", "version",
-                      "progress", "drop_unknown_validation")}
+                      "progress", "drop_unknown_validation", "threads")}
         overrides["channels"] = _csv_list(args.channels)
         overrides["classes"] = _csv_list(args.classes, int)
         result = train(make_config(file_values, overrides), resume=args.resume)

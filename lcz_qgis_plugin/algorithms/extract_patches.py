@@ -43,7 +43,7 @@ Parameters
 - Patch size (PATCH_SIZE): patch edge in pixels (48 for MSMLA, 32 for Sen2LCZ-Net / So2Sat models).
 - Cell size (CELL_SIZE): output cell size in metres, a whole multiple of the pixel size (100 m: one patch every 10 pixels).
 - Maximum patches per polygon (MAX_PER_POLYGON) and per class (MAX_PER_CLASS): 0 = all; otherwise a random subset (SEED) keeps large polygons and common classes from dominating.
-- Validation fraction (VALIDATION_FRACTION) and test fraction (TEST_FRACTION): share of each class's polygons held out (whole polygons, so overlapping neighbouring patches never cross the split); stored in the patch file's split dataset. 0 and 0: no split stored.
+- Validation fraction (VALIDATION_FRACTION) and test fraction (TEST_FRACTION): share of each class's patches held out, as whole polygons (so overlapping neighbouring patches never cross the split): per class, polygons are chosen until the held-out patches come as close to the share as whole polygons allow; at least one validation polygon once a class has two polygons, one test polygon once it has three, and always one left for training. The log's table gives each class's split counts and shares, and warns where a class's polygons are too few or too unequal to come within 10 points of the share. Stored in the patch file's split dataset. 0 and 0: no split stored.
 - Random seed (SEED): makes sampling and split repeatable.
 - Input band names (INPUT_BANDS, optional): for a stack without band names (a GeoTIFF exported from Google Earth Engine, the Copernicus Browser or SNAP): its bands' names in order, separated by commas (S2:B02 or just B2 / B02, OSM:building_fraction ...; - leaves a band out), or a preset: so2sat (So2Sat / LCZ42 ten bands B2, B3, B4, B5, B6, B7, B8, B8A, B11, B12), s2-l1c-13 (Level-1C: B1 ... B8, B8A, B9, B10, B11, B12), s2-l2a-12 (Level-2A: the same without B10). The number of names must equal the stack's band count; the patch file records these names as its channels (S2:B02 ...). Values are read as they are. Empty: the band descriptions; bare Sentinel-2 ids (B2, B02, B8A) are recorded as S2:B02 ....
 
@@ -75,11 +75,12 @@ Outputs
             self.MAX_PER_CLASS, self.tr("Maximum patches per class (0: all)"),
             QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.VALIDATION_FRACTION, self.tr("Validation fraction of the polygons"),
+            self.VALIDATION_FRACTION,
+            self.tr("Validation fraction of each class's patches (whole polygons)"),
             QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0,
             maxValue=0.9))
         self.addParameter(QgsProcessingParameterNumber(
-            self.TEST_FRACTION, self.tr("Test fraction of the polygons"),
+            self.TEST_FRACTION, self.tr("Test fraction of each class's patches (whole polygons)"),
             QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0,
             maxValue=0.9))
         self.addParameter(QgsProcessingParameterNumber(

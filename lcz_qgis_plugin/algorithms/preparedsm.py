@@ -37,6 +37,10 @@ Parameters
 - Ground window (GROUND_WINDOW): window of the ground estimate in metres (default 100), larger than the widest building; only used without a DTM.
 
 Output (OUTPUT): Float32 GeoTIFF. Negative heights become 0. No data (-9999) where the DSM or DTM has none; an output pixel is no data only when all its DSM pixels are.
+
+The log gives the median, 90th and 99th percentile of the heights above ground, and warns (the run goes on) when
+- 90 % of the heights are below 3 m: the DSM looks like a terrain model (DEM/DTM, bare ground), so the heights are only terrain residuals. Give the surface model with buildings and trees as DSM and the terrain model as DTM (ignore the warning for mostly open land);
+- the DSM's or DTM's no-data value is a plausible height (-500 to 9000 m, e.g. 0 = sea level): every pixel at exactly that height is lost as no data. Remove the no-data value (gdal_edit.py -unsetnodata FILE) when the file has no gaps, or have it written with a no-data value like -9999.
 """
 
     def initAlgorithm(self, config=None):  # noqa: N802

@@ -15,10 +15,11 @@ own GDAL scale/offset when it has one, otherwise 1e-4 and 0 for ``S2:*`` channel
 for everything else.
 
 Sampling: ``max_per_polygon`` and then ``max_per_class`` patches, drawn at random with
-``seed``. Hold-out split by polygon: per class, a random ``validation_fraction`` and
-``test_fraction`` of its polygons (at least one each once a class has three polygons, and
-always at least one left for training) go to validation and test, so that neighbouring,
-overlapping patches never sit on both sides of a split.
+``seed``. Hold-out split by whole polygons, so that neighbouring, overlapping patches never
+sit on both sides of a split, but sized in patches: per class, polygons go to validation and
+then test until each holds about ``validation_fraction`` / ``test_fraction`` of the class's
+patches (:func:`split_polygons`; at least one validation polygon once a class has two, one
+test polygon once it has three, always one left for training).
 
 Memory: the stack is read in strips of cell rows holding selected cells (about
 ``strip_memory_mb``), never whole.
@@ -154,35 +155,73 @@ def _describe(areas, limit: int = 15) -> str:
 
 
 def split_polygons(by_class: dict[int, list[int]], validation: float, test: float,
-                   rng: np.random.Generator, feedback: Feedback) -> dict[int, int]:
-    """Split code (0 train, 1 validation, 2 test) per polygon id, chosen per class."""
-    split = {}
-    short = []
+                   rng: np.random.Generator, feedback: Feedback,
+                   patches: dict[int, int] | None = None) -> dict[int, int]:
+    """Split code (0 train, 1 validation, 2 test) per polygon id, chosen per class.
+
+    Whole polygons only (neighbouring, overlapping patches never straddle a split), but aimed
+    at *patches*: per class, validation and then test take polygons until their patch count
+    (``patches``: per polygon id; 1 each when not given) is as close as a greedy choice gets
+    to ``validation`` / ``test`` times the class's patches (see :func:`_hold_out`). Counting
+    polygons instead gave one class 6 of 300 patches for validation and another 51 of 106.
+    Minimum per class: one validation polygon once the class has two polygons, one test
+    polygon once it has three; at least one polygon always stays in training.
+    """
+    patches = patches or {}
+    split, short, far = {}, [], []
     for code in sorted(by_class):
         ids = sorted(by_class[code])
         order = [ids[i] for i in rng.permutation(len(ids))]
-        n = len(order)
-        n_val = int(round(n * validation))
-        n_test = int(round(n * test))
-        if validation > 0 and n_val == 0 and n >= 3:
-            n_val = 1
-        if test > 0 and n_test == 0 and n >= 3:
-            n_test = 1
-        while n_val + n_test > n - 1 and n_test > 0:
-            n_test -= 1
-        while n_val + n_test > n - 1 and n_val > 0:
-            n_val -= 1
-        if (validation > 0 and n_val == 0) or (test > 0 and n_test == 0):
-            short.append(f"{lcz_class(code).letter} ({n})")
-        for k, pid in enumerate(order):
-            split[pid] = (SPLITS["validation"] if k < n_val else
-                          SPLITS["test"] if k < n_val + n_test else SPLITS["train"])
+        sizes = np.array([patches.get(pid, 1) for pid in order], np.int64)
+        free = np.ones(len(order), bool)
+        total = int(sizes.sum())
+        letter = lcz_class(code).letter
+        for name, fraction, minimum in (("validation", validation, 2), ("test", test, 3)):
+            if fraction <= 0:
+                continue
+            keep = 2 if name == "validation" and test > 0 and len(order) >= 3 else 1
+            taken = _hold_out(sizes, free, fraction * total, len(order) >= minimum, keep)
+            for k in taken:
+                split[order[k]] = SPLITS[name]
+            held = int(sizes[taken].sum())
+            if not taken:
+                short.append(f"{letter} ({len(order)})")
+            elif abs(held - fraction * total) > max(0.1 * total, 1.0):
+                far.append(f"{letter} {name} {held} of {total} patches "
+                           f"({100.0 * held / total:.0f} %)")
+        for k in np.flatnonzero(free):
+            split[order[k]] = SPLITS["train"]
     if short:
         feedback.warning(
             "too few polygons to hold out validation/test areas for class(es) "
-            f"{', '.join(short)} (polygons in brackets); all their patches are in the "
-            "training split. Digitise more, separate training areas for these classes.")
+            f"{', '.join(dict.fromkeys(short))} (polygons in brackets); their "
+            "patches stay in the training split. Digitise more, separate training areas for "
+            "these classes.")
+    if far:
+        feedback.warning(
+            f"whole polygons could not bring the hold-out near {100 * validation:g} % "
+            f"validation / {100 * test:g} % test for: {'; '.join(far)}. The polygons of these "
+            "classes are too few or too unequal in size; digitise more, similar-sized areas.")
     return split
+
+
+def _hold_out(sizes: np.ndarray, free: np.ndarray, target: float, at_least_one: bool,
+              keep: int) -> list[int]:
+    """Greedy: take the free polygon (index into ``sizes``) that brings the held-out patch
+    count closest to ``target`` while that improves it (ties: the first in the random order),
+    leaving at least ``keep`` polygons free; with ``at_least_one``, the first is taken even if
+    it does not improve. Marks the taken ones not free; returns their indices."""
+    taken, held = [], 0
+    while free.sum() > keep:
+        candidates = np.flatnonzero(free)
+        distance = np.abs(held + sizes[candidates] - target)
+        best = candidates[int(np.argmin(distance))]
+        if distance.min() >= abs(held - target) and (taken or not at_least_one):
+            break
+        taken.append(int(best))
+        free[best] = False
+        held += int(sizes[best])
+    return taken
 
 
 def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
@@ -247,7 +286,7 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
         for pid in sorted({pid for _, _, pid in selected}):
             polygons_of_class[code_of[pid]].append(pid)
         split_of = split_polygons(polygons_of_class, validation_fraction, test_fraction, rng,
-                                  feedback)
+                                  feedback, Counter(pid for _, _, pid in selected))
 
     scale, offset = channel_scaling(stack, channels)
     info = PatchFileInfo(
@@ -398,12 +437,36 @@ def summarise(output: str, counts: ClassCounts, feedback: Feedback) -> dict:
     total = sum(row["total"] for row in table.values())
     missing = [lcz_class(c).letter for c in LCZ_CODES if str(c) not in table]
     feedback.info(f"Wrote {total} patches to {output}:")
-    feedback.info("  LCZ  class                    polygons  train  valid.  test  total")
-    for row in table.values():
-        feedback.info(f"  {row['letter']:>3}  {row['name']:<24} {row['polygons']:>8} "
-                      f"{row['train']:>6} {row['validation']:>7} {row['test']:>5} "
-                      f"{row['total']:>6}")
+    for line in _table_lines(table.values()):
+        feedback.info(line)
     if missing:
         feedback.info(f"  classes without patches: {', '.join(missing)}")
     return {"patch_file": os.path.abspath(output), "patches": total, "classes": table,
             "classes_without_patches": missing}
+
+
+def _table_lines(rows) -> list[str]:
+    """The per-class table of :func:`summarise`, every column as wide as its widest entry;
+    with a split, each held-out count is followed by its share of the class's patches."""
+    rows = list(rows)
+    held_out = any(row["validation"] or row["test"] for row in rows)
+
+    def share(row, key):
+        text = str(row[key])
+        return f"{text} ({100.0 * row[key] / row['total']:.0f} %)" if held_out else text
+
+    columns = [("LCZ", ">", lambda r: r["letter"]), ("class", "<", lambda r: r["name"]),
+               ("polygons", ">", lambda r: str(r["polygons"])),
+               ("train", ">", lambda r: str(r["train"])),
+               ("validation", ">", lambda r: share(r, "validation")),
+               ("test", ">", lambda r: share(r, "test")),
+               ("total", ">", lambda r: str(r["total"]))]
+    cells = [[get(row) for _, _, get in columns] for row in rows]
+    widths = [max([len(title)] + [len(line[i]) for line in cells])
+              for i, (title, _, _) in enumerate(columns)]
+
+    def line(values):
+        return "  " + "  ".join(f"{v:{align}{w}}" for v, (_, align, _), w
+                                in zip(values, columns, widths)).rstrip()
+
+    return [line([title for title, _, _ in columns])] + [line(values) for values in cells]

@@ -424,6 +424,20 @@ class StackResult:
     height: int
 
 
+def _stacking_line(bands: list[str], products: list[Product], level: str, grid: Grid) -> str:
+    """The log line that says what is stacked: 'Stacking B02, B03 of 1 L2A product dated
+    2023-07-04 onto 100 x 100 px of 10 m; offset removed: 1000' (plural for a mosaic)."""
+    many = len(products) > 1
+    if level == "bands":  # loose rasters always form one product
+        source = "from loose band rasters"
+    else:
+        source = f"of {len(products)} {level} product{'s' if many else ''}"
+    date = f" dated {products[0].sensing_date}" if products[0].sensing_date else ""
+    offsets = ", ".join(f"{p.offsets.get(bands[0], 0):g}" for p in products)
+    return (f"Stacking {', '.join(bands)} {source}{date} onto {grid.width} x {grid.height} px "
+            f"of 10 m; offset{'s' if many else ''} removed: {offsets}")
+
+
 def stack_sentinel2(inputs: list[str], output: str, *, bands=SO2SAT_BANDS,
                     resampling: str = "bilinear", extent=None, aoi_wkt: str | None = None,
                     aoi_crs: str | None = None, mask_clouds: bool = False,
@@ -466,10 +480,7 @@ def stack_sentinel2(inputs: list[str], output: str, *, bands=SO2SAT_BANDS,
     grid = _output_grid(products, needed, extent, aoi)
     float_out = bool(indices)
     names = [channel_name(b) for b in bands] + [f"IDX:{i}" for i in indices]
-    feedback.info(f"Stacking {', '.join(bands)} of {len(products)} {level} input(s)"
-                  f"{' dated ' + products[0].sensing_date if products[0].sensing_date else ''}"
-                  f" onto {grid.width} x {grid.height} px of 10 m; offsets removed: "
-                  + ", ".join(f"{p.offsets.get(bands[0], 0):g}" for p in products))
+    feedback.info(_stacking_line(bands, products, level, grid))
     pending = PendingOutputs(os.path.dirname(os.path.abspath(output)))
     try:
         with bounded_cache():
