@@ -108,7 +108,9 @@ Outputs
             ignore_unknown_labels=self.parameterAsBool(parameters, self.IGNORE_UNKNOWN_LABELS,
                                                        context))
         if areas is None:
-            raise QgsProcessingException("Give the training areas (TRAINING_AREAS).")
+            raise QgsProcessingException(
+                f"Cannot load the training areas (TRAINING_AREAS) "
+                f"{parameters.get(self.TRAINING_AREAS)}; give a vector layer or file.")
         summary = None
         if parameters.get(self.OUTPUT_SUMMARY) not in (None, ""):
             summary = self.parameterAsFileOutput(parameters, self.OUTPUT_SUMMARY, context) or None
