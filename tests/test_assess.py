@@ -181,3 +181,156 @@ def test_cancel_leaves_no_report(lcz_map, tmp_path):
         assess_accuracy(lcz_map, reference_raster=reference, report=str(tmp_path / "r.html"),
                         feedback=RecordingFeedback(cancel_after=0))
     assert not (tmp_path / "r.html").exists()
+
+
+# -- reference rasters: cell centre unless finer in both directions (issue 11, item 5) ------
+
+def _srs(epsg):
+    from osgeo import osr
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(epsg)
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return srs
+
+
+def test_reference_coarser_in_one_direction_is_sampled_at_cell_centres(tmp_path):
+    """A reference in EPSG:4326 at 52 N with 0.0009 degree pixels: 62 m east-west but 100 m
+    north-south, so not finer than the 100 m map in both directions. Every cell must take the
+    reference pixel that holds its centre (worked out here with PROJ, pixel by pixel)."""
+    from osgeo import osr
+    origin, rows, cols = (500000.0, 5762000.0), 10, 12
+    step = 0.0009
+    lon0, lat0 = 14.9903, 52.01013  # no cell centre within 6 % of a pixel of its edge
+    codes = np.random.default_rng(11).choice([1, 2, 4, 5, 6, 9, 11, 14], size=(40, 60))
+    reference = write_stack(tmp_path / "ref_4326.tif", codes[None].astype(np.float32), ["LCZ"],
+                            epsg=4326, data_type=gdal.GDT_Byte, nodata=0,
+                            geotransform=(lon0, step, 0.0, lat0, 0.0, -step))
+    to_lonlat = osr.CoordinateTransformation(_srs(32633), _srs(4326))
+    expected = np.zeros((rows, cols), np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            lon, lat = to_lonlat.TransformPoint(origin[0] + (c + 0.5) * 100.0,
+                                                origin[1] - (r + 0.5) * 100.0)[:2]
+            fx, fy = (lon - lon0) / step, (lat0 - lat) / step
+            assert min(fx % 1, 1 - fx % 1, fy % 1, 1 - fy % 1) > 0.05
+            expected[r, c] = codes[int(fy), int(fx)]
+    lcz_map = write_stack(tmp_path / "map.tif", expected[None].astype(np.float32), ["LCZ"],
+                          pixel=100.0, origin=origin, data_type=gdal.GDT_Byte, nodata=0)
+    feedback = RecordingFeedback()
+    result = assess_accuracy(lcz_map, reference_raster=reference, feedback=feedback)
+    assert result.samples == rows * cols
+    assert result.scores["oa"] == 1.0, np.argwhere(result.matrix - np.diag(np.diag(result.matrix)))
+    assert any("not finer than the map in both directions" in line and "centre" in line
+               for line in feedback.infos)
+
+
+def _area_majority_by_hand(block, centre_rc, pixel_x, pixel_y):
+    """The class covering most of a cell made of equal reference pixels; ties: the centre
+    pixel's class if tied, else the tied class of the pixel nearest the centre (None when
+    two tied classes are equally near: the test avoids those cells)."""
+    values, counts = np.unique(block, return_counts=True)
+    tied = values[counts == counts.max()]
+    if len(tied) == 1:
+        return int(tied[0]), "clear"
+    if block[centre_rc] in tied:
+        return int(block[centre_rc]), "centre"
+    ky, kx = block.shape
+    rr, cc = np.meshgrid((np.arange(ky) + 0.5) * pixel_y - ky * pixel_y / 2,
+                         (np.arange(kx) + 0.5) * pixel_x - kx * pixel_x / 2, indexing="ij")
+    distance = np.hypot(rr, cc)
+    nearest = {int(v): distance[block == v].min() for v in tied}
+    best = min(nearest.values())
+    winners = [v for v, d in nearest.items() if abs(d - best) < 1e-9]
+    return (winners[0], "nearest") if len(winners) == 1 else (None, "ambiguous")
+
+
+def test_finer_anisotropic_reference_takes_the_class_covering_most_of_each_cell(tmp_path):
+    """Reference pixels 20 m x 33.3 m on 100 m cells: 5 x 3 pixels of equal area per cell.
+    The answer per cell is counted here from the pixels; ties of both kinds occur."""
+    rows, cols, kx, ky = 8, 8, 5, 3
+    rng = np.random.default_rng(4)
+    codes = rng.choice([2, 5, 9, 14], size=(rows * ky, cols * kx), p=[.3, .3, .2, .2])
+    expected = np.zeros((rows, cols), np.uint8)
+    kinds = []
+    for r in range(rows):
+        for c in range(cols):
+            block = codes[r * ky:(r + 1) * ky, c * kx:(c + 1) * kx]
+            expected[r, c], kind = _area_majority_by_hand(block, (1, 2), 20.0, 100.0 / 3)
+            kinds.append(kind)
+    assert "ambiguous" not in kinds and {"centre", "nearest"} <= set(kinds), kinds
+    reference = write_stack(tmp_path / "ref.tif", codes[None].astype(np.float32), ["LCZ"],
+                            data_type=gdal.GDT_Byte, nodata=0,
+                            geotransform=(500000.0, 20.0, 0.0, 5000000.0, 0.0, -100.0 / 3))
+    lcz_map = write_map(tmp_path / "map.tif", expected)
+    feedback = RecordingFeedback()
+    result = assess_accuracy(lcz_map, reference_raster=reference, feedback=feedback)
+    assert result.samples == rows * cols
+    assert result.scores["oa"] == 1.0, np.argwhere(result.matrix - np.diag(np.diag(result.matrix)))
+    assert any("covering most of its area" in line and "5 x 3 sub-samples" in line
+               for line in feedback.infos)
+
+
+def test_area_majority_ties_never_favour_a_code():
+    """Two classes with 4 of 9 sub-samples each: the centre's class wins when tied; when the
+    centre holds neither (no data), the tied class nearest to the centre wins, be it the higher
+    or the lower code."""
+    from lcz_qgis_plugin.core.assess import area_majority
+    fine = np.array([[9, 9, 2],
+                     [9, 0, 2],
+                     [2, 9, 2]], np.uint8)
+    assert area_majority(fine, 3, 3, np.array([[0]], np.uint8))[0, 0] == 9
+    assert area_majority(fine, 3, 3, np.array([[2]], np.uint8))[0, 0] == 2
+    assert area_majority(fine, 3, 3, np.array([[9]], np.uint8))[0, 0] == 9
+    mirrored = np.array([[2, 2, 9],
+                         [2, 0, 9],
+                         [9, 2, 9]], np.uint8)
+    assert area_majority(mirrored, 3, 3, np.array([[0]], np.uint8))[0, 0] == 2
+    clear = np.array([[14, 14, 3, 0]], np.uint8)
+    assert area_majority(clear, 4, 1, np.array([[3]], np.uint8))[0, 0] == 14
+    assert area_majority(np.zeros((2, 2), np.uint8), 2, 2, np.array([[5]], np.uint8))[0, 0] == 0
+
+
+# -- reference polygons: those the map does not use are counted (issue 11, item 8a) ---------
+
+def test_reference_polygons_off_the_map_are_counted(lcz_map, tmp_path):
+    areas = write_polygons(tmp_path / "ref.gpkg", [
+        ("1", cell_square(0, 0, rows=2, cols=2)),
+        ("D", cell_square(2, 0, cols=2)),
+        ("2", cell_square(40, 40)),                      # far away
+        ("3", cell_square(-5, 0, rows=2)),               # north of the map
+        ("A", "POLYGON((500190 4999810,500210 4999810,500210 4999790,500190 4999790,"
+              "500190 4999810))")])                     # 20 m square on a cell corner
+    feedback = RecordingFeedback()
+    result = assess_accuracy(lcz_map, reference_areas=areas, report=str(tmp_path / "r.html"),
+                             feedback=feedback)
+    assert result.samples == 6
+    outside = "2 of 5 reference polygons are outside the map and were not used: polygon " \
+              "3 ('2'), 4 ('3')."
+    small = "1 of 5 reference polygons hold no cell centre of the map (100 cells) and were " \
+            "not used: polygon 5 ('A')."
+    assert outside in feedback.warnings and small in feedback.warnings
+    assert outside in result.notes and small in result.notes
+    page = open(result.report, encoding="utf-8").read()
+    assert "2 of 5 reference polygons are outside the map" in page
+    clean = RecordingFeedback()
+    assess_accuracy(lcz_map, reference_areas=write_polygons(
+        tmp_path / "in.gpkg", [("1", cell_square(0, 0))]), feedback=clean)
+    assert not clean.warnings
+
+
+def test_wudapt_template_as_reference(lcz_map, tmp_path):
+    """ROI left out (it covers the whole map); unknown labels refused unless ignored."""
+    from wudapt_template import cell_ring, write_wudapt_template
+    path = write_wudapt_template(
+        tmp_path / "ref.kmz", [("1", cell_ring(0, 0, rows=2, cols=2)),
+                               ("D", cell_ring(2, 0, cols=2))],
+        roi=cell_ring(0, 0, rows=3, cols=4, inset=-30.0), kmz=True,
+        others=[("urban", cell_ring(2, 2))])
+    with pytest.raises(InputError, match="'urban' \\(1x\\).*IGNORE_UNKNOWN_LABELS"):
+        assess_accuracy(lcz_map, reference_areas=path)
+    feedback = RecordingFeedback()
+    result = assess_accuracy(lcz_map, reference_areas=path, ignore_unknown_labels=True,
+                             feedback=feedback)
+    assert result.samples == 6 and result.scores["oa"] == pytest.approx(4 / 6)
+    assert any("left out of the reference areas" in line for line in feedback.infos)
+    assert any("'urban' (1x)" in line for line in feedback.warnings)

@@ -4,11 +4,13 @@ import csv
 
 import numpy as np
 import pytest
+from osgeo import gdal
 
 from lcz_qgis_plugin.core.assess import assess_accuracy
 from lcz_qgis_plugin.core.patchfile import open_patch_file
-from lcz_testing import read, stack_from_synthcity, write_stack
+from lcz_testing import cell_square, read, stack_from_synthcity, write_polygons, write_stack
 from tools import synthcity
+from wudapt_template import cell_ring, write_wudapt_template
 
 pytestmark = pytest.mark.qgis_process
 
@@ -22,13 +24,14 @@ def city(tmp_path_factory):
 
 def test_help_lists_the_parameters(qgis_process):
     done = qgis_process.call("help", "lcz:extractpatches")
-    for name in ("INPUT", "TRAINING_AREAS", "CLASS_FIELD", "PATCH_SIZE", "CELL_SIZE",
+    for name in ("INPUT", "TRAINING_AREAS", "CLASS_FIELD", "IGNORE_UNKNOWN_LABELS",
+                 "PATCH_SIZE", "CELL_SIZE",
                  "MAX_PER_POLYGON", "MAX_PER_CLASS", "VALIDATION_FRACTION", "TEST_FRACTION",
                  "SEED", "OUTPUT", "OUTPUT_SUMMARY"):
         assert f"{name}:" in done.stdout, name
     done = qgis_process.call("help", "lcz:assessaccuracy")
-    for name in ("INPUT", "REFERENCE_AREAS", "CLASS_FIELD", "REFERENCE_RASTER", "OUTPUT_HTML",
-                 "OUTPUT_TABLE"):
+    for name in ("INPUT", "REFERENCE_AREAS", "CLASS_FIELD", "IGNORE_UNKNOWN_LABELS",
+                 "REFERENCE_RASTER", "OUTPUT_HTML", "OUTPUT_TABLE"):
         assert f"{name}:" in done.stdout, name
 
 
@@ -80,3 +83,57 @@ def test_assess_accuracy_json_with_a_csv_table(qgis_process, city, tmp_path):
     for row in core.classes:
         assert int(rows[row.code]["reference"]) == row.reference
     assert "Confusion matrix" in (tmp_path / "r.html").read_text(encoding="utf-8")
+    text = (tmp_path / "t.csv").read_text(encoding="utf-8")  # numbers unquoted (issue 11, 7f)
+    assert "\n1,1,Compact high-rise," in text and '\n13,C,"Bush, scrub",' in text
+    assert '"' not in text.replace('"Bush, scrub"', "")
+
+
+def small_case(tmp_path):
+    """A 5 x 5-cell stack and LCZ map, and polygons: class 1 on 4 cells, D on 2 cells."""
+    data = np.random.default_rng(7).normal(size=(2, 50, 50)).astype(np.float32)
+    stack = write_stack(tmp_path / "s.tif", data, ["T:a", "T:b"])
+    codes = np.full((5, 5), 1, np.uint8)
+    codes[2, :] = 14
+    lcz_map = write_stack(tmp_path / "map.tif", codes[None], ["LCZ"], pixel=100.0, nodata=0,
+                          data_type=gdal.GDT_Byte)
+    areas = write_polygons(tmp_path / "areas.gpkg", [("1", cell_square(0, 0, rows=2, cols=2)),
+                                                    ("D", cell_square(2, 0, cols=2))])
+    return stack, lcz_map, areas
+
+
+def test_layer_filter_is_honoured(qgis_process, tmp_path):
+    """qgis_process with ``|subset=``: only the filtered polygons count (issue 11, item 4)."""
+    stack, lcz_map, areas = small_case(tmp_path)
+    for reference, cells in ((areas, 6), (f"{areas}|subset=\"lcz\" = 'D'", 2)):
+        done, answer = qgis_process.run_json("lcz:assessaccuracy", {
+            "INPUT": lcz_map, "REFERENCE_AREAS": reference,
+            "OUTPUT_HTML": str(tmp_path / "r.html")})
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert answer["results"]["SAMPLES"] == cells
+    done, answer = qgis_process.run_json("lcz:extractpatches", {
+        "INPUT": stack, "TRAINING_AREAS": f"{areas}|subset=\"lcz\" = 'D'", "PATCH_SIZE": 8,
+        "OUTPUT": str(tmp_path / "p.h5")})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert answer["results"]["PATCHES"] == 2
+
+
+def test_wudapt_kmz_with_roi_and_unknown_labels(qgis_process, tmp_path):
+    """A WUDAPT template KMZ (issue 11, item 2): refused for its unknown label, accepted with
+    IGNORE_UNKNOWN_LABELS; the ROI never becomes a training area."""
+    stack, _, _ = small_case(tmp_path)
+    path = write_wudapt_template(
+        tmp_path / "t.kmz", [("1", cell_ring(0, 0, rows=2, cols=2)),
+                             ("D", cell_ring(2, 0, cols=2))],
+        roi=cell_ring(0, 0, rows=5, cols=5, inset=-20.0), kmz=True,
+        others=[("X", cell_ring(4, 4))])
+    parameters = {"INPUT": stack, "TRAINING_AREAS": path, "PATCH_SIZE": 8,
+                  "OUTPUT": str(tmp_path / "p.h5")}
+    done, _ = qgis_process.run_json("lcz:extractpatches", parameters)
+    assert done.returncode != 0
+    assert "'X' (1x)" in done.stdout + done.stderr
+    assert "IGNORE_UNKNOWN_LABELS" in done.stdout + done.stderr
+    done, answer = qgis_process.run_json("lcz:extractpatches",
+                                         dict(parameters, IGNORE_UNKNOWN_LABELS="true"))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert answer["results"]["PATCHES"] == 6
+    assert "left out of the training areas" in done.stdout + done.stderr

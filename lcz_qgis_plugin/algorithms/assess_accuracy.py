@@ -4,14 +4,14 @@ import math
 
 from qgis.core import (QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsProcessing,
                        QgsProcessingException, QgsProcessingOutputNumber,
-                       QgsProcessingParameterFeatureSink, QgsProcessingParameterField,
+                       QgsProcessingParameterBoolean, QgsProcessingParameterFeatureSink,
+                       QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
                        QgsProcessingParameterFileDestination,
-                       QgsProcessingParameterRasterLayer, QgsProcessingParameterVectorLayer,
-                       QgsWkbTypes)
+                       QgsProcessingParameterRasterLayer, QgsWkbTypes)
 from qgis.PyQt.QtCore import QVariant
 
 from ..core.assess import assess_accuracy
-from .areas_input import labelled_areas
+from .areas_input import labelled_areas_parameter
 from .base import LczAlgorithm
 
 SCORES = (("OA", "oa", "Overall accuracy"), ("WA", "wa", "Weighted accuracy (WA)"),
@@ -30,6 +30,7 @@ class AssessAccuracyAlgorithm(LczAlgorithm):
     INPUT = "INPUT"
     REFERENCE_AREAS = "REFERENCE_AREAS"
     CLASS_FIELD = "CLASS_FIELD"
+    IGNORE_UNKNOWN_LABELS = "IGNORE_UNKNOWN_LABELS"
     REFERENCE_RASTER = "REFERENCE_RASTER"
     OUTPUT_HTML = "OUTPUT_HTML"
     OUTPUT_TABLE = "OUTPUT_TABLE"
@@ -47,24 +48,29 @@ Compares an LCZ map cell by cell with reference data and reports the LCZ accurac
 
 Parameters
 - LCZ map (INPUT): the map to assess, e.g. from Classify Local Climate Zones (codes 1-17; 101-107 are read as A-G; other values are no data).
-- Reference polygons (REFERENCE_AREAS): polygons with the true class, e.g. training areas held out for testing or a WUDAPT KML/KMZ (placemark names 1 ... 10, A ... G). A map cell is compared when its centre lies in a polygon. Reprojected to the map's CRS when needed.
-- Class field (CLASS_FIELD): field with the class (1-17, 101-107 or A-G). Empty: the KML placemark name (Name), or a field called lcz or class.
-- Reference LCZ raster (REFERENCE_RASTER): instead of polygons, an LCZ raster in any coding (1-17, 101-107), e.g. a published map. It is reprojected onto the map grid, taking the most frequent reference class in each map cell when it is finer than the map, the nearest otherwise. Give either polygons or a raster.
+- Reference polygons (REFERENCE_AREAS): polygons with the true class, e.g. training areas held out for testing or a WUDAPT KML/KMZ (placemark names 1 ... 10, A ... G; every folder of the file is read). The layer's filter and "Selected features only" apply (for a whole KML/KMZ file the filter applies to every folder). The WUDAPT template's region of interest (a placemark or folder named ROI) is left out. A map cell is compared when its centre lies in a polygon. Reprojected to the map's CRS when needed. The log and the report say how many polygons lie outside the map or hold no cell centre (not used).
+- Class field (CLASS_FIELD): field with the class (1-17, 101-107 or A-G). Empty: the KML placemark name (Name), or a field called lcz or class. Unknown labels stop the run and are all listed.
+- Skip unknown labels (IGNORE_UNKNOWN_LABELS): instead of stopping, skip the polygons whose label is no LCZ class and list them in a warning.
+- Reference LCZ raster (REFERENCE_RASTER): instead of polygons, an LCZ raster in any coding (1-17, 101-107), e.g. a published map, reprojected onto the map grid. Its pixel size is measured in the map's CRS in x and y. Not finer than the map in both directions: each cell takes the reference class at its centre (nearest neighbour). Finer in both: each cell takes the class covering most of its area (sub-samples no larger than a reference pixel are counted); ties go to the class at the cell centre, else to the tied class nearest to the centre, never by code. Give either polygons or a raster.
 
 Outputs
 - Report (OUTPUT_HTML): one HTML file with the scores, the per-class table and the confusion matrix as a table and as a figure (the figure needs matplotlib).
-- Per-class table (OUTPUT_TABLE, optional): one row per LCZ class: code, letter, name, reference and mapped cells, producer's and user's accuracy, F1; usable in a graphical model or saved as CSV.
+- Per-class table (OUTPUT_TABLE, optional): one row per LCZ class: code, letter, name, reference and mapped cells, producer's and user's accuracy, F1; usable in a graphical model or saved as CSV (numbers unquoted).
 - Numbers OA, WA, OA_BU, OA_N, OA_BUILT_VS_NATURAL, KAPPA, F1_MACRO, F1_WEIGHTED (fractions 0-1) and SAMPLES (cells compared), for use in a model.
 """
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("LCZ map")))
-        self.addParameter(QgsProcessingParameterVectorLayer(
+        self.addParameter(QgsProcessingParameterFeatureSource(
             self.REFERENCE_AREAS, self.tr("Reference polygons (or WUDAPT KML/KMZ)"),
             [QgsProcessing.TypeVectorAnyGeometry], optional=True))
         self.addParameter(QgsProcessingParameterField(
             self.CLASS_FIELD, self.tr("Class field (empty: KML placemark name, or 'lcz')"),
             parentLayerParameterName=self.REFERENCE_AREAS, optional=True))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.IGNORE_UNKNOWN_LABELS,
+            self.tr("Skip polygons whose label is no LCZ class (listed in the log)"),
+            defaultValue=False))
         self.addParameter(QgsProcessingParameterRasterLayer(
             self.REFERENCE_RASTER, self.tr("Reference LCZ raster (instead of polygons)"),
             optional=True))
@@ -79,16 +85,24 @@ Outputs
 
     def run_core(self, parameters, context, feedback):
         lcz_map = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        areas_layer = self.parameterAsVectorLayer(parameters, self.REFERENCE_AREAS, context)
+        has_areas = parameters.get(self.REFERENCE_AREAS) not in (None, "")
         raster = self.parameterAsRasterLayer(parameters, self.REFERENCE_RASTER, context)
-        if (areas_layer is None) == (raster is None):
+        if has_areas == (raster is not None):
             raise QgsProcessingException(
                 "Give exactly one reference: reference polygons (REFERENCE_AREAS) or a "
                 "reference LCZ raster (REFERENCE_RASTER).")
         areas = None
-        if areas_layer is not None:
+        if has_areas:
             class_field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
-            areas = labelled_areas(areas_layer, class_field, feedback)
+            areas = labelled_areas_parameter(
+                self, parameters, self.REFERENCE_AREAS, context, class_field, feedback,
+                what="reference areas",
+                ignore_unknown_labels=self.parameterAsBool(
+                    parameters, self.IGNORE_UNKNOWN_LABELS, context))
+            if areas is None:
+                raise QgsProcessingException(
+                    f"Cannot load the reference polygons (REFERENCE_AREAS) "
+                    f"{parameters.get(self.REFERENCE_AREAS)}; give a vector layer or file.")
         report = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)
         result = assess_accuracy(
             lcz_map.source(), reference_raster=raster.source() if raster else None,
@@ -114,8 +128,12 @@ Outputs
         fields.append(QgsField("producers_accuracy", QVariant.Double))
         fields.append(QgsField("users_accuracy", QVariant.Double))
         fields.append(QgsField("f1", QVariant.Double))
-        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT_TABLE, context, fields,
-                                             QgsWkbTypes.NoGeometry)
+        # GDAL 3.6's CSV writer quotes integers under its default STRING_QUOTING=IF_AMBIGUOUS
+        destination = self.parameterAsOutputLayer(parameters, self.OUTPUT_TABLE, context) or ""
+        is_csv = destination.split("|")[0].lower().endswith(".csv")
+        sink, dest_id = self.parameterAsSink(
+            parameters, self.OUTPUT_TABLE, context, fields, QgsWkbTypes.NoGeometry,
+            layerOptions=["STRING_QUOTING=IF_NEEDED"] if is_csv else [])
         if sink is None:
             return None
         for row in result.classes:

@@ -1,12 +1,13 @@
 """``lcz:extractpatches`` — Extract training patches (adapter over core.extract)."""
 
 from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputNumber,
+                       QgsProcessingParameterBoolean, QgsProcessingParameterFeatureSource,
                        QgsProcessingParameterField, QgsProcessingParameterFileDestination,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
-                       QgsProcessingParameterString, QgsProcessingParameterVectorLayer)
+                       QgsProcessingParameterString)
 
 from ..core.extract import extract_patches
-from .areas_input import labelled_areas
+from .areas_input import labelled_areas_parameter
 from .base import LczAlgorithm
 
 
@@ -14,6 +15,7 @@ class ExtractPatchesAlgorithm(LczAlgorithm):
     INPUT = "INPUT"
     TRAINING_AREAS = "TRAINING_AREAS"
     CLASS_FIELD = "CLASS_FIELD"
+    IGNORE_UNKNOWN_LABELS = "IGNORE_UNKNOWN_LABELS"
     PATCH_SIZE = "PATCH_SIZE"
     CELL_SIZE = "CELL_SIZE"
     MAX_PER_POLYGON = "MAX_PER_POLYGON"
@@ -38,8 +40,9 @@ Cuts one patch of pixels around every output cell whose centre lies inside a tra
 
 Parameters
 - Input stack (INPUT): raster whose band descriptions name its channels (S2:B02 ... S2:B12, OSM:building_fraction, DSM:height ...), e.g. from Build input stack. Projected CRS in metres. All bands are extracted.
-- Training areas (TRAINING_AREAS): polygons with an LCZ class: any vector layer, or a WUDAPT KML/KMZ whose placemark names are the classes 1 ... 10, A ... G (every folder of the file is read). Reprojected to the stack's CRS when needed. Polygons outside the stack are skipped with a warning.
+- Training areas (TRAINING_AREAS): polygons with an LCZ class: any vector layer, or a WUDAPT KML/KMZ whose placemark names are the classes 1 ... 10, A ... G (every folder of the file is read). The layer's filter and "Selected features only" apply (for a whole KML/KMZ file the filter applies to every folder). The WUDAPT template's region of interest (a placemark or folder named ROI) is left out, and the log gives its extent for the EXTENT parameters. Reprojected to the stack's CRS when needed. Polygons outside the stack are skipped with a warning.
 - Class field (CLASS_FIELD): field holding the class as 1-17, WUDAPT 101-107 or letters A-G. Empty: the KML placemark name (Name), or a field called lcz or class. Unknown labels stop the run and are all listed.
+- Skip unknown labels (IGNORE_UNKNOWN_LABELS): instead of stopping, skip the polygons whose label is no LCZ class and list them in a warning.
 - Patch size (PATCH_SIZE): patch edge in pixels (48 for MSMLA, 32 for Sen2LCZ-Net / So2Sat models).
 - Cell size (CELL_SIZE): output cell size in metres, a whole multiple of the pixel size (100 m: one patch every 10 pixels).
 - Maximum patches per polygon (MAX_PER_POLYGON) and per class (MAX_PER_CLASS): 0 = all; otherwise a random subset (SEED) keeps large polygons and common classes from dominating.
@@ -56,12 +59,16 @@ Outputs
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(
             self.INPUT, self.tr("Input stack")))
-        self.addParameter(QgsProcessingParameterVectorLayer(
+        self.addParameter(QgsProcessingParameterFeatureSource(
             self.TRAINING_AREAS, self.tr("Training areas (polygons, or WUDAPT KML/KMZ)"),
             [QgsProcessing.TypeVectorAnyGeometry]))
         self.addParameter(QgsProcessingParameterField(
             self.CLASS_FIELD, self.tr("Class field (empty: KML placemark name, or 'lcz')"),
             parentLayerParameterName=self.TRAINING_AREAS, optional=True))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.IGNORE_UNKNOWN_LABELS,
+            self.tr("Skip polygons whose label is no LCZ class (listed in the log)"),
+            defaultValue=False))
         self.addParameter(QgsProcessingParameterNumber(
             self.PATCH_SIZE, self.tr("Patch size in pixels"),
             QgsProcessingParameterNumber.Integer, defaultValue=48, minValue=1, maxValue=1024))
@@ -103,9 +110,15 @@ Outputs
             raise QgsProcessingException(
                 "The input stack must be a raster file GDAL can read; save it as a GeoTIFF "
                 "first.")
-        layer = self.parameterAsVectorLayer(parameters, self.TRAINING_AREAS, context)
         class_field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
-        areas = labelled_areas(layer, class_field, feedback)
+        areas = labelled_areas_parameter(
+            self, parameters, self.TRAINING_AREAS, context, class_field, feedback,
+            ignore_unknown_labels=self.parameterAsBool(parameters, self.IGNORE_UNKNOWN_LABELS,
+                                                       context))
+        if areas is None:
+            raise QgsProcessingException(
+                f"Cannot load the training areas (TRAINING_AREAS) "
+                f"{parameters.get(self.TRAINING_AREAS)}; give a vector layer or file.")
         summary = None
         if parameters.get(self.OUTPUT_SUMMARY) not in (None, ""):
             summary = self.parameterAsFileOutput(parameters, self.OUTPUT_SUMMARY, context) or None

@@ -231,11 +231,13 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
                     validation_fraction: float = 0.0, test_fraction: float = 0.0,
                     seed: int = 0, summary_output: str | None = None,
                     feedback: Feedback | None = None, max_nodata_fraction: float = 0.5,
-                    strip_memory_mb: float = 256, input_bands=None) -> ExtractResult:
+                    strip_memory_mb: float = 256, input_bands=None,
+                    ignore_unknown_labels: bool = False) -> ExtractResult:
     """Write the patch file ``output`` (.h5) from an input stack and training areas.
 
     ``areas``: a :class:`LabelledAreas` or the path of a vector file (``class_field`` and
-    ``layer`` then choose what to read, see :func:`.areas.read_areas`). ``input_bands``
+    ``layer`` then choose what to read, see :func:`.areas.read_areas`;
+    ``ignore_unknown_labels`` skips polygons whose label is no LCZ class). ``input_bands``
     (INPUT_BANDS) names the stack's bands instead of their descriptions. Raises
     :class:`~.errors.LczError` subclasses with messages meant for the user; a failed or
     cancelled run leaves no patch file.
@@ -253,7 +255,8 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
     stack, channels = open_stack_channels(stack_path, input_bands, feedback)
     grid = make_grid(stack.geotransform, stack.width, stack.height, cell_size, patch_size)
     if isinstance(areas, str):
-        areas = read_areas(areas, class_field, layer, feedback)
+        areas = read_areas(areas, class_field, layer, feedback,
+                           ignore_unknown_labels=ignore_unknown_labels)
     source_name = areas.source
     areas = areas.in_crs(stack.projection, feedback)
     feedback.info(f"{len(areas.areas)} training areas, input stack {stack.width} x "
