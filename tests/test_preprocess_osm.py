@@ -560,3 +560,97 @@ def test_coverage_polygons_mark_the_rest_as_nodata(tmp_path):
         rasterize_osm(ref, str(tmp_path / "out" / "x.tif"), buildings=[buildings],
                       coverage=[away])
     assert not (tmp_path / "out").exists() or files_in(tmp_path / "out") == []
+
+
+# -- through QGIS: layers QGIS must convert first, several OSM files ---------------------------
+
+@pytest.fixture(scope="module")
+def cell(tmp_path_factory):
+    """An .osm extract with a building (15 m), a park and a road, and the same data as a
+    GeoPackage of two layers (multipolygons, lines) exported with GDAL."""
+    folder = tmp_path_factory.mktemp("cell")
+    ref, to_utm = lonlat_grid(folder)
+    osm = osm_xml(folder / "x.osm", [
+        (square(0), {"building": "yes", "height": "15"}),
+        (square(2), {"leisure": "park"}),
+        ([(LON0 - D, LAT0 - D), (LON0 + 8 * D, LAT0 - D)], {"highway": "residential"})])
+    gpkg = str(folder / "cell.gpkg")
+    gdal.VectorTranslate(gpkg, osm, layers=["multipolygons", "lines"])
+    layers = ogr.Open(gpkg)
+    assert sorted(layers.GetLayer(i).GetName() for i in range(layers.GetLayerCount())) == \
+        ["lines", "multipolygons"]
+    layers = None
+    second = osm_xml(folder / "y.osm", [
+        (square(0), {"building": "yes", "height": "15"}),
+        (square(1), {"building": "yes"})], ids=[1, 7])
+    return {"ref": ref, "osm": osm, "gpkg": gpkg, "second": second,
+            "one": utm_area([square(0)], to_utm), "two": utm_area([square(0), square(1)],
+                                                                    to_utm)}
+
+
+def layer_forms(cell):
+    """BUILDINGS given as a layer QGIS converts before the algorithm can read it."""
+    return {"gpkg layer": cell["gpkg"] + "|layername=multipolygons",
+            "gpkg layer with subset": cell["gpkg"] + '|layername=multipolygons|subset='
+                                                     '"building" IS NOT NULL',
+            "osm file layer": cell["osm"] + "|layername=multipolygons"}
+
+
+FORMS = ["gpkg layer", "gpkg layer with subset", "osm file layer"]
+
+
+def check_building_only(path, cell):
+    """One 15 m building: the park of the multipolygons layer is not a building."""
+    building, heights = read(path)[:2]
+    assert building.sum() * 100 == pytest.approx(cell["one"], rel=0.03)
+    assert set(np.round(np.unique(heights[building > 0.99]), 3)) == {15.0}
+
+
+@pytest.mark.qgis
+@pytest.mark.parametrize("form", FORMS)
+def test_converted_layers_through_processing_run(qgis_app, cell, tmp_path, form):
+    import processing
+    results = processing.run("lcz:rasterizeosm", {
+        "REFERENCE": cell["ref"], "BUILDINGS": layer_forms(cell)[form],
+        "OUTPUT": str(tmp_path / "osm.tif")})
+    assert results["BUILDINGS_FOUND"] == 1
+    check_building_only(results["OUTPUT"], cell)
+
+
+@pytest.mark.qgis
+def test_several_osm_files_through_processing_run(qgis_app, cell, tmp_path):
+    import processing
+    results = processing.run("lcz:rasterizeosm", {
+        "REFERENCE": cell["ref"], "OSM_FILE": [cell["osm"], cell["second"]],
+        "OUTPUT": str(tmp_path / "two.tif")})
+    assert results["BUILDINGS_FOUND"] == 2  # building 1 is in both files
+    assert read(results["OUTPUT"], 1).sum() * 100 == pytest.approx(cell["two"], rel=0.03)
+    single = processing.run("lcz:rasterizeosm", {
+        "REFERENCE": cell["ref"], "OSM_FILE": cell["osm"], "OUTPUT": str(tmp_path / "one.tif")})
+    assert single["BUILDINGS_FOUND"] == 1
+    check_building_only(single["OUTPUT"], cell)
+
+
+@pytest.mark.qgis_process
+@pytest.mark.parametrize("form", FORMS)
+def test_converted_layers_through_qgis_process(qgis_process, cell, tmp_path, form):
+    """These layers crashed qgis_process (SIGSEGV, no message) when QGIS converted them
+    without a feedback object."""
+    done, answer = qgis_process.run_json("lcz:rasterizeosm", {
+        "REFERENCE": cell["ref"], "BUILDINGS": layer_forms(cell)[form],
+        "OUTPUT": str(tmp_path / "osm.tif")})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert answer["results"]["BUILDINGS_FOUND"] == 1
+    check_building_only(answer["results"]["OUTPUT"], cell)
+
+
+@pytest.mark.qgis_process
+def test_several_osm_files_through_qgis_process(qgis_process, cell, tmp_path):
+    """OSM_FILE=a.osm OSM_FILE=b.osm, as qgis_process repeats a parameter."""
+    done, answer = qgis_process.run_json("lcz:rasterizeosm", {
+        "REFERENCE": cell["ref"], "OSM_FILE": [cell["osm"], cell["second"]],
+        "ROADS": cell["gpkg"] + "|layername=lines", "OUTPUT": str(tmp_path / "osm.tif")})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert answer["results"]["BUILDINGS_FOUND"] == 2
+    assert read(answer["results"]["OUTPUT"], 1).sum() * 100 == pytest.approx(cell["two"],
+                                                                             rel=0.03)
