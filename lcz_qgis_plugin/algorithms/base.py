@@ -35,6 +35,12 @@ class QgisFeedback(Feedback):
     def __init__(self, feedback: QgsProcessingFeedback):
         self._feedback = feedback or QgsProcessingFeedback()
 
+    @property
+    def processing_feedback(self) -> QgsProcessingFeedback:
+        """The ``QgsProcessingFeedback`` itself, for QGIS calls that take one: some crash
+        without it (``parameterAsCompatibleSourceLayerPath`` when it must convert a layer)."""
+        return self._feedback
+
     def progress(self, percent):
         self._feedback.setProgress(percent)
 

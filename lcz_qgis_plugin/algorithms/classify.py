@@ -75,7 +75,7 @@ Outputs
 - Class probabilities (OUTPUT_PROBABILITIES, optional): Float32, one band per model class, band descriptions = class names, -9999 = no data.
 - Confidence (OUTPUT_CONFIDENCE, optional): band 1 top-1 probability, band 2 normalised entropy (0 certain, 1 uniform).
 
-No data: a cell is no data when its centre pixel is no data or more than half of its patch is. Patches reaching past the raster edge are filled by reflection. A failed or cancelled run leaves no output behind.
+No data: a cell is no data when its centre pixel is no data or more than half of its patch is; the log counts such cells and names the channel(s) responsible. Patches reaching past the raster edge are filled by reflection. A failed or cancelled run leaves no output behind.
 """
 
     def initAlgorithm(self, config=None):  # noqa: N802

@@ -16,6 +16,7 @@ import contextlib
 import datetime as _dt
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +30,7 @@ from .grid import CellGrid, make_grid
 from .lcz_classes import NODATA_CODE, lcz_class
 from .majority import filter_band
 from .outputs import PendingOutputs, check_output_path
-from .patches import StripReader
+from .patches import StripReader, describe_nodata
 from .refgrid import bounded_cache
 from .pipeline import Background, Inline, Prefetch
 from .stacks import open_stacks
@@ -173,6 +174,7 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
     span = 90.0 if majority_radius else 100.0
     patches = 0
     histogram = np.zeros(256, dtype=np.int64)
+    blamed = Counter()  # no-data cells per channel responsible, summed over dates
     try:
         with bounded_cache():
             class_key = "RAW_CLASSES" if majority_radius else "OUTPUT"
@@ -236,7 +238,8 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
                     prob_sum = np.zeros((row_b - row_a, grid.cols, card.n_classes), np.float32)
                     n_dates = np.zeros((row_b - row_a, grid.cols), np.int32)
                 elif kind == "date done":
-                    _, step, cell_valid = event
+                    _, step, cell_valid, strip_blamed = event
+                    blamed.update(strip_blamed)
                     n_dates += cell_valid
                     patches += int(cell_valid.sum())
                     feedback.progress(span * (step + 1) / steps)
@@ -250,8 +253,8 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
                 raise InputError(
                     f"every cell of the output is no-data: the input stack(s) hold no valid "
                     f"pixels in the classified area (or every patch is more than "
-                    f"{max_nodata_fraction:.0%} no-data). Check the stacks' no-data values and "
-                    f"the EXTENT.")
+                    f"{max_nodata_fraction:.0%} no-data; {describe_nodata(blamed)}). Check the "
+                    f"stacks' no-data values and the EXTENT.")
             if majority_radius:
                 feedback.info(f"Majority filter, radius {majority_radius} cell(s).")
 
@@ -278,6 +281,11 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
     feedback.info(f"Classified {result.classified_cells} of {grid.rows * grid.cols} cells "
                   f"({patches} patches) in {seconds:.1f} s, {result.patches_per_second:.0f} "
                   f"patches/s on {engine.provider}.")
+    skipped = grid.rows * grid.cols * len(stacks) - patches
+    if skipped:
+        feedback.info(f"skipped {skipped} cell(s) whose patch is mostly no-data"
+                      + (f" (counted per date, over {len(stacks)} dates)" if len(stacks) > 1
+                         else "") + f": {describe_nodata(blamed)}.")
     feedback.info("Cells per class: " + ", ".join(
         f"{lcz_class(code).letter}: {count}" for code, count in result.class_counts.items()))
     return result
@@ -287,7 +295,8 @@ def _scene_batches(readers: list[StripReader], strips: list[tuple[int, int]],
                    batch_size: int):
     """The scene as a stream of events, strip by strip and date by date:
     ``("strip", row_a, row_b)``, then per date ``("batch", step, rows, cols, patches, done,
-    total)`` for each batch of valid cells and ``("date done", step, cell_valid)``, then
+    total)`` for each batch of valid cells and ``("date done", step, cell_valid, blamed)``
+    (``blamed``: :meth:`.patches.Strip.nodata_channels`, None without no-data cells), then
     ``("strip done", row_a)``. Runs on the prefetch thread: reading and gathering happen here."""
     for strip_index, (row_a, row_b) in enumerate(strips):
         yield ("strip", row_a, row_b)
@@ -298,7 +307,8 @@ def _scene_batches(readers: list[StripReader], strips: list[tuple[int, int]],
             for start in range(0, len(rows), batch_size):
                 r, c = rows[start:start + batch_size], cols[start:start + batch_size]
                 yield ("batch", step, r, c, strip.gather(r, c), start + len(r), len(rows))
-            yield ("date done", step, strip.cell_valid)
+            blamed = None if strip.cell_valid.all() else strip.nodata_channels()
+            yield ("date done", step, strip.cell_valid, blamed)
             del strip
         yield ("strip done", row_a)
 

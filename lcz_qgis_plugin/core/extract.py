@@ -47,7 +47,7 @@ from .errors import Cancelled, InputError, OutputError
 from .feedback import Feedback
 from .grid import CellGrid, make_grid
 from .lcz_classes import LCZ_CODES, lcz_class
-from .patches import StripReader
+from .patches import StripReader, describe_nodata
 from .patchfile import SPLITS, PatchFileInfo, PatchWriter
 from .stacks import Stack, check_georeferencing, open_raster
 
@@ -314,7 +314,7 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
     except OSError as exc:
         raise OutputError(f"cannot create the folder {folder} for the patch file: {exc}") from None
     with bounded_cache(), PatchWriter(output, info, split=with_split) as writer:
-        counts, invalid = write_patches(
+        counts, invalid, blamed = write_patches(
             writer, reader, selected, code_of, split_of if with_split else None,
             strip_rows_for(grid, n, strip_memory_mb), feedback)
         if writer.count == 0:
@@ -322,12 +322,14 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
                              "stack, so no patch could be extracted. Check the stack's "
                              "no-data values and coverage.")
     if invalid:
-        feedback.warning(f"skipped {invalid} cell(s) whose patch is mostly no-data.")
+        feedback.warning(f"skipped {invalid} cell(s) whose patch is mostly no-data: "
+                         f"{describe_nodata(blamed)}.")
     summary = summarise(output, counts, feedback)
     summary.update({
         "polygons_outside_raster": [a.polygon_id for a in outside],
         "polygons_without_cells": [a.polygon_id for a in too_small],
         "cells_in_conflicting_polygons": len(conflicts), "cells_mostly_nodata": invalid,
+        "cells_mostly_nodata_by_channel": dict(blamed),
         "channels": channels, "scale": scale, "offset": offset, "notes": areas.notes})
     if summary_output:
         try:
@@ -383,9 +385,10 @@ class ClassCounts(defaultdict):
 
 
 def write_patches(writer: PatchWriter, reader: StripReader, selected, code_of, split_of,
-                  strip_rows: int, feedback: Feedback) -> tuple[ClassCounts, int]:
-    """Read the strips holding selected cells and append their patches; returns the counts
-    and the number of cells skipped as mostly no-data."""
+                  strip_rows: int, feedback: Feedback) -> tuple[ClassCounts, int, Counter]:
+    """Read the strips holding selected cells and append their patches; returns the counts,
+    the number of cells skipped as mostly no-data and the channels that made them so
+    (:meth:`.patches.Strip.nodata_channels`)."""
     grid = reader.grid
     split_names = {v: k for k, v in SPLITS.items()}
     by_row: dict[int, list[tuple[int, int]]] = defaultdict(list)
@@ -393,13 +396,14 @@ def write_patches(writer: PatchWriter, reader: StripReader, selected, code_of, s
         by_row[r].append((c, pid))
     rows = sorted(by_row)
     counts, invalid, done, k = ClassCounts(), 0, 0, 0
+    blamed = Counter()
     while k < len(rows):
         if feedback.is_cancelled():
             raise Cancelled("Extraction cancelled; no patch file was written.")
         row_a = rows[k]
         row_b = min(grid.rows, row_a + strip_rows)
         strip = reader.read(row_a, row_b)
-        cell_rows, cell_cols, pids = [], [], []
+        cell_rows, cell_cols, pids, skipped = [], [], [], []
         while k < len(rows) and rows[k] < row_b:
             for c, pid in sorted(by_row[rows[k]]):
                 if strip.cell_valid[rows[k] - row_a, c]:
@@ -408,8 +412,11 @@ def write_patches(writer: PatchWriter, reader: StripReader, selected, code_of, s
                     pids.append(pid)
                 else:
                     invalid += 1
+                    skipped.append((rows[k] - row_a, c))
                 done += 1
             k += 1
+        if skipped:
+            blamed.update(strip.nodata_channels(*np.array(skipped).T))
         if pids:
             r_idx, c_idx = np.array(cell_rows), np.array(cell_cols)
             centres = np.column_stack([
@@ -424,7 +431,7 @@ def write_patches(writer: PatchWriter, reader: StripReader, selected, code_of, s
                 counts[code_of[pid]][split_names[int(split)]] += 1
                 counts.polygons[code_of[pid]].add(pid)
         feedback.progress(100.0 * done / max(1, len(selected)))
-    return counts, invalid
+    return counts, invalid, blamed
 
 
 def summarise(output: str, counts: ClassCounts, feedback: Feedback) -> dict:
