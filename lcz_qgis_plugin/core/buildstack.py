@@ -15,7 +15,6 @@ from __future__ import annotations
 import html
 import os
 import re
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,7 +139,8 @@ def _check_grid(sources: list[_Source], card: ModelCard) -> None:
             f"stack as the reference raster, or warp them onto it (gdalwarp -te -tr -t_srs).")
 
 
-def _write_vrt(sources: list[_Source], output: str, card: ModelCard) -> None:
+def _write_vrt(sources: list[_Source], output: str, card: ModelCard,
+               pending: PendingOutputs) -> None:
     first = sources[0].dataset
     grid = grid_of(first)
     lines = [f'<VRTDataset rasterXSize="{grid.width}" rasterYSize="{grid.height}">',
@@ -170,19 +170,11 @@ def _write_vrt(sources: list[_Source], output: str, card: ModelCard) -> None:
                   f'      <DstRect xOff="0" yOff="0" xSize="{grid.width}" ySize="{grid.height}"/>',
                   "    </SimpleSource>", "  </VRTRasterBand>"]
     lines.append("</VRTDataset>")
-    folder = os.path.dirname(os.path.abspath(output))
-    temp = os.path.join(folder, f".{os.path.basename(output)}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(temp, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(temp, output)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
+    pending.files.write_text(output, "\n".join(lines) + "\n", "model input stack")
 
 
-def _write_tif(sources: list[_Source], output: str, card: ModelCard,
-               feedback: Feedback) -> None:
+def _write_tif(sources: list[_Source], output: str, card: ModelCard, feedback: Feedback,
+               pending: PendingOutputs) -> None:
     bands = [s.dataset.GetRasterBand(s.band) for s in sources]
     types = {b.DataType for b in bands}
     nodatas = {b.GetNoDataValue() for b in bands}
@@ -190,43 +182,37 @@ def _write_tif(sources: list[_Source], output: str, card: ModelCard,
     data_type = types.pop() if keep else gdal.GDT_Float32
     nodata = nodatas.pop() if keep else FLOAT_NODATA
     grid = grid_of(sources[0].dataset)
-    pending = PendingOutputs(os.path.dirname(os.path.abspath(output)))
-    try:
-        with bounded_cache():
-            options = TILED + (["PREDICTOR=3"] if data_type == gdal.GDT_Float32 else [])
-            pending.create("stack", output, width=grid.width, height=grid.height,
-                           bands=len(sources), data_type=data_type,
-                           geotransform=grid.geotransform, projection=grid.wkt,
-                           block_rows=256, nodata=nodata if nodata is not None else 0,
-                           descriptions=[s.channel for s in sources],
-                           metadata={"LCZ_MODEL": card.describe()},
-                           creation_options=options)
-            if nodata is None:
-                for number in range(1, len(sources) + 1):
-                    pending.band("stack", number).DeleteNoDataValue()
-            blocks = list(row_blocks(grid.height, 128))
-            for count, (row0, rows) in enumerate(blocks):
-                check_cancel(feedback)
-                block = []
-                for source, band in zip(sources, bands):
-                    data = band.ReadAsArray(0, row0, grid.width, rows)
-                    if data is None:
-                        raise InputError(f"reading {source.path} failed: "
-                                         f"{gdal.GetLastErrorMsg()}.")
-                    if not keep:
-                        own = band.GetNoDataValue()
-                        data = data.astype(np.float32)
-                        invalid = np.isnan(data)
-                        if own is not None:
-                            invalid |= data == np.float32(own)
-                        data[invalid] = FLOAT_NODATA
-                    block.append(data)
-                pending.write("stack", np.stack(block), row0)
-                feedback.progress(100.0 * (count + 1) / len(blocks))
-        pending.commit()
-    except BaseException:
-        pending.discard()
-        raise
+    with bounded_cache():
+        options = TILED + (["PREDICTOR=3"] if data_type == gdal.GDT_Float32 else [])
+        pending.create("stack", output, width=grid.width, height=grid.height,
+                       bands=len(sources), data_type=data_type,
+                       geotransform=grid.geotransform, projection=grid.wkt,
+                       block_rows=256, nodata=nodata if nodata is not None else 0,
+                       descriptions=[s.channel for s in sources],
+                       metadata={"LCZ_MODEL": card.describe()},
+                       creation_options=options)
+        if nodata is None:
+            for number in range(1, len(sources) + 1):
+                pending.band("stack", number).DeleteNoDataValue()
+        blocks = list(row_blocks(grid.height, 128))
+        for count, (row0, rows) in enumerate(blocks):
+            check_cancel(feedback)
+            block = []
+            for source, band in zip(sources, bands):
+                data = band.ReadAsArray(0, row0, grid.width, rows)
+                if data is None:
+                    raise InputError(f"reading {source.path} failed: "
+                                     f"{gdal.GetLastErrorMsg()}.")
+                if not keep:
+                    own = band.GetNoDataValue()
+                    data = data.astype(np.float32)
+                    invalid = np.isnan(data)
+                    if own is not None:
+                        invalid |= data == np.float32(own)
+                    data[invalid] = FLOAT_NODATA
+                block.append(data)
+            pending.write("stack", np.stack(block), row0)
+            feedback.progress(100.0 * (count + 1) / len(blocks))
 
 
 def build_stack(model: str | None, rasters: list[str], output: str,
@@ -255,12 +241,19 @@ def build_stack(model: str | None, rasters: list[str], output: str,
     sources = _find_channels(card, [os.fspath(r) for r in rasters], what, feedback,
                              parse_input_bands(input_bands))
     _check_grid(sources, card)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    pending = PendingOutputs(os.path.dirname(os.path.abspath(output)),
+                             inputs=[os.fspath(r) for r in rasters] + ([model] if model else []))
+    pending.reserve("stack", output, "model input stack")
     feedback.info(f"{card.describe()}: " + ", ".join(
         f"{s.channel} <- {os.path.basename(s.path)} band {s.band}" for s in sources))
-    if output.lower().endswith(".vrt"):
-        _write_vrt(sources, output, card)
-    else:
-        _write_tif(sources, output, card, feedback)
+    try:
+        if output.lower().endswith(".vrt"):
+            _write_vrt(sources, output, card, pending)
+        else:
+            _write_tif(sources, output, card, feedback, pending)
+        pending.commit()
+    except BaseException:
+        pending.discard()
+        raise
     return BuildStackResult(output=output, channels=list(card.channels),
                             sources={s.channel: f"{s.path}:{s.band}" for s in sources})

@@ -29,6 +29,7 @@ from .feedback import Feedback
 from .grid import CellGrid, make_grid
 from .lcz_classes import NODATA_CODE, lcz_class
 from .majority import filter_band
+from .commit import GdalErrors
 from .outputs import PendingOutputs, check_output_path
 from .patches import StripReader, describe_nodata
 from .refgrid import bounded_cache
@@ -37,6 +38,8 @@ from .stacks import open_stacks
 from .style import category_names, class_map_qml, colour_table
 
 FLOAT_NODATA = -9999.0
+OUTPUT_NAMES = {"OUTPUT": "class map output", "OUTPUT_PROBABILITIES": "probabilities output",
+                "OUTPUT_CONFIDENCE": "confidence output"}
 CONFIDENCE_BANDS = ("top-1 probability", "normalised entropy")
 GPU_BATCH_HINT = 1024
 PREFETCH_BYTES = 64 * 1024 * 1024
@@ -122,18 +125,14 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
         raise InputError(f"MAJORITY_RADIUS must be 0 (off) or more (got {majority_radius}).")
     if not 0.0 <= max_nodata_fraction < 1.0:
         raise InputError("the allowed no-data fraction of a patch must be in [0, 1).")
-    destinations = {"OUTPUT": check_output_path(output, "class map output")}
-    if probabilities_output:
-        destinations["OUTPUT_PROBABILITIES"] = check_output_path(probabilities_output,
-                                                                 "probabilities output")
-    if confidence_output:
-        destinations["OUTPUT_CONFIDENCE"] = check_output_path(confidence_output,
-                                                              "confidence output")
-    resolved = [os.path.abspath(p) for p in destinations.values()]
-    if len(set(resolved)) != len(resolved):
-        raise InputError("two outputs point at the same file; give each output its own name.")
-    if any(os.path.abspath(p) in resolved for p in inputs):
-        raise InputError("an output would overwrite an input stack; choose another file name.")
+    destinations = {key: check_output_path(path, OUTPUT_NAMES[key]) for key, path in (
+        ("OUTPUT", output), ("OUTPUT_PROBABILITIES", probabilities_output),
+        ("OUTPUT_CONFIDENCE", confidence_output)) if path}
+    model_path = model.model_path if isinstance(model, Engine) else model
+    outputs = PendingOutputs(os.path.dirname(os.path.abspath(output)),
+                             inputs=list(inputs) + [model_path])
+    for key, path in destinations.items():
+        outputs.reserve(key, path, OUTPUT_NAMES[key])
 
     engine = model if isinstance(model, Engine) else Engine(model, device, threads, feedback)
     card = engine.card
@@ -169,7 +168,6 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
     }
     common = dict(width=grid.cols, height=grid.rows, geotransform=grid.geotransform,
                   projection=first.projection, block_rows=strip_rows)
-    outputs = PendingOutputs(os.path.dirname(os.path.abspath(output)))
     stages = contextlib.ExitStack()  # the reader and writer threads, closed before cleanup
     span = 90.0 if majority_radius else 100.0
     patches = 0
@@ -262,8 +260,11 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
                     _check_cancel(feedback)
                     feedback.progress(span + (100.0 - span) * done / total)
 
-                histogram = filter_band(outputs.band("RAW_CLASSES"), outputs.band("OUTPUT"),
-                                        majority_radius, strip_rows, on_block)
+                with GdalErrors() as errors:  # blocks leaving GDAL's cache are written here
+                    histogram = filter_band(outputs.band("RAW_CLASSES"),
+                                            outputs.band("OUTPUT"), majority_radius,
+                                            strip_rows, on_block)
+                errors.raise_if_any(f"class map output {destinations['OUTPUT']}")
             outputs.commit()
     except BaseException:
         stages.close()  # stop and join the threads before their outputs are deleted

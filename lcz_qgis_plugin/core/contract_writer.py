@@ -8,9 +8,9 @@ written here is exactly what the plugin's reader accepts.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Union
 
+from .commit import Commit
 from .contract import PREFIX, ModelCard
 from .errors import ModelError
 
@@ -44,14 +44,9 @@ def copy_with_card(model: Union[str, os.PathLike], card: ModelCard,
     """Write ``model`` with ``card`` to ``output_path`` (may be ``model`` itself) through a
     temporary file, so that a failure leaves neither a half-written model nor a changed one."""
     output_path = os.fspath(output_path)
-    partial = output_path + ".partial"
-    shutil.copyfile(os.fspath(model), partial)
-    try:
-        write_model_card(partial, card, partial)
-        os.replace(partial, output_path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    with Commit() as files:  # the model may be its own output: replaced atomically
+        files.save_with(output_path, lambda temp: write_model_card(
+            model, card, temp), "model")
     return output_path
 
 

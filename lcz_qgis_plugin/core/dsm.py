@@ -261,7 +261,9 @@ def prepare_dsm(dsm: str, reference: str, output: str, *, dtm: str | None = None
         ground = f"DTM {os.path.basename(dtm)}"
     feedback.info(f"DSM pixel {source_pixel:g} m, grid {grid.pixel:g} m: {k} x {k} fine pixels "
                   f"per pixel, aggregation {how}; ground: {ground}.")
-    pending = PendingOutputs(os.path.dirname(os.path.abspath(output)))
+    pending = PendingOutputs(os.path.dirname(os.path.abspath(output)),
+                             inputs=[dsm, reference] + ([dtm] if dtm else []))
+    pending.reserve("dsm", output, "height raster")
     try:
         with bounded_cache():
             surface = _fine_source(dsm, "DSM", fine, feedback)

@@ -43,7 +43,8 @@ from .bandnames import PRESETS, band_channels, parse_input_bands
 from .classify import strip_rows_for
 from .refgrid import bounded_cache
 from .contract import ModelCard
-from .errors import Cancelled, InputError, OutputError
+from .commit import Commit
+from .errors import Cancelled, InputError
 from .feedback import Feedback
 from .grid import CellGrid, make_grid
 from .lcz_classes import LCZ_CODES, lcz_class
@@ -252,6 +253,10 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
             validation_fraction + test_fraction >= 1:
         raise InputError(f"validation ({validation_fraction}) and test ({test_fraction}) "
                          f"fractions must be in [0, 1) and leave some areas for training.")
+    files = Commit(inputs=[stack_path, areas if isinstance(areas, str) else areas.source])
+    files.reserve(output, "patch file")
+    if summary_output:
+        files.reserve(summary_output, "summary")
     stack, channels = open_stack_channels(stack_path, input_bands, feedback)
     grid = make_grid(stack.geotransform, stack.width, stack.height, cell_size, patch_size)
     if isinstance(areas, str):
@@ -308,36 +313,27 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
                          scale=[1.0] * n, offset=[0.0] * n, mean=[0.0] * n, std=[1.0] * n,
                          pixel_size=grid.pixel_size, cell_size=grid.cell_size)
     reader = StripReader(stack, identity, grid, max_nodata_fraction)
-    folder = os.path.dirname(os.path.abspath(output))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create the folder {folder} for the patch file: {exc}") from None
-    with bounded_cache(), PatchWriter(output, info, split=with_split) as writer:
-        counts, invalid, blamed = write_patches(
-            writer, reader, selected, code_of, split_of if with_split else None,
-            strip_rows_for(grid, n, strip_memory_mb), feedback)
-        if writer.count == 0:
-            raise InputError("every cell inside the training areas is no-data in the input "
-                             "stack, so no patch could be extracted. Check the stack's "
-                             "no-data values and coverage.")
-    if invalid:
-        feedback.warning(f"skipped {invalid} cell(s) whose patch is mostly no-data: "
-                         f"{describe_nodata(blamed)}.")
-    summary = summarise(output, counts, feedback)
-    summary.update({
-        "polygons_outside_raster": [a.polygon_id for a in outside],
-        "polygons_without_cells": [a.polygon_id for a in too_small],
-        "cells_in_conflicting_polygons": len(conflicts), "cells_mostly_nodata": invalid,
-        "cells_mostly_nodata_by_channel": dict(blamed),
-        "channels": channels, "scale": scale, "offset": offset, "notes": areas.notes})
-    if summary_output:
-        try:
-            os.makedirs(os.path.dirname(os.path.abspath(summary_output)), exist_ok=True)
-            with open(summary_output, "w", encoding="utf-8") as f:
-                json.dump(summary, f, indent=2)
-        except OSError as exc:
-            raise OutputError(f"cannot write the summary {summary_output}: {exc}") from None
+    with bounded_cache(), files:
+        with PatchWriter(output, info, split=with_split, commit=files) as writer:
+            counts, invalid, blamed = write_patches(
+                writer, reader, selected, code_of, split_of if with_split else None,
+                strip_rows_for(grid, n, strip_memory_mb), feedback)
+            if writer.count == 0:
+                raise InputError("every cell inside the training areas is no-data in the "
+                                 "input stack, so no patch could be extracted. Check the "
+                                 "stack's no-data values and coverage.")
+        if invalid:
+            feedback.warning(f"skipped {invalid} cell(s) whose patch is mostly no-data: "
+                             f"{describe_nodata(blamed)}.")
+        summary = summarise(output, counts, feedback)
+        summary.update({
+            "polygons_outside_raster": [a.polygon_id for a in outside],
+            "polygons_without_cells": [a.polygon_id for a in too_small],
+            "cells_in_conflicting_polygons": len(conflicts), "cells_mostly_nodata": invalid,
+            "cells_mostly_nodata_by_channel": dict(blamed),
+            "channels": channels, "scale": scale, "offset": offset, "notes": areas.notes})
+        if summary_output:
+            files.write_text(summary_output, json.dumps(summary, indent=2), "summary")
     return ExtractResult(
         output=output, patches=summary["patches"],
         counts={code: {k: v for k, v in c.items() if v} for code, c in counts.items()},

@@ -63,8 +63,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass
 
@@ -795,10 +793,11 @@ def rasterize_osm(reference: str, output: str, *,
         raise InputError("the default building height cannot be negative.")
     grid = reference_grid(reference)
     folder = os.path.dirname(os.path.abspath(output))
-    scratch_dir = tempfile.mkdtemp(prefix=".lcz-osm-", dir=folder)
+    pending = PendingOutputs(folder, inputs=[reference, *osm_files, *buildings, *roads,
+                                             *water, *landuse, *coverage])
+    pending.reserve("osm", output, "OSM raster")
     margin = max(ROAD_WIDTHS.values()) + grid.pixel
-    scratch = _Scratch(scratch_dir, grid, margin)
-    pending = PendingOutputs(folder)
+    scratch = _Scratch(pending.files.scratch(output), grid, margin)
     uncovered = 0
     try:
         feedback.info(f"Reading OpenStreetMap features for {grid.width} x {grid.height} px of "
@@ -842,13 +841,12 @@ def rasterize_osm(reference: str, output: str, *,
                 uncovered += outside
                 pending.write("osm", values, row0, col0)
                 feedback.progress(10 + 90.0 * (number + 1) / len(blocks))
-        pending.commit()
+        scratch.close()
+        pending.commit()  # also deletes the scratch folder
     except BaseException:
+        scratch.close()
         pending.discard()
         raise
-    finally:
-        scratch.close()
-        shutil.rmtree(scratch_dir, ignore_errors=True)
     if uncovered:
         feedback.info(f"{uncovered / (grid.width * grid.height):.1%} of the grid ({uncovered} "
                       f"of {grid.width * grid.height} px) lies outside {covered_by} and is "

@@ -64,7 +64,14 @@ class PendingOutputs:
         self.files = commit if commit is not None else Commit(inputs)
         self._own_commit = commit is None
         self._entries: dict[str, _Pending] = {}
+        self._reserved: dict[str, tuple[str, str]] = {}
         self._scratch_folder: str | None = None
+
+    def reserve(self, key: str, final_path: str, what: str = "output") -> None:
+        """Check and reserve the destination of output ``key`` before any work starts (it is
+        not an input, not another output's, its folder is writable); :meth:`create` then
+        writes it."""
+        self._reserved[key] = (final_path, self.files.reserve(final_path, what))
 
     def create(self, key: str, final_path: str | None, *, width: int, height: int, bands: int,
                data_type: int, geotransform, projection: str, block_rows: int, nodata: float,
@@ -75,7 +82,9 @@ class PendingOutputs:
         """Create output ``key`` (to become ``final_path``; None for a scratch raster).
 
         ``creation_options`` replace the default strip layout (e.g. tiled outputs)."""
-        if final_path:
+        if key in self._reserved:
+            final_path, temp = self._reserved.pop(key)
+        elif final_path:
             temp = self.files.reserve(final_path, what)
         else:
             if self._scratch_folder is None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .commit import Commit, describe_os_error
 from .errors import InputError, OutputError
 from .lcz_classes import LCZ_CODES
 
@@ -84,22 +85,32 @@ class PatchFileInfo:
 class PatchWriter:
     """Appends patches to a new patch file; the file appears under its name only on close().
 
-    Use as a context manager: an exception inside the block removes the partial file.
+    Use as a context manager: an exception inside the block removes the partial file. The
+    file is written under a temporary name of ``commit`` (:class:`~.commit.Commit`; one of its
+    own when none is given, committed on close); with a shared ``commit`` the caller commits.
     """
 
     def __init__(self, path: str, info: PatchFileInfo, soft_labels: bool = False,
-                 split: bool = False, chunk_patches: int = 64):
+                 split: bool = False, chunk_patches: int = 64, commit: Commit | None = None):
         if len(info.scale) != len(info.channels) or len(info.offset) != len(info.channels):
             raise ValueError("scale and offset need one value per channel")
         self.path = path
         self.info = info
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise OutputError(f"The folder of the patch file does not exist: {folder}. "
-                              "Create it or choose another output path.")
-        self._partial = os.path.join(folder, f".{os.path.basename(path)}.partial")
+        self._own_commit = commit is None
+        self._commit = commit if commit is not None else Commit()
+        self._partial = (self._commit.temp_of(path) if path in self._commit
+                         else self._commit.reserve(path, "patch file"))
         h5py = _h5py()
-        self._file = h5py.File(self._partial, "w")
+        try:
+            self._file = h5py.File(self._partial, "w")
+            self._create_datasets(info, soft_labels, split, chunk_patches)
+        except OSError as exc:
+            self.discard()
+            raise OutputError(f"cannot create the patch file {path}: "
+                              f"{describe_os_error(exc)}.") from None
+        self.count = 0
+
+    def _create_datasets(self, info, soft_labels, split, chunk_patches):
         c, p = len(info.channels), int(info.patch_size)
         chunk = (chunk_patches, c, p, p)
         f = self._file
@@ -113,7 +124,6 @@ class PatchWriter:
                              maxshape=(None, len(LCZ_CODES)), chunks=(4096, len(LCZ_CODES)))
         if split:
             f.create_dataset("split", (0,), np.uint8, maxshape=(None,), chunks=(4096,))
-        self.count = 0
 
     def append(self, patches, labels, polygon_ids, centres, soft_labels=None, split=None):
         patches = np.asarray(patches, dtype=np.float32)
@@ -136,25 +146,40 @@ class PatchWriter:
         for name, values in columns.items():
             if len(values) != n:
                 raise ValueError(f"{name} has {len(values)} rows, patches has {n}")
-            ds = self._file[name]
-            ds.resize(self.count + n, axis=0)
-            ds[self.count:self.count + n] = values
+        try:
+            for name, values in columns.items():
+                ds = self._file[name]
+                ds.resize(self.count + n, axis=0)
+                ds[self.count:self.count + n] = values
+        except OSError as exc:  # HDF5 reports a full disk here or at close
+            raise OutputError(f"writing the patch file {self.path} failed: "
+                              f"{describe_os_error(exc)}. Nothing was replaced.") from None
         self.count += n
 
     def close(self) -> str:
-        """Write the attributes and move the file to its final name."""
-        for key, value in self.info.attrs().items():
-            self._file.attrs[key] = value
-        self._file.close()
-        os.replace(self._partial, self.path)
+        """Write the attributes, close the file and (with a commit of its own) move it to its
+        final name."""
+        try:
+            for key, value in self.info.attrs().items():
+                self._file.attrs[key] = value
+            self._file.close()
+        except OSError as exc:
+            self.discard()
+            raise OutputError(f"writing the patch file {self.path} failed: "
+                              f"{describe_os_error(exc)}. Nothing was replaced.") from None
+        if self._own_commit:
+            self._commit.commit()
         return self.path
 
     def discard(self):
         try:
-            self._file.close()
+            if getattr(self, "_file", None) is not None:
+                self._file.close()
+        except Exception:  # closing a file whose disk is full fails again; it is deleted
+            pass
         finally:
-            if os.path.exists(self._partial):
-                os.remove(self._partial)
+            if self._own_commit:
+                self._commit.discard()
 
     def __enter__(self):
         return self

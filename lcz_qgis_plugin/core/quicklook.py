@@ -14,6 +14,7 @@ import os
 import numpy as np
 from osgeo import gdal
 
+from .commit import Commit
 from .errors import InputError, OutputError
 from .lcz_classes import LCZ_CLASSES, NODATA_CODE
 
@@ -50,6 +51,10 @@ def write_quicklook(lcz_map: str, png: str, title: str = "", max_pixels: int = 1
                                label=f"{c.letter}  {c.name}") for c in present],
                 loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9,
                 title="LCZ")
-    figure.savefig(png, bbox_inches="tight")
-    plt.close(figure)
+    try:
+        with Commit(inputs=[os.fspath(lcz_map)]) as files:
+            files.save_with(os.fspath(png), lambda temp: figure.savefig(
+                temp, format="png", bbox_inches="tight"), "quick-look")
+    finally:
+        plt.close(figure)
     return png

@@ -481,7 +481,9 @@ def stack_sentinel2(inputs: list[str], output: str, *, bands=SO2SAT_BANDS,
     float_out = bool(indices)
     names = [channel_name(b) for b in bands] + [f"IDX:{i}" for i in indices]
     feedback.info(_stacking_line(bands, products, level, grid))
-    pending = PendingOutputs(os.path.dirname(os.path.abspath(output)))
+    pending = PendingOutputs(os.path.dirname(os.path.abspath(output)), inputs=list(inputs) + [
+        path for product in products for paths in product.files.values() for path in paths])
+    pending.reserve("stack", output, "Sentinel-2 stack")
     try:
         with bounded_cache():
             readers = {(i, b): _BandReader(p, b, grid, resampling)
