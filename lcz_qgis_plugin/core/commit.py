@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -273,9 +274,12 @@ class Commit:
         except OSError as exc:
             raise OutputError(f"cannot create the folder {folder} for the {what}: "
                               f"{describe_os_error(exc)}.") from None
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise OutputError(f"cannot write the {what} into {folder}: permission denied; "
-                              f"choose a folder you can write to.")
+        try:  # a real write, so that a read-only mount or a full quota is told apart
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise OutputError(f"cannot write the {what} into {folder}: "
+                              f"{describe_os_error(exc)}.") from None
         if folder not in self._swept:
             self._swept.add(folder)
             sweep_partials(folder)
@@ -430,7 +434,8 @@ class GdalErrors:
 
     def raise_if_any(self, what: str) -> None:
         if self.messages:
-            detail = "; ".join(dict.fromkeys(self.messages))[:400]
+            detail = "; ".join(dict.fromkeys(m.strip().rstrip(".") for m in self.messages))
+            detail = detail[:400]
             hint = (" Free some space or write to another disk." if any(
                 k in detail.lower() for k in ("space", "too large", "write error"))
                 else "")

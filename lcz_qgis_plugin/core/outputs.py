@@ -23,18 +23,12 @@ TIFF_EXTENSIONS = (".tif", ".tiff")
 
 
 def check_output_path(path: str, what: str) -> str:
-    """Refuse non-GeoTIFF destinations and create the destination folder."""
+    """Refuse non-GeoTIFF destinations (the folder is checked when the output is reserved,
+    :meth:`PendingOutputs.reserve`)."""
     path = os.fspath(path)
     if not path.lower().endswith(TIFF_EXTENSIONS):
         raise InputError(f"the {what} {path} must be a GeoTIFF (.tif); this algorithm writes "
                          f"no other format.")
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the folder {folder} for the {what}: {exc}") from None
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"cannot write the {what} into {folder}: permission denied.")
     return path
 
 
@@ -64,14 +58,14 @@ class PendingOutputs:
         self.files = commit if commit is not None else Commit(inputs)
         self._own_commit = commit is None
         self._entries: dict[str, _Pending] = {}
-        self._reserved: dict[str, tuple[str, str]] = {}
+        self._reserved: dict[str, tuple[str, str, str]] = {}
         self._scratch_folder: str | None = None
 
     def reserve(self, key: str, final_path: str, what: str = "output") -> None:
         """Check and reserve the destination of output ``key`` before any work starts (it is
         not an input, not another output's, its folder is writable); :meth:`create` then
         writes it."""
-        self._reserved[key] = (final_path, self.files.reserve(final_path, what))
+        self._reserved[key] = (final_path, self.files.reserve(final_path, what), what)
 
     def create(self, key: str, final_path: str | None, *, width: int, height: int, bands: int,
                data_type: int, geotransform, projection: str, block_rows: int, nodata: float,
@@ -83,7 +77,7 @@ class PendingOutputs:
 
         ``creation_options`` replace the default strip layout (e.g. tiled outputs)."""
         if key in self._reserved:
-            final_path, temp = self._reserved.pop(key)
+            final_path, temp, what = self._reserved.pop(key)
         elif final_path:
             temp = self.files.reserve(final_path, what)
         else:

@@ -27,6 +27,7 @@ read or write patch files.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -82,6 +83,68 @@ class PatchFileInfo:
         }
 
 
+class _GuardedFile(io.RawIOBase):
+    """The patch file's bytes, seen by HDF5 through h5py's file-object driver.
+
+    A failed write (a full disk) is remembered instead of reaching HDF5: after it, writes are
+    accepted and dropped, so HDF5 can still close the file it thinks is intact. Left to
+    itself, HDF5 keeps a file it could not flush open and crashes the process when the
+    library shuts down; here the caller sees :attr:`error` and deletes the file."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self._file = open(path, "w+b", buffering=0)
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, position: int, whence: int = 0) -> int:
+        return self._file.seek(position, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def readinto(self, buffer) -> int:
+        return self._file.readinto(buffer)
+
+    def write(self, data) -> int:
+        if self.error is None:
+            try:
+                return self._file.write(data)
+            except OSError as exc:
+                self.error = exc
+        size = len(memoryview(data))
+        self._file.seek(size, 1)
+        return size
+
+    def truncate(self, size=None):
+        if self.error is None:
+            try:
+                return self._file.truncate(size)
+            except OSError as exc:
+                self.error = exc
+        return size
+
+    def flush(self) -> None:
+        if self.error is None and not self._file.closed:
+            try:
+                os.fsync(self._file.fileno())
+            except OSError as exc:
+                self.error = exc
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        super().close()
+
+
 class PatchWriter:
     """Appends patches to a new patch file; the file appears under its name only on close().
 
@@ -101,14 +164,23 @@ class PatchWriter:
         self._partial = (self._commit.temp_of(path) if path in self._commit
                          else self._commit.reserve(path, "patch file"))
         h5py = _h5py()
+        self._file = self._bytes = None
         try:
-            self._file = h5py.File(self._partial, "w")
+            self._bytes = _GuardedFile(self._partial)
+            self._file = h5py.File(self._bytes, "w")
             self._create_datasets(info, soft_labels, split, chunk_patches)
         except OSError as exc:
             self.discard()
             raise OutputError(f"cannot create the patch file {path}: "
                               f"{describe_os_error(exc)}.") from None
         self.count = 0
+
+    def _check_written(self) -> None:
+        if self._bytes.error is not None:
+            error = self._bytes.error
+            self.discard()
+            raise OutputError(f"writing the patch file {self.path} failed: "
+                              f"{describe_os_error(error)}. Nothing was replaced.")
 
     def _create_datasets(self, info, soft_labels, split, chunk_patches):
         c, p = len(info.channels), int(info.patch_size)
@@ -146,38 +218,34 @@ class PatchWriter:
         for name, values in columns.items():
             if len(values) != n:
                 raise ValueError(f"{name} has {len(values)} rows, patches has {n}")
-        try:
-            for name, values in columns.items():
-                ds = self._file[name]
-                ds.resize(self.count + n, axis=0)
-                ds[self.count:self.count + n] = values
-        except OSError as exc:  # HDF5 reports a full disk here or at close
-            raise OutputError(f"writing the patch file {self.path} failed: "
-                              f"{describe_os_error(exc)}. Nothing was replaced.") from None
+        for name, values in columns.items():
+            ds = self._file[name]
+            ds.resize(self.count + n, axis=0)
+            ds[self.count:self.count + n] = values
+        self._check_written()
         self.count += n
 
     def close(self) -> str:
         """Write the attributes, close the file and (with a commit of its own) move it to its
         final name."""
-        try:
-            for key, value in self.info.attrs().items():
-                self._file.attrs[key] = value
-            self._file.close()
-        except OSError as exc:
-            self.discard()
-            raise OutputError(f"writing the patch file {self.path} failed: "
-                              f"{describe_os_error(exc)}. Nothing was replaced.") from None
+        for key, value in self.info.attrs().items():
+            self._file.attrs[key] = value
+        self._file.close()
+        self._bytes.flush()
+        self._check_written()
+        self._bytes.close()
         if self._own_commit:
             self._commit.commit()
         return self.path
 
     def discard(self):
         try:
-            if getattr(self, "_file", None) is not None:
+            if self._file is not None:
                 self._file.close()
-        except Exception:  # closing a file whose disk is full fails again; it is deleted
-            pass
+            if self._bytes is not None:
+                self._bytes.close()
         finally:
+            self._file = self._bytes = None
             if self._own_commit:
                 self._commit.discard()
 
