@@ -43,7 +43,7 @@ import numpy as np
 from .contract import ModelCard
 from .errors import EngineError, ModelError
 from .feedback import Feedback
-from .modelfile import read_model_card
+from .modelfile import check_model_file, read_model_card
 
 DEVICES = ("auto", "cuda", "cpu", "openvino", "openvino-bf16", "cuda-fp16")
 CUDA = "CUDAExecutionProvider"
@@ -361,6 +361,7 @@ class Engine:
             raise ModelError(f"the model file {model_path} does not exist. Choose an .onnx "
                              f"model exported by 'python -m training export' or "
                              f"'python -m training convert-keras'.")
+        check_model_file(model_path)  # a broken or hostile file ends here, for every DEVICE
         self.model_path, self.device = model_path, device
         self.threads = int(threads) if threads and threads > 0 else physical_cores()
         self.backend = self._open(device, feedback)
