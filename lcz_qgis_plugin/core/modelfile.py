@@ -71,10 +71,10 @@ def read_metadata_props(path: str) -> dict[str, str]:
                     raise bad
                 if field != _METADATA_PROPS:
                     f.seek(length, 1)
-                elif _lcz_entry(f, length):
-                    lcz_bytes += length
+                elif (name := _entry_key(f, length)) is None or name.startswith(PREFIX):
+                    lcz_bytes += length  # a key that does not come first counts as LCZ's
                     if lcz_bytes > MAX_METADATA_BYTES:
-                        raise _too_much_metadata(path)
+                        raise _too_much_metadata(path, name, length)
                     props.update([_entry(f.read(length), bad)])
                 elif length > MAX_METADATA_BYTES:  # another tool's, too large to matter
                     f.seek(length, 1)
@@ -85,18 +85,19 @@ def read_metadata_props(path: str) -> dict[str, str]:
     return props
 
 
-def _lcz_entry(f, length: int) -> bool:
-    """Whether the metadata entry of ``length`` bytes at ``f``'s position has an ``lcz.``
-    key; one whose key does not come first counts as one (it is then read, and bounded, as
-    LCZ metadata). ``f`` is left where it was."""
+def _entry_key(f, length: int) -> str | None:
+    """The key (its first 100 characters) of the metadata entry of ``length`` bytes at
+    ``f``'s position, or None when the key does not come first; ``f`` is left where it
+    was. Tells LCZ metadata from another tool's without reading the value."""
     start = f.tell()
-    head = f.read(min(length, 64))
+    head = f.read(min(length, 512))
     f.seek(start)
     if head[:1] != b"\x0a":  # field 1 (the key), length-delimited
-        return True
+        return None
     key_length, position = _varint_at(head, 1, len(head))
-    return (key_length < 0 or key_length >= len(PREFIX)
-            and head[position:position + len(PREFIX)] == PREFIX.encode())
+    if key_length < 0:
+        return None
+    return head[position:position + min(key_length, 100)].decode("utf-8", errors="replace")
 
 
 def _varint_at(data, position: int, end: int) -> tuple[int, int]:
@@ -113,12 +114,13 @@ def _varint_at(data, position: int, end: int) -> tuple[int, int]:
     return -1, end
 
 
-def _too_much_metadata(path: str) -> ModelError:
+def _too_much_metadata(path: str, name: str | None, length: int) -> ModelError:
+    largest = f"; {name!r} alone holds {length / 1e6:.1f} MB" if name and length > 1e5 else ""
     return ModelError(
         f"the model {path} carries more than {MAX_METADATA_BYTES / 1e6:g} MB of LCZ metadata "
-        f"(its 'lcz.*' keys), far more than a model card holds (at most "
-        f"{MAX_METADATA_CHARS:,} characters), so it is refused unread. Export the model again with 'python -m training export', or use a "
-        f"model from a source you trust.")
+        f"(its 'lcz.*' keys{largest}), far more than a model card holds (at most "
+        f"{MAX_METADATA_CHARS:,} characters), so it is refused unread. Export the model again "
+        f"with 'python -m training export', or use a model from a source you trust.")
 
 
 def _entry(data: bytes, bad: Exception) -> tuple[str, str]:
@@ -164,12 +166,12 @@ def check_model_file(path: str) -> ModelCard:
 
 def _check_external_data(path: str, folder: str, location: str) -> None:
     shown = repr(location[:80]) + ("..." if len(location) > 80 else "")
-    target = os.path.realpath(os.path.join(folder, location))
     try:
+        target = os.path.realpath(os.path.join(folder, location))
         inside = (not os.path.isabs(location)
                   and os.path.commonpath([folder, target]) == folder and target != folder)
-    except ValueError:  # another drive (Windows)
-        inside = False
+    except ValueError:  # another drive (Windows), a NUL character
+        target, inside = "", False
     if not inside:
         raise ModelError(
             f"the model {path} keeps weights in {shown}, outside its own folder (ONNX external "
