@@ -22,7 +22,7 @@ lcz.class_codes         LCZ code (1-17) of each output column, in order
 lcz.class_names         names of those classes (informative; the plugin uses its table)
 lcz.class_colours       their colours (informative)
 lcz.output_kind         ``logits`` or ``probabilities``
-lcz.temperature         calibration temperature T (> 0); probabilities = softmax(z / T),
+lcz.temperature         calibration temperature T (0.05-20); probabilities = softmax(z / T),
                         z = logits, or log(probabilities) for a model that outputs them
 lcz.provenance          JSON object: dataset, training date, metrics, source weights ...
 lcz.precision_checks    optional JSON object: how far a reduced-precision engine's
