@@ -5,7 +5,8 @@ import json
 import onnx
 import pytest
 
-from lcz_qgis_plugin.core.contract import PREFIX, SCHEMA_VERSION, ModelCard
+from lcz_qgis_plugin.core.contract import (MAX_METADATA_CHARS, PREFIX, SCHEMA_VERSION,
+                                           TEMPERATURE_RANGE, ModelCard)
 from lcz_qgis_plugin.core.contract_writer import write_model_card
 from lcz_qgis_plugin.core.engine import Engine
 from lcz_qgis_plugin.core.errors import ModelError
@@ -71,6 +72,26 @@ def valid_props():
      "'bfloat16' needs 'same_class'"),
     ({PREFIX + "precision_checks": '{"bfloat16": {"same_class": 0.99}}'},
      "'bfloat16' needs 'same_class'"),
+    # the bounds of issue 12 (model files are untrusted input), just beyond each
+    ({PREFIX + "patch_size": "513"}, "'lcz.patch_size' is 513.*at most 512"),
+    ({PREFIX + "temperature": "0.049"}, "'lcz.temperature' is 0.049.*from 0.05 to 20"),
+    ({PREFIX + "temperature": "20.5"}, "'lcz.temperature' is 20.5"),
+    ({PREFIX + "pixel_size": "1001"}, "'lcz.pixel_size' is 1001.*from 0.1 to 1000"),
+    ({PREFIX + "cell_size": "9.5"}, "'lcz.cell_size' is 9.5.*at least the pixel size"),
+    ({PREFIX + "cell_size": "100001"}, "'lcz.cell_size'"),
+    ({PREFIX + "channels": json.dumps([f"c{i}" for i in range(257)]),
+      PREFIX + "scale": json.dumps([1] * 257)}, "lists 257 channels; .* at most 256"),
+    ({PREFIX + "channels": '["S2:B02", "S2:B03\\n"]'}, "channel name .* control characters"),
+    ({PREFIX + "version": "v" * 201}, "'lcz.version' is 201 characters long"),
+    ({PREFIX + "schema_version": "9" * 400}, "invalid metadata schema version a whole number"),
+    ({PREFIX + "mean": "[1e10, 0]"}, "'lcz.mean' holds 10000000000.0; .*at most 1e\\+09"),
+    ({PREFIX + "std": "[1e-10, 1]"}, "'lcz.std' must be positive .*at least 1e-09"),
+    ({PREFIX + "class_codes": "[1, 2, 2, 3, 3]"}, "lists a class twice \\(2, 3\\)"),
+    ({PREFIX + "provenance": '{"a": ' * 21 + "1" + "}" * 21}, "nests JSON more than 20"),
+    ({PREFIX + "provenance": json.dumps({"note": "x" * MAX_METADATA_CHARS})},
+     "more than the 1,000,000 a model card may hold"),
+    ({PREFIX + "precision_checks": '{"bfloat16": {"same_class": 1, "patches": 10000000000}}'},
+     "'patches' \\(a count from 1 to 1,000,000,000\\)"),
 ])
 def test_invalid_metadata_is_refused_with_a_reason(change, message):
     props = valid_props()
@@ -82,6 +103,51 @@ def test_invalid_metadata_is_refused_with_a_reason(change, message):
     with pytest.raises(ModelError, match=message) as info:
         ModelCard.from_metadata_props(props, source="the model x.onnx")
     assert "x.onnx" in str(info.value)
+    assert len(str(info.value)) < 1000
+
+
+def test_cards_at_the_bounds_stay_valid():
+    """Every bound admits the largest real value: a card exactly at the limits round-trips."""
+    names = [f"S2:B{i:03d}" + "x" * 190 for i in range(256)]
+    card = identity_card("m" * 200, names, 512, pixel_size=0.1, cell_size=100_000.0,
+                         class_codes=list(range(1, 18)), temperature=TEMPERATURE_RANGE[0],
+                         provenance=json.loads('{"a": ' * 19 + "1" + "}" * 19),
+                         mean=[-1e9] * 256, std=[1e-9] * 256)
+    assert ModelCard.from_metadata_props(card.to_metadata_props()) == card
+    card.temperature, card.pixel_size, card.cell_size = TEMPERATURE_RANGE[1], 1000.0, 1000.0
+    assert ModelCard.from_metadata_props(card.to_metadata_props()) == card
+
+
+def test_the_writer_refuses_what_the_reader_would():
+    card = identity_card("a", channel_names(2), 6, provenance={"log": "x" * MAX_METADATA_CHARS})
+    with pytest.raises(ModelError, match="more than the 1,000,000 a model card may hold"):
+        card.to_metadata_props()
+    card = identity_card("a", channel_names(2), 6, temperature=0.02)
+    with pytest.raises(ModelError, match="'lcz.temperature' is 0.02"):
+        card.to_metadata_props()
+
+
+def test_calibration_fits_only_temperatures_the_contract_accepts():
+    """calibrate's search range is the contract's: a fitted T is never refused later, and a T
+    at the bound is said, not silently stored."""
+    pytest.importorskip("scipy")
+    import numpy as np
+    from training.evaluate import fit_temperature, temperature_bound_note
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 400)
+    separable = np.zeros((400, 4))
+    separable[np.arange(400), labels] = 1.0  # always right, barely confident: wants T -> 0
+    noise = rng.normal(size=(400, 4)) * 1000  # confidently random: wants T -> infinity
+    noisy = rng.normal(size=(400, 4))
+    noisy[np.arange(400), labels] += 2.0
+    low, high = TEMPERATURE_RANGE
+    assert fit_temperature(separable, labels) == pytest.approx(low, rel=1e-3)
+    assert fit_temperature(noise, labels) == pytest.approx(high, rel=1e-3)
+    for z in (separable, noise):
+        t = fit_temperature(z, labels)
+        assert low <= t <= high and "model contract's bound" in temperature_bound_note(t)
+    t = fit_temperature(noisy, labels)
+    assert low < t < high and temperature_bound_note(t) is None
 
 
 @pytest.mark.parametrize("check,passes", [

@@ -179,6 +179,8 @@ def run(args) -> int:
         print(f"temperature {result['temperature']:.4f}: ECE {100 * result['ece_before']:.2f} % "
               f"-> {100 * result['ece_after']:.2f} % on {result['samples']} patches; "
               f"written {args.out}")
+        if result.get("note"):
+            print(f"note: {result['note']}")
     elif args.command == "check-precision":
         from .precision import check_precision
         print(check_precision(args.model, args.data, args.out, args.limit))

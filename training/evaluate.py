@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from lcz_qgis_plugin.core.contract import ModelCard
+from lcz_qgis_plugin.core.contract import TEMPERATURE_RANGE, ModelCard
 from lcz_qgis_plugin.core.lcz_classes import LCZ_CLASSES
 from lcz_qgis_plugin.core.metrics import (accuracy_scores, calibration, confusion_matrix,
                                           format_percent)
@@ -242,13 +242,30 @@ def nll(z: np.ndarray, labels: np.ndarray, temperature: float) -> float:
 
 
 def fit_temperature(z: np.ndarray, labels: np.ndarray) -> float:
-    """T minimising the validation cross-entropy; 1-D bounded search on log T in [1/50, 50]."""
+    """T minimising the validation cross-entropy; 1-D bounded search on log T within the
+    model contract's temperature range (0.05-20: a card outside it is refused)."""
     from scipy.optimize import minimize_scalar
 
+    low, high = TEMPERATURE_RANGE
     result = minimize_scalar(lambda log_t: nll(z, labels, math.exp(log_t)),
-                             bounds=(math.log(0.02), math.log(50.0)), method="bounded",
+                             bounds=(math.log(low), math.log(high)), method="bounded",
                              options={"xatol": 1e-5})
-    return float(math.exp(result.x))
+    return float(min(max(math.exp(result.x), low), high))
+
+
+def temperature_bound_note(temperature: float) -> str | None:
+    """What to say when the fitted temperature sits at the contract's bound (the best one lies
+    beyond it), else None."""
+    low, high = TEMPERATURE_RANGE
+    if low * 1.001 < temperature < high / 1.001:
+        return None
+    if temperature <= low * 1.001:
+        bound, why = low, "the model is far less confident than it is right on these patches"
+    else:
+        bound, why = high, "the model is far more confident than it is right on these patches"
+    return (f"the fitted temperature is the model contract's bound {bound:g} (allowed "
+            f"{low:g}-{high:g}): {why}, or there are too few of them to calibrate on; "
+            f"{bound:g} is stored. Calibrate on more, and more varied, validation patches.")
 
 
 def calibrate(model: str, data: str, out: str, bins: int = 15, batch_size: int = 256) -> dict:
@@ -277,6 +294,9 @@ def calibrate(model: str, data: str, out: str, bins: int = 15, batch_size: int =
                "mce_before": before["mce"], "mce_after": after["mce"],
                "nll_before": nll(z, labels, card.temperature),
                "nll_after": nll(z, labels, temperature)}
+    note = temperature_bound_note(temperature)
+    if note:
+        summary["note"] = note
     from lcz_qgis_plugin.core.contract_writer import copy_with_card
     card.temperature = temperature
     card.provenance = dict(card.provenance, calibration=summary)

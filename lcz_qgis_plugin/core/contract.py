@@ -22,7 +22,7 @@ lcz.class_codes         LCZ code (1-17) of each output column, in order
 lcz.class_names         names of those classes (informative; the plugin uses its table)
 lcz.class_colours       their colours (informative)
 lcz.output_kind         ``logits`` or ``probabilities``
-lcz.temperature         calibration temperature T (> 0); probabilities = softmax(z / T),
+lcz.temperature         calibration temperature T (0.05-20); probabilities = softmax(z / T),
                         z = logits, or log(probabilities) for a model that outputs them
 lcz.provenance          JSON object: dataset, training date, metrics, source weights ...
 lcz.precision_checks    optional JSON object: how far a reduced-precision engine's
@@ -34,6 +34,15 @@ lcz.precision_checks    optional JSON object: how far a reduced-precision engine
                         (:func:`ModelCard.passes_precision_check`).
 ======================  ==========================================================
 
+Model files are untrusted input (downloaded, shared, possibly crafted), so every value is
+bounded before use, in time linear in the metadata's size, and every message quotes at most
+a few items of what it refuses: the ``lcz.*`` values together hold at most 1 MB of text and
+JSON nested at most 20 levels deep (both checked before the JSON is parsed); patch size
+1-512 px; 1-256 uniquely named channels; 2-17 unique LCZ codes; temperature 0.05-20;
+scale, offset, mean and std finite with magnitudes up to 1e9 (std at least 1e-9); pixel
+size 0.1-1000 m; cell size from the pixel size to 100 km; names, version and channel names
+up to 200 printable characters (the constants below).
+
 This module only *reads and validates* (the plugin side); writing the keys into an ONNX file
 is :mod:`lcz_qgis_plugin.core.contract_writer` (the training side), which uses
 :meth:`ModelCard.to_metadata_props` from here so that both sides share one definition.
@@ -43,6 +52,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -57,6 +68,22 @@ OUTPUT_KINDS = ("logits", "probabilities")
 # of cells; the margin covers a scene that differs from the patches the check used.
 SAME_CLASS_REQUIRED = 0.995
 PATCHES_REQUIRED = 200
+
+# Bounds of a model card (see the module's docstring): far beyond any real LCZ model, tight
+# enough that a crafted card cannot hang validation, exhaust memory or skew the map.
+MAX_METADATA_CHARS = 1_000_000   # all lcz.* keys and values together
+MAX_SCHEMA_VERSION = 1000        # a later schema asks for a newer plugin; beyond, a broken card
+MAX_JSON_DEPTH = 20
+MAX_TEXT = 200                   # characters of lcz.name, lcz.version, each channel name
+MAX_PATCH_SIZE = 512             # pixels (the So2Sat models use 32, MSMLA 48)
+MAX_CHANNELS = 256
+MAX_MAGNITUDE = 1e9              # of every scale, offset, mean and std
+MIN_STD = 1e-9
+PIXEL_SIZE_RANGE = (0.1, 1000.0)  # metres
+MAX_CELL_SIZE = 100_000.0        # metres
+TEMPERATURE_RANGE = (0.05, 20.0)  # what 'python -m training calibrate' can fit
+MAX_PRECISION_CHECKS = 16
+MAX_CHECK_PATCHES = 10 ** 9
 
 _EXPORT_HINT = ("Export the model with 'python -m training export', or add the metadata with "
                 "lcz_qgis_plugin.core.contract_writer.write_model_card().")
@@ -128,8 +155,10 @@ class ModelCard:
         }
         if self.precision_checks:
             values["precision_checks"] = self.precision_checks
-        return {PREFIX + key: (value if isinstance(value, str) else json.dumps(value))
-                for key, value in values.items()}
+        props = {PREFIX + key: (value if isinstance(value, str) else json.dumps(value))
+                 for key, value in values.items()}
+        _check_metadata_size(props, "the model card")  # what the reader would refuse
+        return props
 
     @classmethod
     def from_metadata_props(cls, props: Mapping[str, str],
@@ -140,13 +169,15 @@ class ModelCard:
                 f"{source} carries no LCZ model metadata (no '{PREFIX}schema_version' in its "
                 f"ONNX metadata_props), so the plugin cannot tell which bands it expects or how "
                 f"to scale them. {_EXPORT_HINT}")
+        _check_metadata_size(props, source)
         version = _parse(props, "schema_version", int, source)
-        if version > SCHEMA_VERSION:
+        if SCHEMA_VERSION < version <= MAX_SCHEMA_VERSION:
             raise ModelError(
-                f"{source} uses model metadata schema {version}, but this plugin understands "
-                f"schema {SCHEMA_VERSION} at most. Update the LCZ plugin.")
-        if version < 1:
-            raise ModelError(f"{source}: invalid metadata schema version {version}.")
+                f"{source} uses model metadata schema {version}, but this plugin "
+                f"understands schema {SCHEMA_VERSION} at most. Update the LCZ plugin.")
+        if not 1 <= version <= SCHEMA_VERSION:
+            raise ModelError(f"{source}: invalid metadata schema version {_brief(version)}. "
+                             f"{_EXPORT_HINT}")
         card = cls(
             schema_version=version,
             name=_parse(props, "name", str, source),
@@ -170,63 +201,221 @@ class ModelCard:
 
     # -- validation ------------------------------------------------------------------------
     def validate(self, source: str = "the model") -> None:
-        """Raise :class:`ModelError` if the card is inconsistent."""
+        """Raise :class:`ModelError` if the card is inconsistent or out of bounds.
+
+        Counts are bounded before items are looked at and duplicates are counted, so every
+        check takes time linear in the card's size; messages quote at most a few items."""
         def bad(msg: str) -> ModelError:
             return ModelError(f"{source} has invalid LCZ model metadata: {msg}. {_EXPORT_HINT}")
 
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise bad("'lcz.name' is empty")
-        if not self.channels or not all(isinstance(c, str) and c.strip() for c in self.channels):
+        for key, required in (("name", True), ("version", False)):
+            problem = _text_problem(getattr(self, key), required)
+            if problem:
+                raise bad(f"'lcz.{key}' {problem}")
+        self._validate_channels(bad)
+        self._validate_scaling(bad)
+        self._validate_geometry(bad)
+        self._validate_classes(bad)
+        self._validate_json_objects(bad)
+
+    def _validate_channels(self, bad) -> None:
+        channels = self.channels
+        if not isinstance(channels, list) or not channels:
             raise bad("'lcz.channels' must be a non-empty list of channel names")
-        dupes = sorted({c for c in self.channels if self.channels.count(c) > 1})
+        if len(channels) > MAX_CHANNELS:
+            raise bad(f"'lcz.channels' lists {len(channels):,} channels; an LCZ model takes "
+                      f"at most {MAX_CHANNELS}")
+        for name in channels:
+            problem = _text_problem(name, required=True)
+            if problem:
+                raise bad(f"a channel name in 'lcz.channels' {problem}")
+        dupes = sorted(name for name, count in Counter(channels).items() if count > 1)
         if dupes:
-            raise bad(f"'lcz.channels' names {', '.join(dupes)} more than once")
+            raise bad(f"'lcz.channels' names {_some(dupes)} more than once")
+
+    def _validate_scaling(self, bad) -> None:
         n = len(self.channels)
         for key in ("scale", "offset", "mean", "std"):
             values = getattr(self, key)
             if not isinstance(values, list) or len(values) != n:
                 raise bad(f"'lcz.{key}' must hold one number per channel ({n})")
-            if not all(_is_finite_number(v) for v in values):
-                raise bad(f"'lcz.{key}' holds a value that is not a finite number")
-        if any(v <= 0 for v in self.std):
-            raise bad("'lcz.std' must be positive for every channel")
+            wrong = [v for v in values if not _is_finite_number(v) or abs(v) > MAX_MAGNITUDE]
+            if wrong:
+                raise bad(f"'lcz.{key}' holds {_some(wrong)}; each value must be a finite "
+                          f"number of magnitude at most {MAX_MAGNITUDE:g}")
+        if any(v < MIN_STD for v in self.std):
+            raise bad(f"'lcz.std' must be positive for every channel (at least {MIN_STD:g})")
         if any(v == 0 for v in self.scale):
             raise bad("'lcz.scale' must not be zero")
-        if not isinstance(self.patch_size, int) or self.patch_size < 1:
-            raise bad("'lcz.patch_size' must be a positive integer")
-        for key in ("pixel_size", "cell_size", "temperature"):
+
+    def _validate_geometry(self, bad) -> None:
+        if not _is_whole(self.patch_size) or not 1 <= self.patch_size <= MAX_PATCH_SIZE:
+            raise bad(f"'lcz.patch_size' is {_brief(self.patch_size)}; it must be a positive "
+                      f"integer of at most {MAX_PATCH_SIZE} (pixels)")
+        bounds = {"pixel_size": PIXEL_SIZE_RANGE + ("metres",),
+                  "cell_size": (self.pixel_size, MAX_CELL_SIZE, "metres, at least the pixel "
+                                                                "size"),
+                  "temperature": TEMPERATURE_RANGE + ("",)}
+        for key, (low, high, unit) in bounds.items():
             value = getattr(self, key)
-            if not _is_finite_number(value) or value <= 0:
-                raise bad(f"'lcz.{key}' must be a positive number")
+            if not (_is_finite_number(value) and low <= value <= high):
+                unit = f" ({unit})" if unit else ""
+                raise bad(f"'lcz.{key}' is {_brief(value)}; it must be a positive number from "
+                          f"{low:g} to {high:g}{unit}")
+
+    def _validate_classes(self, bad) -> None:
         codes = self.class_codes
         if (not isinstance(codes, list) or not codes
-                or not all(isinstance(c, int) and not isinstance(c, bool) for c in codes)):
+                or not all(_is_whole(c) for c in codes[:len(LCZ_CODES) + 1])):
             raise bad("'lcz.class_codes' must be a non-empty list of LCZ codes 1-17")
+        if len(codes) > len(LCZ_CODES):
+            raise bad(f"'lcz.class_codes' lists {len(codes):,} classes; there are "
+                      f"{len(LCZ_CODES)} LCZ classes, each listed at most once")
         unknown = [c for c in codes if c not in LCZ_CODES]
         if unknown:
-            raise bad(f"'lcz.class_codes' holds {unknown}, not LCZ codes 1-17")
-        if len(set(codes)) != len(codes):
-            raise bad("'lcz.class_codes' lists a class twice")
+            raise bad(f"'lcz.class_codes' holds {_some(unknown)}, not LCZ codes 1-17")
+        twice = sorted(code for code, count in Counter(codes).items() if count > 1)
+        if twice:
+            raise bad(f"'lcz.class_codes' lists a class twice ({_some(twice)})")
         if len(codes) < 2:
             raise bad("'lcz.class_codes' must list at least two classes")
-        if self.output_kind not in OUTPUT_KINDS:
-            raise bad(f"'lcz.output_kind' is {self.output_kind!r}; expected one of {OUTPUT_KINDS}")
-        if not isinstance(self.provenance, dict):
-            raise bad("'lcz.provenance' must be a JSON object")
-        if not isinstance(self.precision_checks, dict):
-            raise bad("'lcz.precision_checks' must be a JSON object")
+        if not isinstance(self.output_kind, str) or self.output_kind not in OUTPUT_KINDS:
+            raise bad(f"'lcz.output_kind' is {_brief(self.output_kind)}; expected one of "
+                      f"{OUTPUT_KINDS}")
+
+    def _validate_json_objects(self, bad) -> None:
+        for key in ("provenance", "precision_checks"):
+            value = getattr(self, key)
+            if not isinstance(value, dict):
+                raise bad(f"'lcz.{key}' must be a JSON object")
+            if _nests_deeper(value, MAX_JSON_DEPTH):
+                raise bad(f"'lcz.{key}' nests more than {MAX_JSON_DEPTH} levels deep")
+        if len(self.precision_checks) > MAX_PRECISION_CHECKS:
+            raise bad(f"'lcz.precision_checks' holds {len(self.precision_checks):,} entries; "
+                      f"at most {MAX_PRECISION_CHECKS} (one per precision) are allowed")
         for precision, check in self.precision_checks.items():
-            if not (isinstance(check, dict) and _is_finite_number(check.get("same_class"))
-                    and 0 <= check["same_class"] <= 1
-                    and isinstance(check.get("patches"), int)
-                    and not isinstance(check["patches"], bool) and check["patches"] >= 1):
-                raise bad(f"'lcz.precision_checks' entry {precision!r} needs 'same_class' "
-                          f"(a share 0-1) and 'patches' (a count of at least 1)")
+            if not (isinstance(precision, str) and len(precision) <= MAX_TEXT
+                    and _is_valid_check(check)):
+                raise bad(f"'lcz.precision_checks' entry {_brief(precision)} needs "
+                          f"'same_class' (a share 0-1) and 'patches' (a count from 1 to "
+                          f"{MAX_CHECK_PATCHES:,})")
 
 
 def _is_finite_number(value: object) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool)
             and math.isfinite(value))
+
+
+def _is_whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_valid_check(check: object) -> bool:
+    return (isinstance(check, dict) and _is_finite_number(check.get("same_class"))
+            and 0 <= check["same_class"] <= 1 and _is_whole(check.get("patches"))
+            and 1 <= check["patches"] <= MAX_CHECK_PATCHES)
+
+
+def _text_problem(value: object, required: bool) -> str | None:
+    """Why ``value`` cannot be a name (None when it can): text that fits on a line."""
+    if not isinstance(value, str):
+        return f"is not text: {_brief(value)}"
+    if required and not value.strip():
+        return "is empty"
+    if len(value) > MAX_TEXT:
+        return f"is {len(value):,} characters long; at most {MAX_TEXT} are allowed"
+    if not value.isprintable():
+        return f"holds control characters (line breaks, tabs ...): {_brief(value)}"
+    return None
+
+
+def _brief(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters. Containers and huge whole numbers
+    are only described: their repr could be megabytes long, or fail."""
+    if isinstance(value, dict):
+        return f"a JSON object of {len(value):,} entries"
+    if isinstance(value, (list, tuple)):
+        return f"a JSON list of {len(value):,} items"
+    if _is_whole(value) and value.bit_length() > 160:
+        return f"a whole number of about {int(value.bit_length() * math.log10(2)):,} digits"
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + "..."
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _some(items: list, shown: int = 5) -> str:
+    """The first few ``items``, briefly, then how many more: a message stays short however
+    many items a crafted card holds."""
+    text = ", ".join(_brief(item, 40) for item in items[:shown])
+    return text + (f" and {len(items) - shown:,} more" if len(items) > shown else "")
+
+
+def _check_metadata_size(props: Mapping[str, str], source: str) -> None:
+    """Refuse ``lcz.*`` metadata beyond :data:`MAX_METADATA_CHARS` before parsing any of it."""
+    sizes = {key: len(key) + len(value) for key, value in props.items()
+             if key.startswith(PREFIX)}
+    total = sum(sizes.values())
+    if total > MAX_METADATA_CHARS:
+        largest = max(sizes, key=sizes.get)
+        raise ModelError(
+            f"{source}: its LCZ metadata (the 'lcz.*' keys) holds {total:,} characters, more "
+            f"than the {MAX_METADATA_CHARS:,} a model card may hold ({_brief(largest)} alone "
+            f"holds {sizes[largest]:,}). {_EXPORT_HINT}")
+
+
+_JSON_TOKENS = re.compile(r'[\[\]{}"\\]')
+
+
+def _json_text_nests_deeper(text: str, limit: int) -> bool:
+    """Whether JSON ``text`` nests lists/objects more than ``limit`` levels deep: one pass
+    over its brackets and quotes, without recursion, so that nesting deeper than Python's
+    recursion limit never reaches ``json.loads``."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth, in_string, escaped_at = 0, False, -1
+    for token in _JSON_TOKENS.finditer(text):
+        at, char = token.start(), token.group()
+        if at == escaped_at:
+            continue
+        if char == "\\":
+            escaped_at = at + 1
+        elif char == '"':
+            in_string = not in_string
+        elif in_string:
+            continue
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _nests_deeper(value: object, limit: int) -> bool:
+    """Whether parsed JSON ``value`` nests lists/objects more than ``limit`` levels deep
+    (counted without recursion; a card built in Python may nest anything)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, (dict, list)))
+    return False
+
+
+def _as_float(value: object) -> object:
+    """A JSON whole number as a float; one too large for a float becomes infinity, which
+    validation then refuses by name (instead of an OverflowError traceback)."""
+    if not _is_whole(value):
+        return value
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 _KIND_NAMES = {int: "a whole number", float: "a number", list: "a JSON list",
@@ -242,17 +431,22 @@ def _parse(props: Mapping[str, str], key: str, kind: type, source: str, default:
     raw = props[full]
     if kind is str:
         return raw
+    if _json_text_nests_deeper(raw, MAX_JSON_DEPTH):
+        raise ModelError(f"{source}: metadata key '{full}' nests JSON more than "
+                         f"{MAX_JSON_DEPTH} levels deep. {_EXPORT_HINT}")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
-        raise ModelError(f"{source}: metadata key '{full}' is not valid JSON: {raw[:80]!r}. "
+        raise ModelError(f"{source}: metadata key '{full}' is not valid JSON: {_brief(raw)}. "
                          f"{_EXPORT_HINT}") from None
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if kind is list and isinstance(value, list):
-        value = [float(v) if isinstance(v, int) and not isinstance(v, bool)
-                 and key in ("scale", "offset", "mean", "std") else v for v in value]
+    except (ValueError, RecursionError):  # a whole number of thousands of digits
+        raise ModelError(f"{source}: metadata key '{full}' holds a number too long to read "
+                         f"({_brief(raw)}). {_EXPORT_HINT}") from None
+    if kind is float:
+        value = _as_float(value)
+    if kind is list and isinstance(value, list) and key in ("scale", "offset", "mean", "std"):
+        value = [_as_float(v) for v in value]
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ModelError(f"{source}: metadata key '{full}' should be {_KIND_NAMES[kind]}, "
-                         f"got {raw[:80]!r}. {_EXPORT_HINT}")
+                         f"got {_brief(raw)}. {_EXPORT_HINT}")
     return value

@@ -43,7 +43,7 @@ import numpy as np
 from .contract import ModelCard
 from .errors import EngineError, ModelError
 from .feedback import Feedback
-from .modelfile import read_model_card
+from .modelfile import check_model_file, read_model_card
 
 DEVICES = ("auto", "cuda", "cpu", "openvino", "openvino-bf16", "cuda-fp16")
 CUDA = "CUDAExecutionProvider"
@@ -168,6 +168,11 @@ def _file_key(path: str) -> tuple:
     return os.path.realpath(path), info.st_mtime_ns, info.st_size
 
 
+def _one_line(exc: Exception, limit: int = 400) -> str:
+    """An engine's exception text (often several lines of C++ locations) as one short line."""
+    return " ".join(str(exc).split())[:limit]
+
+
 # --- backends: one loaded model each, with the contract's view of its inputs and outputs ----
 
 class _OnnxRuntimeBackend:
@@ -191,7 +196,7 @@ class _OnnxRuntimeBackend:
             raise ModelError(
                 f"cannot load the model {path}: it is not a valid ONNX model or uses "
                 f"operators this onnxruntime ({ort.__version__}) lacks. onnxruntime said: "
-                f"{str(exc).strip()[:400]}. Export it again, or download it again if it was "
+                f"{_one_line(exc)}. Export it again, or download it again if it was "
                 f"copied.") from None
         finally:
             if quiet:
@@ -265,8 +270,10 @@ class _OpenVinoBackend:
             model = core.read_model(path)
         except Exception as exc:  # openvino raises RuntimeError subclasses with C++ text
             raise ModelError(
-                f"OpenVINO {ov.__version__} cannot read the model {path}: "
-                f"{str(exc).strip()[:400]}. Set DEVICE to CPU to use onnxruntime.") from None
+                f"OpenVINO {ov.__version__} cannot read the model {path}: it is not a valid "
+                f"ONNX model, or uses operators OpenVINO lacks. OpenVINO said: "
+                f"{_one_line(exc)}. Export it again, or download it again if it was copied; "
+                f"or set DEVICE to CPU to use onnxruntime.") from None
         self.provider = OPENVINO_BF16 if precision == "bf16" else OPENVINO_F32
         # OpenVINO's ONNX reader keeps the file's metadata_props as the "framework" rt_info
         rt_info = model.get_rt_info()
@@ -296,7 +303,7 @@ class _OpenVinoBackend:
             except Exception as exc:
                 raise ModelError(
                     f"OpenVINO {ov.__version__} cannot compile the model {path}: "
-                    f"{str(exc).strip()[:400]}. Set DEVICE to CPU to use onnxruntime.") from None
+                    f"{_one_line(exc)}. Set DEVICE to CPU to use onnxruntime.") from None
 
     def runner(self):
         return _OpenVinoRun(self.compiled, self.piece, self.static)
@@ -361,6 +368,7 @@ class Engine:
             raise ModelError(f"the model file {model_path} does not exist. Choose an .onnx "
                              f"model exported by 'python -m training export' or "
                              f"'python -m training convert-keras'.")
+        check_model_file(model_path)  # a broken or hostile file ends here, for every DEVICE
         self.model_path, self.device = model_path, device
         self.threads = int(threads) if threads and threads > 0 else physical_cores()
         self.backend = self._open(device, feedback)

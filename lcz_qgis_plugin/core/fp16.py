@@ -14,18 +14,31 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import EngineError
+from .errors import EngineError, ModelError
+from .modelfile import check_model_file
 
 
 def float16_model_bytes(path: str) -> bytes:
-    """The serialized float16 copy of the ONNX model at ``path``."""
+    """The serialized float16 copy of the ONNX model at ``path``.
+
+    The file is checked first (:func:`~.modelfile.check_model_file`: an ONNX protobuf, a
+    card within bounds, external data only in its own folder), and whatever the onnx package
+    raises on a damaged file becomes a :class:`ModelError` naming it: onnx would otherwise
+    read weight files wherever the model points, and raise protobuf's DecodeError."""
     try:
         import onnx
     except ImportError:
         raise EngineError("DEVICE CUDA float16 needs the onnx package to convert the model "
                           "('python3 -m pip install onnx' in QGIS's Python); or set DEVICE to "
                           "CUDA to run the model in float32.") from None
-    return to_float16(onnx.load(path)).SerializeToString()
+    check_model_file(path)
+    try:
+        return to_float16(onnx.load(path)).SerializeToString()
+    except Exception as exc:  # protobuf's DecodeError, onnx's ValidationError, numpy's errors
+        raise ModelError(
+            f"cannot convert the model {path} to float16: it is not a valid ONNX model "
+            f"({type(exc).__name__}: {str(exc).strip()[:300]}). Export it again, or download "
+            f"it again if it was copied.") from None
 
 
 def to_float16(model):
