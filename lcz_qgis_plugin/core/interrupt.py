@@ -67,12 +67,19 @@ def _restore_raw(signum: int, saved) -> None:
         _LIBC.sigaction(signum, saved, None)
 
 
+def raw_handler(signum: int) -> int | None:
+    """Address of the C-level handler of ``signum`` (0: default, 1: ignored), or None where
+    it cannot be read. ``sa_handler`` comes first in ``struct sigaction``."""
+    raw = _save_raw(signum)
+    return None if raw is None else (ctypes.c_void_p.from_buffer(raw).value or 0)
+
+
 def _ignored(signum: int, raw) -> bool:
     """True when the signal is ignored (a process started by ``nohup``, or in the background
     by a script). The C-level disposition decides where it can be read: Python's own record
     does not see handlers installed outside Python."""
-    if raw is not None:  # sa_handler comes first in struct sigaction; SIG_IGN is 1
-        return ctypes.c_void_p.from_buffer(raw).value == int(signal.SIG_IGN)
+    if raw is not None:
+        return (ctypes.c_void_p.from_buffer(raw).value or 0) == int(signal.SIG_IGN)
     return signal.getsignal(signum) == signal.SIG_IGN
 
 
