@@ -413,6 +413,10 @@ def check_destination(path: str, what: str, extensions: tuple[str, ...] = ()) ->
     if extensions and not path.lower().endswith(extensions):
         raise InputError(f"the {what} {path} must end in {' or '.join(extensions)}.")
     folder = os.path.dirname(path)
+    blocker = _file_in_the_way(folder)
+    if blocker:
+        raise OutputError(f"cannot write the {what} {path}: {blocker} is a file, not a "
+                          f"folder; choose another folder. Nothing was computed.")
     try:
         os.makedirs(folder, exist_ok=True)
         trial = partial_path(path)
@@ -424,6 +428,17 @@ def check_destination(path: str, what: str, extensions: tuple[str, ...] = ()) ->
         raise OutputError(f"cannot write the {what} {path}: {reason}{fix}. Nothing was "
                           f"computed.") from None
     return path
+
+
+def _file_in_the_way(folder: str) -> str | None:
+    """The nearest existing part of ``folder`` when it is not a folder (a file named like a
+    folder of the path), else None."""
+    while folder and not os.path.exists(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return folder if folder and os.path.exists(folder) and not os.path.isdir(folder) else None
 
 
 def class_rows(matrix: np.ndarray, scores: dict) -> list[ClassRow]:
