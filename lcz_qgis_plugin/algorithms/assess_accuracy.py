@@ -62,6 +62,7 @@ Outputs
 - Report (OUTPUT_HTML): one HTML file with the scores, the per-class table and the confusion matrix as a table and as a figure (the figure needs matplotlib).
 - Per-class table (OUTPUT_TABLE, optional): one row per LCZ class: code, letter, name, reference and mapped cells, producer's and user's accuracy, F1; usable in a graphical model or saved as CSV (numbers unquoted).
 - Numbers OA, WA, OA_BU, OA_N, OA_BUILT_VS_NATURAL, KAPPA, F1_MACRO, F1_WEIGHTED (fractions 0-1) and SAMPLES (cells compared), for use in a model.
+Both files are checked before any work starts: a folder that cannot be created or written, or a table extension QGIS cannot write (.csv, .gpkg, .xlsx, .ods ... are fine), stops the run at once.
 """
 
     def initAlgorithm(self, config=None):  # noqa: N802
