@@ -2,7 +2,8 @@
 
 Commands: summary, train, export, evaluate, compare, calibrate, check-precision,
 convert-keras, forest.
-A bad input ends with one readable line on stderr and exit status 2, never a traceback.
+A bad input ends with one readable line on stderr and exit status 2, never a traceback;
+Ctrl+C or SIGTERM with "cancelled; no output was written" and exit status 130.
 """
 
 from __future__ import annotations
@@ -208,12 +209,26 @@ def _known_errors():
 
 
 def main(argv=None) -> int:
+    """Runs one command. Ctrl+C and SIGTERM stop it like a cancel (a second one stops at
+    once): the outputs being written are discarded, and the line "cancelled; no output was
+    written" and exit status 130 follow. Errors: one line and exit status 2."""
+    from lcz_qgis_plugin.core.interrupt import (CANCELLED, CANCELLED_EXIT_STATUS,
+                                                cancel_on_signals, raise_keyboard_interrupt)
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        with cancel_on_signals(raise_keyboard_interrupt):
+            return run(args)
+    except KeyboardInterrupt:
+        print(CANCELLED, file=sys.stderr)
+        return CANCELLED_EXIT_STATUS
     except _known_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 (one line, never a traceback)
+        print(f"error: unexpected {type(exc).__name__}: {exc}. Please report it with the "
+              f"command line that led to it.", file=sys.stderr)
+        return 2

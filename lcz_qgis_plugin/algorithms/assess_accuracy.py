@@ -1,16 +1,17 @@
 """``lcz:assessaccuracy`` — Assess an LCZ map (adapter over core.assess)."""
 
 import math
+import os
 
 from qgis.core import (QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsProcessing,
                        QgsProcessingException, QgsProcessingOutputNumber,
                        QgsProcessingParameterBoolean, QgsProcessingParameterFeatureSink,
                        QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
                        QgsProcessingParameterFileDestination,
-                       QgsProcessingParameterRasterLayer, QgsWkbTypes)
+                       QgsProcessingParameterRasterLayer, QgsVectorFileWriter, QgsWkbTypes)
 from qgis.PyQt.QtCore import QVariant
 
-from ..core.assess import assess_accuracy
+from ..core.assess import assess_accuracy, check_destination
 from .areas_input import labelled_areas_parameter
 from .base import LczAlgorithm
 
@@ -20,6 +21,10 @@ SCORES = (("OA", "oa", "Overall accuracy"), ("WA", "wa", "Weighted accuracy (WA)
           ("OA_BUILT_VS_NATURAL", "oa_built_vs_natural", "Built vs natural accuracy"),
           ("KAPPA", "kappa", "Cohen's kappa"), ("F1_MACRO", "f1_macro", "Macro F1"),
           ("F1_WEIGHTED", "f1_weighted", "Weighted F1"))
+
+
+def _sink_error(sink):
+    return (sink.lastError() if hasattr(sink, "lastError") else "") or "the data was refused"
 
 
 def _number(value):
@@ -57,6 +62,7 @@ Outputs
 - Report (OUTPUT_HTML): one HTML file with the scores, the per-class table and the confusion matrix as a table and as a figure (the figure needs matplotlib).
 - Per-class table (OUTPUT_TABLE, optional): one row per LCZ class: code, letter, name, reference and mapped cells, producer's and user's accuracy, F1; usable in a graphical model or saved as CSV (numbers unquoted).
 - Numbers OA, WA, OA_BU, OA_N, OA_BUILT_VS_NATURAL, KAPPA, F1_MACRO, F1_WEIGHTED (fractions 0-1) and SAMPLES (cells compared), for use in a model.
+Both files are checked before any work starts: a folder that cannot be created or written, or a table extension QGIS cannot write (.csv, .gpkg, .xlsx, .ods ... are fine), stops the run at once.
 """
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -84,6 +90,10 @@ Outputs
         self.addOutput(QgsProcessingOutputNumber("SAMPLES", self.tr("Cells compared")))
 
     def run_core(self, parameters, context, feedback):
+        report = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)
+        if report:  # every destination is checked before any work
+            check_destination(report, "accuracy report")
+        self._check_table_destination(parameters, context)
         lcz_map = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         has_areas = parameters.get(self.REFERENCE_AREAS) not in (None, "")
         raster = self.parameterAsRasterLayer(parameters, self.REFERENCE_RASTER, context)
@@ -103,7 +113,6 @@ Outputs
                 raise QgsProcessingException(
                     f"Cannot load the reference polygons (REFERENCE_AREAS) "
                     f"{parameters.get(self.REFERENCE_AREAS)}; give a vector layer or file.")
-        report = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)
         result = assess_accuracy(
             lcz_map.source(), reference_raster=raster.source() if raster else None,
             reference_areas=areas, report=report,
@@ -115,6 +124,25 @@ Outputs
         if table_id is not None:
             outputs[self.OUTPUT_TABLE] = table_id
         return outputs
+
+    def _check_table_destination(self, parameters, context):
+        """A per-class table that cannot be written stops the run before any work, as the
+        report does: GDAL's CSV writer on a read-only folder otherwise gives a
+        sink that drops every row, and the run would report success with no table."""
+        if parameters.get(self.OUTPUT_TABLE) in (None, ""):
+            return
+        destination = self.parameterAsOutputLayer(parameters, self.OUTPUT_TABLE, context) or ""
+        path = destination.split("|")[0]
+        if path.startswith(("memory:", "ogr:", "postgres:", "postgis:", "spatialite:")) \
+                or "://" in path or "dbname=" in path:
+            return  # a memory layer or a database table: QGIS checks those itself
+        extension = os.path.splitext(path)[1].lower().lstrip(".")
+        known = [e.lower() for e in QgsVectorFileWriter.supportedFormatExtensions()]
+        if extension and extension not in known:  # none: QGIS adds .gpkg
+            raise QgsProcessingException(
+                f"the per-class table {path} does not end in an extension of a file format "
+                f"QGIS can write; end its name in .csv, .gpkg, .xlsx or .ods.")
+        check_destination(path, "per-class table")
 
     def _write_table(self, parameters, context, result):
         if parameters.get(self.OUTPUT_TABLE) in (None, ""):
@@ -135,11 +163,19 @@ Outputs
             parameters, self.OUTPUT_TABLE, context, fields, QgsWkbTypes.NoGeometry,
             layerOptions=["STRING_QUOTING=IF_NEEDED"] if is_csv else [])
         if sink is None:
-            return None
+            raise QgsProcessingException(f"cannot create the per-class table "
+                                         f"{destination or parameters.get(self.OUTPUT_TABLE)}; "
+                                         f"choose another file name or folder.")
         for row in result.classes:
             feature = QgsFeature(fields)
             feature.setAttributes([row.code, row.letter, row.name, row.reference,
                                    row.predicted, _number(row.producers_accuracy),
                                    _number(row.users_accuracy), _number(row.f1)])
-            sink.addFeature(feature, QgsFeatureSink.FastInsert)
+            if not sink.addFeature(feature, QgsFeatureSink.FastInsert):
+                raise QgsProcessingException(
+                    f"writing the per-class table {destination} failed: "
+                    f"{_sink_error(sink)}; choose another file name or folder.")
+        if not sink.flushBuffer():
+            raise QgsProcessingException(f"writing the per-class table {destination} failed: "
+                                         f"{_sink_error(sink)}.")
         return dest_id

@@ -6,9 +6,11 @@ outputs. Core errors (:class:`~lcz_qgis_plugin.core.errors.LczError`) become
 ``QgsProcessingException`` with the same message.
 """
 
+import atexit
 import html
 import importlib.util
 import os
+import shutil
 import tempfile
 
 from qgis.core import (QgsProcessingAlgorithm, QgsProcessingException,
@@ -17,8 +19,9 @@ from qgis.PyQt.QtCore import QCoreApplication, QUrl
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.engine import ONNXRUNTIME_MISSING
-from ..core.errors import LczError
+from ..core.errors import Cancelled, LczError
 from ..core.feedback import Feedback
+from ..core.interrupt import CANCELLED, cancel_on_signals
 
 ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "icons", "lcz.svg")
 REFERENCES = (
@@ -101,24 +104,15 @@ class LczAlgorithm(QgsProcessingAlgorithm):
         return QIcon(ICON)
 
     def helpUrl(self):  # noqa: N802
-        """A local HTML page with the full help, written on demand (works offline)."""
-        folder = os.path.join(tempfile.gettempdir(), "lcz_qgis_plugin_help")
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"{self.name()}.html")
+        """A local HTML page with the full help, written on demand (works offline) into a
+        folder only this user can open (see :func:`help_folder`)."""
         body = html.escape(self.shortHelpString()).replace("\n", "<br>\n")
         page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>"
                 f"{html.escape(self.displayName())}</title></head><body><h1>"
                 f"{html.escape(self.displayName())} (lcz:{self.name()})</h1><p><i>"
                 f"{html.escape(self.shortDescription())}</i></p><p>{body}</p></body></html>")
-        try:
-            with open(path, encoding="utf-8") as f:
-                current = f.read()
-        except OSError:
-            current = None
-        if current != page:  # QGIS asks for the URL often (dialogs, list --json)
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(page)
-        return QUrl.fromLocalFile(path).toString()
+        path = write_private_page(f"{self.name()}.html", page)
+        return QUrl.fromLocalFile(path).toString() if path else ""
 
     def canExecute(self):  # noqa: N802
         if self.NEEDS_ONNXRUNTIME and importlib.util.find_spec("onnxruntime") is None:
@@ -130,10 +124,75 @@ class LczAlgorithm(QgsProcessingAlgorithm):
             ok, message = self.canExecute()
             if not ok:
                 raise QgsProcessingException(message)
-        try:
-            return self.run_core(parameters, context, QgisFeedback(feedback))
-        except LczError as exc:
-            raise QgsProcessingException(str(exc)) from None
+        feedback = feedback or QgsProcessingFeedback()
+        # Headless runs (qgis_process, scripts): Ctrl+C and SIGTERM press the cancel button
+        with cancel_on_signals(feedback.cancel):
+            try:
+                return self.run_core(parameters, context, QgisFeedback(feedback))
+            except Cancelled:
+                raise QgsProcessingException(CANCELLED) from None
+            except LczError as exc:
+                raise QgsProcessingException(str(exc)) from None
 
     def run_core(self, parameters, context, feedback):
         raise NotImplementedError
+
+
+_help_folder = None
+
+
+def help_folder() -> str:
+    """This process's folder for help pages: made by ``mkdtemp`` (a fresh, unpredictable name,
+    mode 0700, never an existing path), deleted when the process ends. A fixed name in the
+    shared temporary folder would let another local user plant a link there and have the
+    page written over any file this user can write."""
+    global _help_folder
+    if _help_folder is None or not _private_folder(_help_folder):
+        _help_folder = tempfile.mkdtemp(prefix="lcz_qgis_plugin_help-")
+        atexit.register(shutil.rmtree, _help_folder, True)
+    return _help_folder
+
+
+def _private_folder(path: str) -> bool:
+    """Still the folder we made: a real folder (no link), ours, closed to everyone else."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return (os.path.isdir(path) and not os.path.islink(path)
+            and (not hasattr(os, "getuid") or info.st_uid == os.getuid())
+            and info.st_mode & 0o077 == 0)
+
+
+def write_private_page(name: str, page: str):
+    """Write ``page`` as ``name`` in :func:`help_folder` (unchanged pages are not rewritten:
+    QGIS asks for the URL often) and return its path; None when it cannot be written (the
+    help text stays in the dialog). The page is written to a new file (``mkstemp``:
+    O_CREAT|O_EXCL) and moved into place with ``os.replace``, which replaces a link instead of
+    following it; the old page is read without following links."""
+    try:
+        folder = help_folder()
+        path = os.path.join(folder, name)
+        if _read_no_follow(path) == page:
+            return path
+        handle, temp = tempfile.mkstemp(prefix=".page-", suffix=".html", dir=folder)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as f:
+                f.write(page)
+            os.replace(temp, path)
+        except BaseException:
+            if os.path.exists(temp):
+                os.remove(temp)
+            raise
+        return path
+    except OSError:
+        return None
+
+
+def _read_no_follow(path: str):
+    try:
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    with os.fdopen(handle, encoding="utf-8", errors="replace") as f:
+        return f.read()

@@ -2,19 +2,25 @@
 
     python -m lcz_qgis_plugin.core classify --input stack.tif --model m.onnx --output lcz.tif
     python -m lcz_qgis_plugin.core model-info m.onnx
+    python -m lcz_qgis_plugin.core clean-partials FOLDER
 
-Errors print one line naming the problem and the fix, and exit with status 2.
+Errors print one line naming the problem and the fix, and exit with status 2. Ctrl+C or
+SIGTERM cancels a run like the Processing cancel button (a second one stops at once): the line
+"cancelled; no output was written" and exit status 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .engine import DEVICES
-from .errors import LczError
+from .errors import Cancelled, LczError
 from .feedback import ConsoleFeedback
+from .interrupt import (CANCELLED, CANCELLED_EXIT_STATUS, cancel_on_signals,
+                        raise_keyboard_interrupt)
 
 
 def _extent(text: str) -> tuple[float, float, float, float]:
@@ -52,37 +58,83 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--threads", type=int, default=0)
     info = commands.add_parser("model-info", help="print a model's LCZ metadata as JSON")
     info.add_argument("model")
+    clean = commands.add_parser(
+        "clean-partials", help="delete the temporary files that killed runs left in a folder",
+        description="Delete the hidden temporary files (.NAME.lcz-partial-HOST-PID-...) that "
+                    "runs stopped by SIGKILL or a power cut left in FOLDER; only those written "
+                    "on this machine by processes that no longer run. The next run writing "
+                    "into the folder does the same.")
+    clean.add_argument("folder")
     args = parser.parse_args(argv)
     feedback = ConsoleFeedback()
     try:
-        if args.command == "model-info":
-            from .engine import Engine
-            engine = Engine(args.model, device="cpu")
-            card = engine.card
-            print(json.dumps({"file": args.model, "schema_version": card.schema_version,
-                              "name": card.name, "version": card.version,
-                              "channels": card.channels, "patch_size": card.patch_size,
-                              "pixel_size": card.pixel_size, "cell_size": card.cell_size,
-                              "class_codes": card.class_codes,
-                              "output_kind": card.output_kind,
-                              "temperature": card.temperature,
-                              "provenance": card.provenance}, indent=2))
-            return 0
-        from .classify import classify
-        result = classify(args.input, args.model, args.output,
-                          probabilities_output=args.probabilities,
-                          confidence_output=args.confidence, cell_size=args.cell_size,
-                          extent=args.extent, device=args.device, batch_size=args.batch_size,
-                          majority_radius=args.majority_radius, threads=args.threads,
-                          feedback=feedback, input_bands=args.input_bands)
-        print(json.dumps({"output": result.output, "probabilities": result.probabilities,
-                          "confidence": result.confidence, "provider": result.provider,
-                          "classified_cells": result.classified_cells,
-                          "patches_per_second": round(result.patches_per_second, 1)}))
-        return 0
+        # classify stops at its next batch; the other commands are short: stop at once
+        cancel = feedback.cancel if args.command == "classify" else raise_keyboard_interrupt
+        with cancel_on_signals(cancel):
+            return _run(args, feedback)
+    except (Cancelled, KeyboardInterrupt):
+        print(CANCELLED, file=sys.stderr)
+        return CANCELLED_EXIT_STATUS
     except LczError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: {_os_error(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 (one line, never a traceback)
+        print(f"error: unexpected {type(exc).__name__}: {exc}. Please report it with the "
+              f"command line that led to it.", file=sys.stderr)
+        return 2
+
+
+def _os_error(exc: OSError) -> str:
+    from .commit import describe_os_error
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{describe_os_error(exc)}"
+
+
+def _clean_partials(folder: str) -> int:
+    from .commit import sweep_partials
+    if not os.path.isdir(folder):
+        raise LczError(f"{folder} is not a folder; give the folder the outputs were written "
+                       f"to.")
+    removed = sweep_partials(folder)
+    for path in removed:
+        print(f"removed {path}")
+    print(f"{len(removed)} temporary file(s) of stopped runs removed from {folder}",
+          file=sys.stderr)
+    return 0
+
+
+def _run(args, feedback: ConsoleFeedback) -> int:
+    """The command itself; errors are turned into one line by :func:`main`."""
+    if args.command == "clean-partials":
+        return _clean_partials(args.folder)
+    if args.command == "model-info":
+        from .engine import Engine
+        engine = Engine(args.model, device="cpu")
+        card = engine.card
+        print(json.dumps({"file": args.model, "schema_version": card.schema_version,
+                          "name": card.name, "version": card.version,
+                          "channels": card.channels, "patch_size": card.patch_size,
+                          "pixel_size": card.pixel_size, "cell_size": card.cell_size,
+                          "class_codes": card.class_codes,
+                          "output_kind": card.output_kind,
+                          "temperature": card.temperature,
+                          "provenance": card.provenance}, indent=2))
+        return 0
+    from .classify import classify
+    result = classify(args.input, args.model, args.output,
+                      probabilities_output=args.probabilities,
+                      confidence_output=args.confidence, cell_size=args.cell_size,
+                      extent=args.extent, device=args.device, batch_size=args.batch_size,
+                      majority_radius=args.majority_radius, threads=args.threads,
+                      feedback=feedback, input_bands=args.input_bands)
+    print(json.dumps({"output": result.output, "probabilities": result.probabilities,
+                      "confidence": result.confidence, "provider": result.provider,
+                      "classified_cells": result.classified_cells,
+                      "patches_per_second": round(result.patches_per_second, 1)}))
+    return 0
 
 
 if __name__ == "__main__":

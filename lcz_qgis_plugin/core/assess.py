@@ -340,6 +340,8 @@ def assess_accuracy(map_path: str, *, reference_raster: str | None = None,
     if (reference_raster is None) == (reference_areas is None):
         raise InputError("give exactly one reference: reference polygons or a reference LCZ "
                          "raster.")
+    if report:
+        check_destination(report, "accuracy report")
     map_ds = open_raster(map_path, "LCZ map")
     x0, px, rx, y0, ry, py = map_ds.GetGeoTransform()
     if rx or ry:
@@ -368,7 +370,7 @@ def assess_accuracy(map_path: str, *, reference_raster: str | None = None,
         strip_rows = max(1, min(strip_rows, FINE_CELLS_PER_STRIP // max(1, width)))
     for row in range(0, height, strip_rows):
         if feedback.is_cancelled():
-            raise Cancelled("Accuracy assessment cancelled; no report was written.")
+            raise Cancelled()
         rows = min(strip_rows, height - row)
         predicted = band.ReadAsArray(0, row, width, rows)
         if predicted is None:
@@ -397,6 +399,46 @@ def assess_accuracy(map_path: str, *, reference_raster: str | None = None,
         result.report = write_report(report, result, map_path, reference_name,
                                      title or "LCZ map accuracy", feedback)
     return result
+
+
+def check_destination(path: str, what: str, extensions: tuple[str, ...] = ()) -> str:
+    """Refuse, before any work, a destination that cannot be written: a folder, a wrong
+    extension, a folder that cannot be created, or one that refuses a new file (read-only
+    disk, permissions; tried with a real file, which also holds for root, whom permission
+    bits do not stop). The folder is created; the trial file is deleted at once."""
+    from .commit import describe_os_error, partial_path
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise InputError(f"the {what} {path} is a folder; give a file name.")
+    if extensions and not path.lower().endswith(extensions):
+        raise InputError(f"the {what} {path} must end in {' or '.join(extensions)}.")
+    folder = os.path.dirname(path)
+    blocker = _file_in_the_way(folder)
+    if blocker:
+        raise OutputError(f"cannot write the {what} {path}: {blocker} is a file, not a "
+                          f"folder; choose another folder. Nothing was computed.")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        trial = partial_path(path)
+        os.close(os.open(trial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.remove(trial)
+    except OSError as exc:
+        reason = describe_os_error(exc)
+        fix = "" if "choose" in reason else "; choose another folder"
+        raise OutputError(f"cannot write the {what} {path}: {reason}{fix}. Nothing was "
+                          f"computed.") from None
+    return path
+
+
+def _file_in_the_way(folder: str) -> str | None:
+    """The nearest existing part of ``folder`` when it is not a folder (a file named like a
+    folder of the path), else None."""
+    while folder and not os.path.exists(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return folder if folder and os.path.exists(folder) and not os.path.isdir(folder) else None
 
 
 def class_rows(matrix: np.ndarray, scores: dict) -> list[ClassRow]:

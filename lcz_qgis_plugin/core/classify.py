@@ -326,4 +326,4 @@ def confidence_planes(probs: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def _check_cancel(feedback: Feedback) -> None:
     if feedback.is_cancelled():
-        raise Cancelled("Classification cancelled; no output was written.")
+        raise Cancelled()

@@ -26,4 +26,8 @@ class EngineError(LczError):
 
 
 class Cancelled(LczError):
-    """The user cancelled; outputs have been removed."""
+    """The user cancelled (the cancel button, Ctrl+C, SIGTERM); the run's temporary files have
+    been removed and previous outputs left as they were. Every cancel says the same line."""
+
+    def __init__(self, message: str = "cancelled; no output was written"):
+        super().__init__(message)

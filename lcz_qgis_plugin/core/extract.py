@@ -395,7 +395,7 @@ def write_patches(writer: PatchWriter, reader: StripReader, selected, code_of, s
     blamed = Counter()
     while k < len(rows):
         if feedback.is_cancelled():
-            raise Cancelled("Extraction cancelled; no patch file was written.")
+            raise Cancelled()
         row_a = rows[k]
         row_b = min(grid.rows, row_a + strip_rows)
         strip = reader.read(row_a, row_b)

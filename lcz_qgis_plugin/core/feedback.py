@@ -26,11 +26,21 @@ class Feedback:
 
 
 class ConsoleFeedback(Feedback):
-    """Prints log lines to stderr and progress in 10 % steps."""
+    """Prints log lines to stderr and progress in 10 % steps. :meth:`cancel` (called by the
+    command line on Ctrl+C or SIGTERM, see :mod:`.interrupt`) makes the run stop at its next
+    cancel check."""
 
     def __init__(self, stream=None):
         self._stream = stream or sys.stderr
         self._last_decile = -1
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        """Ask the run to stop; safe to call from a signal handler."""
+        self._cancelled = True
+
+    def is_cancelled(self) -> bool:
+        return self._cancelled
 
     def progress(self, percent: float) -> None:
         decile = int(percent // 10)

@@ -69,6 +69,7 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal, ogr, osr
 
+from .commit import GdalErrors
 from .errors import InputError
 from .feedback import Feedback
 from .outputs import PendingOutputs, check_output_path
@@ -429,8 +430,7 @@ def _read_osm_file(path: str, scratch: _Scratch, metres_per_level: float,
     # reading layer after layer would re-parse the file and needs OGR_INTERLEAVED_READING).
     count = 0
     while True:
-        with quiet_gdal():  # clipped extracts hold unclosed rings; repaired in add()
-            feature, layer = ds.GetNextFeature()
+        feature, layer = _next_feature(ds, path)
         if feature is None:
             break
         name = layer.GetName()
@@ -455,6 +455,27 @@ def _read_osm_file(path: str, scratch: _Scratch, metres_per_level: float,
             else:
                 scratch.add(geometry, kind, key=key)
     return _declared_bounds(ds)
+
+
+def _next_feature(ds, path: str):
+    """The file's next (feature, layer), or (None, None) at its end. The OSM driver reports a
+    file it cannot parse to the end (cut off by an interrupted download, a damaged PBF block)
+    only as a GDAL error and then ends the layers as if the file were complete; such a file
+    is refused instead of rasterized with part of its features missing. Warnings (unclosed
+    rings of clipped extracts, repaired in ``_Scratch.add``) are not errors."""
+    with GdalErrors() as errors:
+        try:
+            feature, layer = ds.GetNextFeature()
+        except RuntimeError as exc:  # with gdal.UseExceptions() set by someone else
+            errors.messages.append(str(exc))
+            feature, layer = None, None
+    if errors.messages:
+        detail = "; ".join(dict.fromkeys(errors.messages))[:300]
+        raise InputError(f"the OSM file {path} looks cut off or damaged: GDAL's OSM driver "
+                         f"could not read it to the end ({detail}), so part of its features "
+                         f"would be missing. Download the extract again (and compare its size "
+                         f"or checksum with the one published).")
+    return feature, layer
 
 
 def _declared_bounds(ds) -> tuple[float, float, float, float] | None:

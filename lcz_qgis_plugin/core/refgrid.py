@@ -83,7 +83,7 @@ def row_blocks(height: int, rows: int):
 
 def check_cancel(feedback: Feedback) -> None:
     if feedback.is_cancelled():
-        raise Cancelled("cancelled by the user; the unfinished output has been removed.")
+        raise Cancelled()
 
 
 @contextlib.contextmanager

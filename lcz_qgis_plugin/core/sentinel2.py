@@ -112,11 +112,37 @@ def _parse_metadata(xml_bytes: bytes, source: str, product: Product) -> None:
         elif tag == "PROCESSING_BASELINE" and text:
             product.baseline = text
         elif tag in ("QUANTIFICATION_VALUE", "BOA_QUANTIFICATION_VALUE") and text:
-            product.quantification = float(text)
+            product.quantification = _metadata_number(text, tag, source, positive=True)
         elif tag in ("RADIO_ADD_OFFSET", "BOA_ADD_OFFSET") and text:
-            band_id = int(element.get("band_id", "-1"))
+            band_id = _metadata_band_id(element.get("band_id", "-1"), tag, source)
             if 0 <= band_id < len(ALL_BANDS):
-                product.offsets[ALL_BANDS[band_id]] = float(text)
+                product.offsets[ALL_BANDS[band_id]] = _metadata_number(text, tag, source)
+
+
+def _damaged(source: str, what: str, value: str, expected: str) -> InputError:
+    return InputError(f"the product metadata of {source} is damaged: {what} is '{value}', "
+                      f"not {expected}, so the band values cannot be converted to reflectance. "
+                      f"Download the product again.")
+
+
+def _metadata_number(text: str, tag: str, source: str, positive: bool = False) -> float:
+    """A finite number (a positive one for a quantification value): NaN, text or 0 would
+    turn whole bands into no data or infinities without an error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value) or (positive and value <= 0):
+        raise _damaged(source, tag, text, "a positive number" if positive else "a number")
+    return value
+
+
+def _metadata_band_id(text: str, tag: str, source: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise _damaged(source, f"the band_id of {tag}", text,
+                       "a band number (0-12)") from None
 
 
 def _pick_files(names: list[str], level: str) -> dict[str, list[str]]:
