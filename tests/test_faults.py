@@ -11,6 +11,7 @@ import pytest
 
 from faults import (assert_one_clear_error, assert_unchanged, fill, partials, read_only,
                     run_core_limited, small_tmpfs, snapshot)
+from lcz_qgis_plugin.core.assess import assess_accuracy
 from lcz_qgis_plugin.core.buildstack import build_stack
 from lcz_qgis_plugin.core.classify import classify
 from lcz_qgis_plugin.core.dsm import prepare_dsm
@@ -58,6 +59,9 @@ def _cases(s, out):
         "buildstack-vrt": ("lcz_qgis_plugin.core.buildstack:build_stack",
                            [None, [s["stack"]], f"{out}/stack.vrt"],
                            {"channels": s["channels"]}),
+        "assessaccuracy": ("lcz_qgis_plugin.core.assess:assess_accuracy", [town.truth],
+                           {"reference_areas": town.training_areas,
+                            "report": f"{out}/report.html", "table": f"{out}/classes.csv"}),
         "extractpatches": ("lcz_qgis_plugin.core.extract:extract_patches",
                            [s["stack"], town.training_areas, f"{out}/patches.h5"],
                            {"patch_size": 32, "validation_fraction": 0.2,
@@ -66,7 +70,8 @@ def _cases(s, out):
 
 
 @pytest.mark.parametrize("case", ["classify", "stacksentinel2", "rasterizeosm", "preparedsm",
-                                  "buildstack-tif", "buildstack-vrt", "extractpatches"])
+                                  "buildstack-tif", "buildstack-vrt", "extractpatches",
+                                  "assessaccuracy"])
 def test_full_disk_keeps_the_previous_outputs_and_the_inputs(scene, tmp_path, case):
     out = tmp_path / "out"
     call, args, kwargs = _cases(scene, out)[case]
@@ -132,7 +137,8 @@ def test_classify_of_a_vrt_onto_its_own_source(scene, tmp_path):
     assert_unchanged(before, scene["folder"], tmp_path)
 
 
-@pytest.mark.parametrize("case", ["preparedsm", "rasterizeosm", "extractpatches-summary"])
+@pytest.mark.parametrize("case", ["preparedsm", "rasterizeosm", "extractpatches-summary",
+                                  "assessaccuracy-report"])
 def test_outputs_onto_inputs_are_refused(scene, tmp_path, case):
     town = scene["town"]
     work = tmp_path / "work"
@@ -145,9 +151,11 @@ def test_outputs_onto_inputs_are_refused(scene, tmp_path, case):
             prepare_dsm(reference, reference, reference)
         elif case == "rasterizeosm":
             rasterize_osm(reference, reference, osm_file=town.osm)
-        else:
+        elif case == "extractpatches-summary":
             extract_patches(reference, town.training_areas, str(work / "p.h5"),
                             patch_size=32, summary_output=reference)
+        else:  # the report onto the map it assesses
+            assess_accuracy(reference, reference_areas=town.training_areas, report=reference)
     assert_unchanged(before, scene["folder"], work)
     assert not partials(work)
 

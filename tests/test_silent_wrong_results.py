@@ -147,9 +147,9 @@ def test_core_report_destination_is_checked_before_any_work(small_map, tmp_path)
     lcz_map, areas = small_map
     feedback = RecordingFeedback()
     report = tmp_path / "notes.txt" / "report.html"
-    with pytest.raises(OutputError, match=r"cannot write the accuracy report .*report.html: "
-                                          r".*notes.txt is a file, not a folder; choose "
-                                          r"another folder"):
+    with pytest.raises(OutputError, match=r"cannot create the folder .*notes.txt for the "
+                                          r"accuracy report: .*notes.txt is a file, not a "
+                                          r"folder; choose another folder"):
         assess_accuracy(lcz_map, reference_areas=areas, report=str(report), feedback=feedback)
     assert feedback.percent == [] and feedback.infos == []  # nothing was computed
 
@@ -169,9 +169,9 @@ def assess(processing, small_map, tmp_path, table):
 
 @pytest.mark.qgis
 @pytest.mark.parametrize("table,message", [
-    ("notes.txt/t.csv", r"cannot write the per-class table .*t.csv: .*notes.txt is a file"),
-    ("t.xyz", r"the per-class table .*t.xyz does not end in an extension of a file format "
-              r"QGIS can write; end its name in .csv"),
+    ("notes.txt/t.csv", r"cannot create the folder .*notes.txt for the per-class table: "
+                        r".*notes.txt is a file"),
+    ("t.xyz", r"the per-class table .*t.xyz must end in .csv, .gpkg, .xlsx, .ods"),
 ], ids=["folder under a file", "unknown extension"])
 def test_unwritable_table_stops_the_run_before_the_report(processing, small_map, tmp_path,
                                                           table, message):
@@ -208,7 +208,8 @@ def test_table_on_a_read_only_disk_fails_in_qgis_process(qgis_process, small_map
         "OUTPUT_TABLE": str(read_only_folder / "t.csv")})
     output = done.stdout + done.stderr
     assert done.returncode != 0, output[-2000:]
-    assert re.search(r"cannot write the per-class table .*t.csv: Read-only file system", output)
+    assert re.search(r"cannot write the per-class table into .*ro: Read-only file system",
+                     output)
     assert "Traceback" not in output
     assert not (tmp_path / "r.html").exists() and os.listdir(read_only_folder) == []
 

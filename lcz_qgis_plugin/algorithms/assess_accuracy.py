@@ -4,14 +4,15 @@ import math
 import os
 
 from qgis.core import (QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsProcessing,
-                       QgsProcessingException, QgsProcessingOutputNumber,
+                       QgsProcessingContext, QgsProcessingException,
+                       QgsProcessingOutputLayerDefinition, QgsProcessingOutputNumber,
                        QgsProcessingParameterBoolean, QgsProcessingParameterFeatureSink,
                        QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
                        QgsProcessingParameterFileDestination,
-                       QgsProcessingParameterRasterLayer, QgsVectorFileWriter, QgsWkbTypes)
+                       QgsProcessingParameterRasterLayer, QgsWkbTypes)
 from qgis.PyQt.QtCore import QVariant
 
-from ..core.assess import assess_accuracy, check_destination
+from ..core.assess import assess_accuracy
 from .areas_input import labelled_areas_parameter
 from .base import LczAlgorithm
 
@@ -91,9 +92,7 @@ Both files are checked before any work starts: a folder that cannot be created o
 
     def run_core(self, parameters, context, feedback):
         report = self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context)
-        if report:  # every destination is checked before any work
-            check_destination(report, "accuracy report")
-        self._check_table_destination(parameters, context)
+        table_file = self._table_file(parameters, context)
         lcz_map = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         has_areas = parameters.get(self.REFERENCE_AREAS) not in (None, "")
         raster = self.parameterAsRasterLayer(parameters, self.REFERENCE_RASTER, context)
@@ -115,34 +114,42 @@ Both files are checked before any work starts: a folder that cannot be created o
                     f"{parameters.get(self.REFERENCE_AREAS)}; give a vector layer or file.")
         result = assess_accuracy(
             lcz_map.source(), reference_raster=raster.source() if raster else None,
-            reference_areas=areas, report=report,
+            reference_areas=areas, report=report, table=table_file,
             title=f"Accuracy of the LCZ map {lcz_map.name()}", feedback=feedback)
         outputs = {self.OUTPUT_HTML: result.report, "SAMPLES": result.samples}
         for key, name, _ in SCORES:
             outputs[key] = _number(result.scores[name])
-        table_id = self._write_table(parameters, context, result)
+        table_id = (self._load_table_file(parameters, context, table_file) if table_file
+                    else self._write_table(parameters, context, result))
         if table_id is not None:
             outputs[self.OUTPUT_TABLE] = table_id
         return outputs
 
-    def _check_table_destination(self, parameters, context):
-        """A per-class table that cannot be written stops the run before any work, as the
-        report does: GDAL's CSV writer on a read-only folder otherwise gives a
-        sink that drops every row, and the run would report success with no table."""
+    def _table_file(self, parameters, context):
+        """The per-class table's path when it is a file: the core then writes it with the
+        report, both checked before any work and put in place together (atomically). None
+        for no table or a memory layer / database table, which goes through a sink."""
         if parameters.get(self.OUTPUT_TABLE) in (None, ""):
-            return
+            return None
         destination = self.parameterAsOutputLayer(parameters, self.OUTPUT_TABLE, context) or ""
         path = destination.split("|")[0]
         if path.startswith(("memory:", "ogr:", "postgres:", "postgis:", "spatialite:")) \
-                or "://" in path or "dbname=" in path:
-            return  # a memory layer or a database table: QGIS checks those itself
-        extension = os.path.splitext(path)[1].lower().lstrip(".")
-        known = [e.lower() for e in QgsVectorFileWriter.supportedFormatExtensions()]
-        if extension and extension not in known:  # none: QGIS adds .gpkg
-            raise QgsProcessingException(
-                f"the per-class table {path} does not end in an extension of a file format "
-                f"QGIS can write; end its name in .csv, .gpkg, .xlsx or .ods.")
-        check_destination(path, "per-class table")
+                or "://" in path or "dbname=" in path or not path:
+            return None
+        if not os.path.splitext(path)[1]:
+            path += ".gpkg"  # what QGIS does for a name without an extension
+        return path
+
+    def _load_table_file(self, parameters, context, path):
+        """Loads the table the core wrote when the user asked for it (a sink does this
+        itself)."""
+        value = parameters.get(self.OUTPUT_TABLE)
+        if isinstance(value, QgsProcessingOutputLayerDefinition) and value.destinationProject:
+            details = QgsProcessingContext.LayerDetails(
+                value.destinationName or self.tr("Per-class accuracy"),
+                value.destinationProject, self.OUTPUT_TABLE)
+            context.addLayerToLoadOnCompletion(path, details)
+        return path
 
     def _write_table(self, parameters, context, result):
         if parameters.get(self.OUTPUT_TABLE) in (None, ""):

@@ -39,6 +39,7 @@ from osgeo import gdal, ogr, osr
 
 from .about import software_tag
 from .areas import LabelledAreas, describe_areas, read_areas
+from .commit import Commit, GdalErrors
 from .errors import Cancelled, InputError, OutputError
 from .feedback import Feedback
 from .lcz_classes import LCZ_CLASSES, LCZ_CODES, lcz_class
@@ -74,6 +75,7 @@ class AssessResult:
     classes: list[ClassRow]
     report: str | None = None
     notes: list[str] = field(default_factory=list)
+    table: str | None = None
 
     @property
     def samples(self) -> int:
@@ -326,7 +328,7 @@ class _PolygonReference:
 def assess_accuracy(map_path: str, *, reference_raster: str | None = None,
                     reference_areas: LabelledAreas | str | None = None,
                     class_field: str | None = None, layer: str | None = None,
-                    report: str | None = None, title: str = "",
+                    report: str | None = None, table: str | None = None, title: str = "",
                     feedback: Feedback | None = None,
                     ignore_unknown_labels: bool = False) -> AssessResult:
     """Confusion matrix and LCZ scores of ``map_path`` against exactly one reference.
@@ -334,14 +336,22 @@ def assess_accuracy(map_path: str, *, reference_raster: str | None = None,
     ``reference_areas``: labelled polygons or the path of a vector file (then ``class_field``,
     ``layer`` and ``ignore_unknown_labels`` as in :func:`.areas.read_areas`);
     ``reference_raster``: an LCZ raster.
-    ``report``: path of the HTML report to write (optional).
+    ``report``: path of the HTML report to write; ``table``: path of the per-class table
+    (:data:`TABLE_FORMATS`); both optional, checked before any work and put in place
+    together at the end (:mod:`.commit`).
     """
     feedback = feedback or Feedback()
     if (reference_raster is None) == (reference_areas is None):
         raise InputError("give exactly one reference: reference polygons or a reference LCZ "
                          "raster.")
+    source = reference_raster or (reference_areas if isinstance(reference_areas, str)
+                                  else reference_areas.source)
+    files = Commit(inputs=[map_path, source])
     if report:
-        check_destination(report, "accuracy report")
+        files.reserve(report, "accuracy report")
+    if table:
+        table_driver(table)
+        files.reserve(table, "per-class table")
     map_ds = open_raster(map_path, "LCZ map")
     x0, px, rx, y0, ry, py = map_ds.GetGeoTransform()
     if rx or ry:
@@ -395,50 +405,13 @@ def assess_accuracy(map_path: str, *, reference_raster: str | None = None,
                   f"WA {format_percent(scores['wa'])}, kappa {scores['kappa']:.3f}, "
                   f"OA_BU {format_percent(scores['oa_bu'])}, OA_N "
                   f"{format_percent(scores['oa_n'])}.")
-    if report:
-        result.report = write_report(report, result, map_path, reference_name,
-                                     title or "LCZ map accuracy", feedback)
+    with files:
+        if report:
+            result.report = write_report(report, result, map_path, reference_name,
+                                         title or "LCZ map accuracy", feedback, files)
+        if table:
+            result.table = write_class_table(table, classes, files)
     return result
-
-
-def check_destination(path: str, what: str, extensions: tuple[str, ...] = ()) -> str:
-    """Refuse, before any work, a destination that cannot be written: a folder, a wrong
-    extension, a folder that cannot be created, or one that refuses a new file (read-only
-    disk, permissions; tried with a real file, which also holds for root, whom permission
-    bits do not stop). The folder is created; the trial file is deleted at once."""
-    from .commit import describe_os_error, partial_path
-    path = os.path.abspath(os.fspath(path))
-    if os.path.isdir(path):
-        raise InputError(f"the {what} {path} is a folder; give a file name.")
-    if extensions and not path.lower().endswith(extensions):
-        raise InputError(f"the {what} {path} must end in {' or '.join(extensions)}.")
-    folder = os.path.dirname(path)
-    blocker = _file_in_the_way(folder)
-    if blocker:
-        raise OutputError(f"cannot write the {what} {path}: {blocker} is a file, not a "
-                          f"folder; choose another folder. Nothing was computed.")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        trial = partial_path(path)
-        os.close(os.open(trial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        os.remove(trial)
-    except OSError as exc:
-        reason = describe_os_error(exc)
-        fix = "" if "choose" in reason else "; choose another folder"
-        raise OutputError(f"cannot write the {what} {path}: {reason}{fix}. Nothing was "
-                          f"computed.") from None
-    return path
-
-
-def _file_in_the_way(folder: str) -> str | None:
-    """The nearest existing part of ``folder`` when it is not a folder (a file named like a
-    folder of the path), else None."""
-    while folder and not os.path.exists(folder):
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            break
-        folder = parent
-    return folder if folder and os.path.exists(folder) and not os.path.isdir(folder) else None
 
 
 def class_rows(matrix: np.ndarray, scores: dict) -> list[ClassRow]:
@@ -563,21 +536,60 @@ user's accuracy: share of the cells mapped as a class that are that class in the
 
 
 def write_report(path: str, result: AssessResult, map_path: str, reference: str, title: str,
-                 feedback: Feedback) -> str:
+                 feedback: Feedback, files: Commit) -> str:
+    """Write the HTML report under its temporary name in ``files`` (put in place at commit)."""
     text = render_html(result, map_path, reference, title)
-    folder = os.path.dirname(os.path.abspath(path))
-    temp = os.path.join(folder, f".{os.path.basename(path)}.partial")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with open(temp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(temp, path)
-    except OSError as exc:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise OutputError(f"cannot write the report {path}: {exc}") from None
+    files.write_text(path, text, "accuracy report")
     if "data:image/png" not in text:
         feedback.warning("matplotlib is not installed: the report has the confusion matrix "
                          "as a table only.")
     feedback.info(f"Report: {path}")
+    return path
+
+
+TABLE_FORMATS = {".csv": ("CSV", ["STRING_QUOTING=IF_NEEDED"]), ".gpkg": ("GPKG", []),
+                 ".xlsx": ("XLSX", []), ".ods": ("ODS", [])}
+"""Per-class table formats: extension -> (OGR driver, layer options). GDAL 3.6's CSV writer
+quotes integers unless told otherwise."""
+TABLE_FIELDS = (("code", ogr.OFTInteger), ("letter", ogr.OFTString), ("name", ogr.OFTString),
+                ("reference", ogr.OFTInteger), ("predicted", ogr.OFTInteger),
+                ("producers_accuracy", ogr.OFTReal), ("users_accuracy", ogr.OFTReal),
+                ("f1", ogr.OFTReal))
+
+
+def table_driver(path: str) -> tuple[str, list[str]]:
+    """The OGR driver and layer options for a per-class table, by extension."""
+    extension = os.path.splitext(os.fspath(path))[1].lower()
+    if extension not in TABLE_FORMATS:
+        raise InputError(f"the per-class table {path} must end in "
+                         f"{', '.join(TABLE_FORMATS)}; other formats are not offered.")
+    return TABLE_FORMATS[extension]
+
+
+def write_class_table(path: str, classes: list[ClassRow], files: Commit) -> str:
+    """One row per LCZ class, written with OGR under the table's temporary name in
+    ``files``; numbers stay numbers (NaN: empty)."""
+    driver_name, options = table_driver(path)
+    temp = files.temp_of(path)
+    name = os.path.splitext(os.path.basename(path))[0]
+    with GdalErrors() as errors:
+        ds = ogr.GetDriverByName(driver_name).CreateDataSource(temp)
+        layer = ds.CreateLayer(name, None, ogr.wkbNone, options) if ds is not None else None
+        if layer is not None:
+            for field_name, kind in TABLE_FIELDS:
+                layer.CreateField(ogr.FieldDefn(field_name, kind))
+            for row in classes:
+                feature = ogr.Feature(layer.GetLayerDefn())
+                for field_name, _ in TABLE_FIELDS:
+                    value = getattr(row, field_name)
+                    if not (isinstance(value, float) and math.isnan(value)):
+                        feature.SetField(field_name, value)
+                if layer.CreateFeature(feature) != 0:
+                    errors.messages.append(gdal.GetLastErrorMsg() or "a row was refused")
+                    break
+        layer = None
+        ds = None  # closes: the file is complete now
+    if not os.path.exists(temp) and not errors.messages:
+        errors.messages.append("the table file was not created")
+    errors.raise_if_any(f"per-class table {path}")
     return path

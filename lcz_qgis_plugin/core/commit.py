@@ -196,6 +196,17 @@ def fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
+def _file_in_the_way(folder: str) -> str | None:
+    """The nearest existing part of ``folder`` when it is a file (a file named like one of
+    the path's folders), else None."""
+    while folder and not os.path.exists(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return folder if folder and os.path.exists(folder) and not os.path.isdir(folder) else None
+
+
 def _remove(path: str) -> None:
     try:
         if os.path.isdir(path) and not os.path.islink(path):
@@ -269,6 +280,10 @@ class Commit:
         return temp
 
     def _prepare_folder(self, folder: str, what: str) -> None:
+        blocker = _file_in_the_way(folder)
+        if blocker:
+            raise OutputError(f"cannot create the folder {folder} for the {what}: {blocker} "
+                              f"is a file, not a folder; choose another folder.")
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as exc:
