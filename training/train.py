@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as _dt
+import io
 import json
 import math
 import os
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from lcz_qgis_plugin.core.commit import Commit
 from lcz_qgis_plugin.core.engine import physical_cores
 
 from . import datasets as ds
@@ -273,10 +275,11 @@ def make_optimizer(config: TrainConfig, params):
 
 # -- checkpoints ---------------------------------------------------------------------------------
 def save_checkpoint(path: str, payload: dict) -> None:
-    """Written under a temporary name and renamed: a crash never leaves half a checkpoint."""
-    partial = path + ".partial"
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    """Written under a temporary name and moved into place (:mod:`commit`): a crash or a
+    full disk never leaves half a checkpoint, and the previous one stays until then."""
+    with Commit() as files:
+        files.save_with(path, lambda temp: torch.save(payload, temp), "checkpoint",
+                        errors=(RuntimeError,))  # torch's zip writer reports failed writes so
 
 
 def load_checkpoint(path: str) -> dict:
@@ -435,9 +438,9 @@ def _train(config, resume, device_name, dist_info: Dist) -> dict:
 
     out = config.out
     if dist_info.main:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(config.to_dict(), f, indent=2)
+        with Commit(inputs=[config.train, config.val]) as files:
+            files.write_text(os.path.join(out, "config.json"),
+                             json.dumps(config.to_dict(), indent=2), "run configuration")
     log_path = os.path.join(out, "log.csv")
     tb = _tensorboard(out) if dist_info.main else None
     print(f"rank {dist_info.rank}/{dist_info.world}: {config.model} on {device}, "
@@ -567,9 +570,16 @@ def _tensorboard(out):
 
 
 def _append_csv(path: str, row: dict) -> None:
-    new = not os.path.exists(path)
-    with open(path, "a", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    """The log with one more row, replaced as a whole (it is small): a crash or a full disk
+    leaves the previous log, never half a line."""
+    text = ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(row))
+    if not text:
+        writer.writeheader()
+    writer.writerow(row)
+    with Commit() as files:
+        files.write_text(path, text + buffer.getvalue(), "training log")

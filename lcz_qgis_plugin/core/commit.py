@@ -338,15 +338,21 @@ class Commit:
         _write_file(temp, text.encode("utf-8"), sidecar_final, "style file")
         return temp
 
-    def save_with(self, final: str, save: Callable[[str], object], what: str = "output"):
-        """Reserve ``final`` and call ``save(temporary_path)``; an OSError becomes a clear
-        :class:`OutputError`."""
+    def save_with(self, final: str, save: Callable[[str], object], what: str = "output",
+                  errors: tuple[type[BaseException], ...] = ()):
+        """Reserve ``final`` and call ``save(temporary_path)``; an OSError (or one of
+        ``errors``: libraries that report a failed write their own way, such as torch's
+        RuntimeError) becomes a clear :class:`OutputError`."""
         temp = self.reserve(final, what) if final not in self else self.temp_of(final)
         try:
             return save(temp)
         except OSError as exc:
             raise OutputError(f"writing the {what} {final} failed: "
                               f"{describe_os_error(exc)}. Nothing was replaced.") from None
+        except errors as exc:
+            raise OutputError(f"writing the {what} {final} failed: {str(exc)[:300]}. Free "
+                              f"some space or write to another disk. Nothing was "
+                              f"replaced.") from None
 
     # the end -------------------------------------------------------------------------------
 
