@@ -14,12 +14,14 @@ averaged probabilities (Sen2LCZ-Net) the log of those probabilities. T is search
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 
 import numpy as np
 
+from lcz_qgis_plugin.core.commit import Commit
 from lcz_qgis_plugin.core.contract import TEMPERATURE_RANGE, ModelCard
 from lcz_qgis_plugin.core.lcz_classes import LCZ_CLASSES
 from lcz_qgis_plugin.core.metrics import (accuracy_scores, calibration, confusion_matrix,
@@ -115,15 +117,25 @@ def evaluate(model: str, data: str, out: str, name: str | None = None, bins: int
               "data": data, "temperature": card.temperature, **scores,
               "ece": cal["ece"], "mce": cal["mce"], "calibration": cal,
               "confusion_matrix": cm.tolist()}
-    os.makedirs(out, exist_ok=True)
-    write_confusion_csv(cm, os.path.join(out, "confusion_matrix.csv"))
-    plot_confusion(cm, os.path.join(out, "confusion_matrix.png"), report["name"])
-    plot_reliability(cal, os.path.join(out, "reliability.png"), report["name"])
-    with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as f:
-        json.dump(_json_safe(report), f, indent=2)
-    with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
-        f.write(comparison_table([report]))
+    with Commit(inputs=[model, data.split("#")[0]]) as files:  # all five files, or none
+        files.write_text(os.path.join(out, "confusion_matrix.csv"), confusion_csv(cm),
+                         "confusion matrix")
+        _save_figure(files, os.path.join(out, "confusion_matrix.png"),
+                     confusion_figure(cm, report["name"]))
+        _save_figure(files, os.path.join(out, "reliability.png"),
+                     reliability_figure(cal, report["name"]))
+        files.write_text(os.path.join(out, "report.json"),
+                         json.dumps(_json_safe(report), indent=2), "evaluation report")
+        files.write_text(os.path.join(out, "report.md"), comparison_table([report]),
+                         "evaluation table")
     return report
+
+
+def _save_figure(files: Commit, path: str, fig) -> None:
+    try:
+        files.save_with(path, lambda temp: fig.savefig(temp, format="png"), "figure")
+    finally:
+        _pyplot().close(fig)
 
 
 def _json_safe(value):
@@ -136,14 +148,21 @@ def _json_safe(value):
     return value
 
 
-def write_confusion_csv(cm: np.ndarray, path: str) -> None:
+def confusion_csv(cm: np.ndarray) -> str:
+    """The confusion matrix as CSV text (rows: reference, columns: predicted, totals)."""
     labels = [c.label for c in LCZ_CLASSES]
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["reference \\ predicted"] + labels + ["total"])
-        for label, row in zip(labels, cm):
-            writer.writerow([label] + [int(v) for v in row] + [int(row.sum())])
-        writer.writerow(["total"] + [int(v) for v in cm.sum(axis=0)] + [int(cm.sum())])
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["reference \\ predicted"] + labels + ["total"])
+    for label, row in zip(labels, cm):
+        writer.writerow([label] + [int(v) for v in row] + [int(row.sum())])
+    writer.writerow(["total"] + [int(v) for v in cm.sum(axis=0)] + [int(cm.sum())])
+    return buffer.getvalue()
+
+
+def write_confusion_csv(cm: np.ndarray, path: str) -> None:
+    with Commit() as files:
+        files.write_text(os.fspath(path), confusion_csv(cm), "confusion matrix")
 
 
 def _pyplot():
@@ -153,7 +172,8 @@ def _pyplot():
     return plt
 
 
-def plot_confusion(cm: np.ndarray, path: str, title: str) -> None:
+def confusion_figure(cm: np.ndarray, title: str):
+    """The confusion matrix figure (row shares as colours, counts written)."""
     plt = _pyplot()
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
@@ -173,11 +193,11 @@ def plot_confusion(cm: np.ndarray, path: str, title: str) -> None:
     ax.set_title(f"{title}: confusion matrix (row shares, counts)", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
 
 
-def plot_reliability(cal: dict, path: str, title: str) -> None:
+def reliability_figure(cal: dict, title: str):
+    """The reliability diagram: accuracy per confidence bin against the diagonal."""
     plt = _pyplot()
     table = cal["table"]
     centres = [(b["lower"] + b["upper"]) / 2 for b in table]
@@ -194,8 +214,7 @@ def plot_reliability(cal: dict, path: str, title: str) -> None:
                  f"({cal['bins']} bins)", fontsize=9)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
 
 
 COLUMNS = [("OA", "oa"), ("WA", "wa"), ("OA_BU", "oa_bu"), ("OA_N", "oa_n"),

@@ -10,12 +10,13 @@ patches as the CNNs and outputs class probabilities (``output_kind = probabiliti
 
 from __future__ import annotations
 
-import os
+import io
 import warnings
 
 import numpy as np
 import torch
 
+from lcz_qgis_plugin.core.commit import Commit
 from lcz_qgis_plugin.core.contract import ModelCard
 from lcz_qgis_plugin.core.contract_writer import write_model_card
 
@@ -78,19 +79,14 @@ def export_forest(forest, card: ModelCard, path: str, tolerance: float = 1e-4) -
     from skl2onnx.common.data_types import FloatTensorType
 
     n_features = 5 * card.n_channels
-    folder = os.path.dirname(os.path.abspath(path))
-    front_path = os.path.join(folder, f".{os.path.basename(path)}.features.onnx")
     example = torch.zeros(1, card.n_channels, card.patch_size, card.patch_size)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(PatchFeatures(), example, front_path, input_names=[INPUT_NAME],
-                              output_names=["features"], opset_version=OPSET, dynamo=False,
-                              dynamic_axes={INPUT_NAME: {0: "N"}, "features": {0: "N"}})
-        front = onnx.load(front_path)
-    finally:
-        if os.path.exists(front_path):
-            os.remove(front_path)
+    buffer = io.BytesIO()  # the feature extractor never touches the disk
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(PatchFeatures(), example, buffer, input_names=[INPUT_NAME],
+                          output_names=["features"], opset_version=OPSET, dynamo=False,
+                          dynamic_axes={INPUT_NAME: {0: "N"}, "features": {0: "N"}})
+    front = onnx.load_from_string(buffer.getvalue())
     back = convert_sklearn(forest, initial_types=[("rf_features", FloatTensorType([None, n_features]))],
                            options={id(forest): {"zipmap": False}},
                            target_opset={"": OPSET, "ai.onnx.ml": 3})
@@ -98,17 +94,18 @@ def export_forest(forest, card: ModelCard, path: str, tolerance: float = 1e-4) -
     front.ir_version = back.ir_version = version
     merged = compose.merge_models(front, back, io_map=[("features", "rf_features")],
                                   outputs=["probabilities"])
-    write_model_card(merged, card, path)
-    # parity with scikit-learn on random patches in physical units
-    import onnxruntime as ort
-    rng = np.random.default_rng(0)
-    x = rng.random((8, card.n_channels, card.patch_size, card.patch_size)).astype(np.float32)
-    got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
-        None, {INPUT_NAME: x})[0]
-    expected = forest.predict_proba(features(x))
-    difference = float(np.abs(got - expected).max())
-    if not difference <= tolerance:
-        os.remove(path)
-        raise ExportError(f"the ONNX random forest differs from scikit-learn by "
-                          f"{difference:.2e}; not written.")
+    with Commit(inputs=[card.provenance.get("train", "")]) as files:
+        temp = files.reserve(path, "model")  # the previous model stays until parity holds
+        files.save_with(path, lambda target: write_model_card(merged, card, target), "model")
+        # parity with scikit-learn on random patches in physical units
+        import onnxruntime as ort
+        rng = np.random.default_rng(0)
+        x = rng.random((8, card.n_channels, card.patch_size, card.patch_size)).astype(np.float32)
+        got = ort.InferenceSession(temp, providers=["CPUExecutionProvider"]).run(
+            None, {INPUT_NAME: x})[0]
+        expected = forest.predict_proba(features(x))
+        difference = float(np.abs(got - expected).max())
+        if not difference <= tolerance:
+            raise ExportError(f"the ONNX random forest differs from scikit-learn by "
+                              f"{difference:.2e}; not written.")
     return path
