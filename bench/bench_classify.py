@@ -159,11 +159,11 @@ def prepare_city(role: str, size_km: float, steps: Steps) -> dict:
     behind lcz:stacksentinel2, lcz:rasterizeosm, lcz:preparedsm, lcz:buildstack) and, for the
     training and validation cities, extract 48 px patches around the training areas' cells.
     All of it in ``<folder>.partial``, renamed when complete."""
-    from lcz_qgis_plugin.core.buildstack import build_stack
-    from lcz_qgis_plugin.core.dsm import prepare_dsm
-    from lcz_qgis_plugin.core.extract import extract_patches
-    from lcz_qgis_plugin.core.osm import rasterize_osm
-    from lcz_qgis_plugin.core.sentinel2 import stack_sentinel2
+    from lcz_qgis_plugin.core.preprocess.buildstack import build_stack
+    from lcz_qgis_plugin.core.preprocess.dsm import prepare_dsm
+    from lcz_qgis_plugin.core.training_data.extraction import extract_patches
+    from lcz_qgis_plugin.core.preprocess.osm import rasterize_osm
+    from lcz_qgis_plugin.core.preprocess.sentinel2 import stack_sentinel2
     from tools import synthcity
 
     final = city_folder(role, size_km)
@@ -280,9 +280,9 @@ def make_int8(model: str, calibration: np.ndarray, path: str) -> str:
 
 def scene_patches(stack: str, model: str, count: int, seed: int) -> np.ndarray:
     """``count`` normalised patches of cells spread over the scene, as the engine gets them."""
-    from lcz_qgis_plugin.core.buildstack import read_model_card
-    from lcz_qgis_plugin.core.grid import make_grid
-    from lcz_qgis_plugin.core.patches import StripReader
+    from lcz_qgis_plugin.core.preprocess.buildstack import read_model_card
+    from lcz_qgis_plugin.core.cellgrid import make_grid
+    from lcz_qgis_plugin.core.inference.strips import StripReader
     from lcz_qgis_plugin.core.stacks import open_stacks
     card = read_model_card(model)
     (opened,) = open_stacks([stack], card.channels, card.pixel_size)
@@ -298,7 +298,7 @@ def truth_accuracy(lcz_map: str, truth: str) -> dict:
     """Overall accuracy and kappa of a map against the generated truth, cell by cell (both
     are 100 m rasters of the same grid)."""
     from osgeo import gdal
-    from lcz_qgis_plugin.core.metrics import accuracy_scores, confusion_matrix
+    from lcz_qgis_plugin.core.assessment.metrics import accuracy_scores, confusion_matrix
     mapped, known = gdal.Open(lcz_map), gdal.Open(truth)
     if (mapped.RasterXSize, mapped.RasterYSize) != (known.RasterXSize, known.RasterYSize) or \
             not np.allclose(mapped.GetGeoTransform(), known.GetGeoTransform()):
@@ -344,7 +344,7 @@ def child_floor(args) -> dict:
     start = time.perf_counter()
     if args.device == "torch":
         import torch
-        from lcz_qgis_plugin.core.engine import physical_cores
+        from lcz_qgis_plugin.core.inference.engine import physical_cores
         from training.train import load_checkpoint, model_from_checkpoint
         torch.set_num_threads(physical_cores())
         model = model_from_checkpoint(load_checkpoint(args.checkpoint))
@@ -354,7 +354,7 @@ def child_floor(args) -> dict:
                 return model(torch.from_numpy(batch)).numpy()
         provider = f"torch {torch.__version__}"
     elif args.device == "cpu:whole":  # onnxruntime as commonly run: one call per batch
-        from lcz_qgis_plugin.core.engine import Engine
+        from lcz_qgis_plugin.core.inference.engine import Engine
         engine = Engine(args.model, "cpu")
         session, provider = engine.session, engine.provider
         name = session.get_inputs()[0].name
@@ -362,7 +362,7 @@ def child_floor(args) -> dict:
         def run(batch):
             return session.run(None, {name: batch})[0]
     else:
-        from lcz_qgis_plugin.core.engine import Engine
+        from lcz_qgis_plugin.core.inference.engine import Engine
         engine = Engine(args.model, args.device)
         run, provider = engine.run, engine.provider
     load = time.perf_counter() - start
@@ -380,8 +380,8 @@ def child_floor(args) -> dict:
 
 
 def child_classify(args) -> dict:
-    from lcz_qgis_plugin.core.classify import classify
-    from lcz_qgis_plugin.core.engine import Engine
+    from lcz_qgis_plugin.core.inference.classify import classify
+    from lcz_qgis_plugin.core.inference.engine import Engine
     start = time.perf_counter()
     engine = Engine(args.model, args.device)
     load = time.perf_counter() - start
@@ -488,7 +488,7 @@ def main() -> None:
         print(json.dumps(child_floor(args)))
         return
 
-    from lcz_qgis_plugin.core.engine import import_openvino, physical_cores
+    from lcz_qgis_plugin.core.inference.engine import import_openvino, physical_cores
     os.makedirs(os.path.join(WORK, "out"), exist_ok=True)
     engines = [e for e in ENGINES if args.engines == "all" or e[0] == REFERENCE
                or e[1] in args.engines.split(",")]

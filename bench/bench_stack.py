@@ -108,7 +108,7 @@ def make_product(size: int) -> str:
 
 
 def child_stack(args) -> dict:
-    from lcz_qgis_plugin.core.sentinel2 import stack_sentinel2
+    from lcz_qgis_plugin.core.preprocess.sentinel2 import stack_sentinel2
     out = os.path.join(WORK, "out", f"stack_{args.size}.tif")
     started = time.perf_counter()
     stack_sentinel2([args.product], out, bands=BANDS, resampling="bilinear")

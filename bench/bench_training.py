@@ -28,7 +28,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from lcz_qgis_plugin.core.contract import ModelCard  # noqa: E402
+from lcz_qgis_plugin.core.model.card import ModelCard  # noqa: E402
 from training.export import export_onnx  # noqa: E402
 from training.models import build_model  # noqa: E402
 from training.train import soft_cross_entropy  # noqa: E402

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from lcz_qgis_plugin.core.engine import CPU, OPENVINO_F32, import_openvino
+from lcz_qgis_plugin.core.inference.engine import CPU, OPENVINO_F32, import_openvino
 from lcz_testing import (ORIGIN, centre_value_model, channel_names, files_in, identity_card,
                          linear_probe_model, read, write_stack)
 
@@ -67,7 +67,7 @@ def test_algorithms_pass_qgis_core_compliance_checks(qgis_app):
 
 
 def test_classify_through_processing_run(processing, scene_and_model, tmp_path):
-    from lcz_qgis_plugin.core.classify import classify
+    from lcz_qgis_plugin.core.inference.classify import classify
     stack, model, scene, names = scene_and_model
     results = processing.run("lcz:classify", {
         "INPUT": [stack], "MODEL": model, "OUTPUT": str(tmp_path / "out" / "lcz.tif"),

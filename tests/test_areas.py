@@ -7,7 +7,7 @@ from osgeo import ogr
 
 from lcz_qgis_plugin.core.areas import read_areas
 from lcz_qgis_plugin.core.errors import InputError
-from lcz_qgis_plugin.core.extract import extract_patches
+from lcz_qgis_plugin.core.training_data.extraction import extract_patches
 from lcz_testing import RecordingFeedback, write_stack
 from wudapt_template import cell_ring, write_wudapt_template
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from lcz_qgis_plugin.core.assess import assess_accuracy, recode
+from lcz_qgis_plugin.core.assessment.accuracy import assess_accuracy, recode
 from lcz_qgis_plugin.core.errors import InputError
 from lcz_testing import RecordingFeedback, cell_square, write_polygons, write_stack
 
@@ -140,7 +140,7 @@ def test_report_without_matplotlib_is_a_table_only_report(lcz_map, tmp_path):
     reference = write_map(tmp_path / "ref.tif", REFERENCE)
     report = tmp_path / "plain.html"
     code = ("import sys; sys.modules['matplotlib'] = None\n"
-            "from lcz_qgis_plugin.core.assess import assess_accuracy\n"
+            "from lcz_qgis_plugin.core.assessment.accuracy import assess_accuracy\n"
             "from lcz_qgis_plugin.core.feedback import ConsoleFeedback\n"
             f"assess_accuracy({lcz_map!r}, reference_raster={reference!r}, "
             f"report={str(report)!r}, feedback=ConsoleFeedback())\n")
@@ -155,7 +155,7 @@ def test_report_without_matplotlib_is_a_table_only_report(lcz_map, tmp_path):
 
 
 def test_large_map_is_read_in_strips(tmp_path, monkeypatch):
-    import lcz_qgis_plugin.core.assess as assess
+    import lcz_qgis_plugin.core.assessment.accuracy as assess
     monkeypatch.setattr(assess, "STRIP_ROWS", 2)
     codes = np.random.default_rng(1).integers(1, 18, size=(7, 9)).astype(np.uint8)
     truth = codes.copy()
@@ -274,7 +274,7 @@ def test_area_majority_ties_never_favour_a_code():
     """Two classes with 4 of 9 sub-samples each: the centre's class wins when tied; when the
     centre holds neither (no data), the tied class nearest to the centre wins, be it the higher
     or the lower code."""
-    from lcz_qgis_plugin.core.assess import area_majority
+    from lcz_qgis_plugin.core.assessment.accuracy import area_majority
     fine = np.array([[9, 9, 2],
                      [9, 0, 2],
                      [2, 9, 2]], np.uint8)

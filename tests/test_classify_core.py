@@ -1,4 +1,4 @@
-"""lcz_qgis_plugin.core.classify without QGIS: maps checked cell by cell against a plain
+"""lcz_qgis_plugin.core.inference.classify without QGIS: maps checked cell by cell against a plain
 per-cell reference, with real GeoTIFFs and real onnxruntime sessions."""
 
 import re
@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from lcz_qgis_plugin.core import classify as classify_module
-from lcz_qgis_plugin.core.classify import classify, strip_bounds
+from lcz_qgis_plugin.core.inference import classify as classify_module
+from lcz_qgis_plugin.core.inference.classify import classify, strip_bounds
 from lcz_qgis_plugin.core.errors import Cancelled, InputError
 from lcz_qgis_plugin.core.feedback import Feedback
 from lcz_qgis_plugin.core.lcz_classes import LCZ_CLASSES
-from lcz_qgis_plugin.core.majority import majority_filter
+from lcz_qgis_plugin.core.inference.majority import majority_filter
 from lcz_testing import (ORIGIN, centre_value_model, channel_names, files_in, identity_card,
                          linear_probe_model, read, reference_classes, reference_probabilities,
                          write_stack)

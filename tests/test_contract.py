@@ -5,10 +5,10 @@ import json
 import onnx
 import pytest
 
-from lcz_qgis_plugin.core.contract import (MAX_METADATA_CHARS, PREFIX, SCHEMA_VERSION,
+from lcz_qgis_plugin.core.model.card import (MAX_METADATA_CHARS, PREFIX, SCHEMA_VERSION,
                                            TEMPERATURE_RANGE, ModelCard)
-from lcz_qgis_plugin.core.contract_writer import write_model_card
-from lcz_qgis_plugin.core.engine import Engine
+from lcz_qgis_plugin.core.model.card_writer import write_model_card
+from lcz_qgis_plugin.core.inference.engine import Engine
 from lcz_qgis_plugin.core.errors import ModelError
 from lcz_testing import channel_names, identity_card, linear_probe_model
 

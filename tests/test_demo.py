@@ -49,7 +49,7 @@ def assert_automatic_device_keeps_the_float32_map(out, work, tmp_path):
     """The demo's maps come from lcz:classify's Automatic device, which may run bfloat16 when
     the exported model's card vouches for it: whatever it chose must give onnxruntime
     float32's map on at least 99 % of cells (here on the validation city)."""
-    from lcz_qgis_plugin.core.classify import classify
+    from lcz_qgis_plugin.core.inference.classify import classify
     stack = str(work / "validation_layers" / "stack.vrt")
     for name in ("ancillary", "s2_only"):
         model = str(out / f"demo_msmla18_{name}.onnx")

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from lcz_qgis_plugin.core.engine import (CPU, CUDA, OPENVINO_F32, Engine, available_providers,
+from lcz_qgis_plugin.core.inference.engine import (CPU, CUDA, OPENVINO_F32, Engine, available_providers,
                                          import_openvino)
 from lcz_qgis_plugin.core.errors import EngineError, ModelError
 from lcz_testing import MessageLog, channel_names, identity_card, linear_probe_model
@@ -94,7 +94,7 @@ def test_metadata_contradicting_the_graph(tmp_path, model):
 def test_missing_onnxruntime_says_how_to_install_it(model):
     """A Python without onnxruntime (simulated by blocking the import) gets install steps."""
     code = ("import sys; sys.modules['onnxruntime'] = None\n"
-            "from lcz_qgis_plugin.core.engine import Engine\n"
+            "from lcz_qgis_plugin.core.inference.engine import Engine\n"
             "from lcz_qgis_plugin.core.errors import EngineError\n"
             "try:\n    Engine(sys.argv[1])\nexcept EngineError as e:\n    print(e)\n")
     done = subprocess.run([sys.executable, "-c", code, model], capture_output=True, text=True,

@@ -11,13 +11,13 @@ import pytest
 
 from faults import (assert_one_clear_error, assert_unchanged, fill, partials, read_only,
                     run_core_limited, small_tmpfs, snapshot)
-from lcz_qgis_plugin.core.assess import assess_accuracy
-from lcz_qgis_plugin.core.buildstack import build_stack
-from lcz_qgis_plugin.core.classify import classify
-from lcz_qgis_plugin.core.dsm import prepare_dsm
+from lcz_qgis_plugin.core.assessment.accuracy import assess_accuracy
+from lcz_qgis_plugin.core.preprocess.buildstack import build_stack
+from lcz_qgis_plugin.core.inference.classify import classify
+from lcz_qgis_plugin.core.preprocess.dsm import prepare_dsm
 from lcz_qgis_plugin.core.errors import InputError, OutputError
-from lcz_qgis_plugin.core.extract import extract_patches
-from lcz_qgis_plugin.core.osm import rasterize_osm
+from lcz_qgis_plugin.core.training_data.extraction import extract_patches
+from lcz_qgis_plugin.core.preprocess.osm import rasterize_osm
 from lcz_testing import identity_card, linear_probe_model, stack_from_synthcity
 from osgeo import gdal
 from tools import synthcity
@@ -43,26 +43,26 @@ def _cases(s, out):
     """name -> (core function, args, kwargs) writing into ``out``."""
     town = s["town"]
     return {
-        "classify": ("lcz_qgis_plugin.core.classify:classify",
+        "classify": ("lcz_qgis_plugin.core.inference.classify:classify",
                      [[s["stack"]], s["model"], f"{out}/lcz.tif"],
                      {"probabilities_output": f"{out}/probabilities.tif",
                       "confidence_output": f"{out}/confidence.tif", "device": "cpu"}),
-        "stacksentinel2": ("lcz_qgis_plugin.core.sentinel2:stack_sentinel2",
+        "stacksentinel2": ("lcz_qgis_plugin.core.preprocess.sentinel2:stack_sentinel2",
                            [[town.safe], f"{out}/s2.tif"], {}),
-        "rasterizeosm": ("lcz_qgis_plugin.core.osm:rasterize_osm",
+        "rasterizeosm": ("lcz_qgis_plugin.core.preprocess.osm:rasterize_osm",
                          [s["stack"], f"{out}/osm.tif"], {"osm_file": town.osm}),
-        "preparedsm": ("lcz_qgis_plugin.core.dsm:prepare_dsm",
+        "preparedsm": ("lcz_qgis_plugin.core.preprocess.dsm:prepare_dsm",
                        [town.dsm, s["stack"], f"{out}/height.tif"], {"dtm": town.dtm}),
-        "buildstack-tif": ("lcz_qgis_plugin.core.buildstack:build_stack",
+        "buildstack-tif": ("lcz_qgis_plugin.core.preprocess.buildstack:build_stack",
                            [None, [s["stack"]], f"{out}/stack.tif"],
                            {"channels": s["channels"]}),
-        "buildstack-vrt": ("lcz_qgis_plugin.core.buildstack:build_stack",
+        "buildstack-vrt": ("lcz_qgis_plugin.core.preprocess.buildstack:build_stack",
                            [None, [s["stack"]], f"{out}/stack.vrt"],
                            {"channels": s["channels"]}),
-        "assessaccuracy": ("lcz_qgis_plugin.core.assess:assess_accuracy", [town.truth],
+        "assessaccuracy": ("lcz_qgis_plugin.core.assessment.accuracy:assess_accuracy", [town.truth],
                            {"reference_areas": town.training_areas,
                             "report": f"{out}/report.html", "table": f"{out}/classes.csv"}),
-        "extractpatches": ("lcz_qgis_plugin.core.extract:extract_patches",
+        "extractpatches": ("lcz_qgis_plugin.core.training_data.extraction:extract_patches",
                            [s["stack"], town.training_areas, f"{out}/patches.h5"],
                            {"patch_size": 32, "validation_fraction": 0.2,
                             "summary_output": f"{out}/patches.json"}),
@@ -162,7 +162,7 @@ def test_outputs_onto_inputs_are_refused(scene, tmp_path, case):
 
 def test_stacksentinel2_full_disk_message_names_the_output(scene, tmp_path):
     out = tmp_path / "o"
-    done = run_core_limited("lcz_qgis_plugin.core.sentinel2:stack_sentinel2",
+    done = run_core_limited("lcz_qgis_plugin.core.preprocess.sentinel2:stack_sentinel2",
                             [[scene["town"].safe], f"{out}/s2.tif"], {}, limit=LIMIT)
     text = assert_one_clear_error(done, "Sentinel-2 stack")
     assert f"{out}/s2.tif" in text

@@ -11,13 +11,13 @@ import pytest
 from osgeo import gdal
 
 from lcz_qgis_plugin.core import __main__ as cli
-from lcz_qgis_plugin.core.bandnames import (PRESETS, band_channels, canonical_channel,
+from lcz_qgis_plugin.core.channels import (PRESETS, band_channels, canonical_channel,
                                             parse_input_bands)
-from lcz_qgis_plugin.core.buildstack import build_stack, parse_channel_list
-from lcz_qgis_plugin.core.classify import classify
+from lcz_qgis_plugin.core.preprocess.buildstack import build_stack, parse_channel_list
+from lcz_qgis_plugin.core.inference.classify import classify
 from lcz_qgis_plugin.core.errors import InputError
-from lcz_qgis_plugin.core.extract import extract_patches
-from lcz_qgis_plugin.core.patchfile import open_patch_file
+from lcz_qgis_plugin.core.training_data.extraction import extract_patches
+from lcz_qgis_plugin.core.training_data.patch_file import open_patch_file
 from lcz_testing import (RecordingFeedback, cell_square, files_in, identity_card,
                          linear_probe_model, read, reference_classes, reference_probabilities,
                          write_polygons, write_stack)

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from lcz_qgis_plugin.core import metrics
-from lcz_qgis_plugin.core.metrics import accuracy_scores, calibration, confusion_matrix
+from lcz_qgis_plugin.core.assessment import metrics
+from lcz_qgis_plugin.core.assessment.metrics import accuracy_scores, calibration, confusion_matrix
 
 
 def test_wa_weights_are_the_symmetric_bechtel_matrix():

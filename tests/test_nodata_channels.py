@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from osgeo import ogr, osr
 
-from lcz_qgis_plugin.core.classify import classify
+from lcz_qgis_plugin.core.inference.classify import classify
 from lcz_qgis_plugin.core.errors import InputError
-from lcz_qgis_plugin.core.extract import extract_patches
-from lcz_qgis_plugin.core.osm import rasterize_osm
+from lcz_qgis_plugin.core.training_data.extraction import extract_patches
+from lcz_qgis_plugin.core.preprocess.osm import rasterize_osm
 from lcz_testing import (ORIGIN, RecordingFeedback, cell_square, identity_card,
                          linear_probe_model, write_polygons, write_stack)
 

@@ -58,7 +58,7 @@ def test_plugin_never_imports_torch_and_training_never_imports_qgis():
 
 
 def test_core_is_qgis_free_and_onnxruntime_is_lazy():
-    code = ("import sys, lcz_qgis_plugin.core.classify, lcz_qgis_plugin.core.contract\n"
+    code = ("import sys, lcz_qgis_plugin.core.inference.classify, lcz_qgis_plugin.core.model.card\n"
             "print(sorted(m for m in ('qgis', 'onnxruntime', 'torch') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.stdout.strip() == "[]", done.stderr

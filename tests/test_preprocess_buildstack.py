@@ -12,10 +12,10 @@ from osgeo import gdal
 from lcz_testing import (files_in, identity_card, linear_probe_model, read, write_stack)
 from s2_product import make_product
 
-from lcz_qgis_plugin.core.buildstack import build_stack, parse_channel_list
-from lcz_qgis_plugin.core.modelfile import read_metadata_props, read_model_card
+from lcz_qgis_plugin.core.preprocess.buildstack import build_stack, parse_channel_list
+from lcz_qgis_plugin.core.model.card_file import read_metadata_props, read_model_card
 from lcz_qgis_plugin.core.errors import InputError, ModelError
-from lcz_qgis_plugin.core.sentinel2 import SO2SAT_BANDS, channel_name
+from lcz_qgis_plugin.core.preprocess.sentinel2 import SO2SAT_BANDS, channel_name
 
 S2 = [channel_name(b) for b in SO2SAT_BANDS]
 CHANNELS_13 = S2 + ["OSM:building_fraction", "DSM:height", "OSM:impervious_fraction"]
@@ -94,7 +94,7 @@ def test_channel_list_stacks_without_a_model(layers, tmp_path):
 
 
 def test_built_stack_is_accepted_by_classify(layers, tmp_path):
-    from lcz_qgis_plugin.core.classify import classify
+    from lcz_qgis_plugin.core.inference.classify import classify
     paths, model, _ = layers
     stack = build_stack(model, paths, str(tmp_path / "stack.vrt")).output
     result = classify([stack], model, str(tmp_path / "lcz.tif"), cell_size=20.0)
@@ -205,7 +205,7 @@ def product(tmp_path_factory):
 
 @pytest.mark.qgis_process
 def test_stacksentinel2_and_buildstack_through_qgis_process(qgis_process, product, tmp_path):
-    from lcz_qgis_plugin.core.sentinel2 import stack_sentinel2
+    from lcz_qgis_plugin.core.preprocess.sentinel2 import stack_sentinel2
     zipped, model = product
     done, answer = qgis_process.run_json("lcz:stacksentinel2", {
         "INPUT": zipped, "OUTPUT": str(tmp_path / "s2.tif")})

@@ -17,7 +17,7 @@ from osgeo import gdal, ogr, osr
 
 from lcz_testing import files_in, read, shared_data, write_stack
 
-from lcz_qgis_plugin.core.dsm import aggregate, ground_estimate, prepare_dsm
+from lcz_qgis_plugin.core.preprocess.dsm import aggregate, ground_estimate, prepare_dsm
 from lcz_qgis_plugin.core.errors import InputError
 
 ALEX = "EPSG:26918"
@@ -298,7 +298,7 @@ def test_nodata_value_that_is_a_plausible_height_is_warned(tmp_path):
 
 
 def test_height_histogram_percentile_to_a_tenth_of_a_metre():
-    from lcz_qgis_plugin.core.dsm import HeightHistogram
+    from lcz_qgis_plugin.core.preprocess.dsm import HeightHistogram
     values = np.random.default_rng(0).gamma(2.0, 3.0, size=(300, 300)).astype(np.float32)
     values[::7] = np.nan
     histogram = HeightHistogram()

@@ -13,7 +13,7 @@ from lcz_testing import files_in, read, shared_data, write_stack
 
 from lcz_qgis_plugin.core.errors import InputError
 from lcz_qgis_plugin.core.feedback import Feedback
-from lcz_qgis_plugin.core.osm import (BANDS, building_height, parse_other_tags,
+from lcz_qgis_plugin.core.preprocess.osm import (BANDS, building_height, parse_other_tags,
                                       rasterize_osm)
 
 X0, Y0 = 500000.0, 6000000.0  # synthetic grid, EPSG:32633, 10 m
@@ -398,7 +398,7 @@ def test_rasterizeosm_through_processing_run(qgis_app, tmp_path):
 
 def test_blocks_stitch_exactly(tmp_path, monkeypatch):
     """Small blocks (8 x 8 px on a 10 x 10 grid: four blocks) give the same raster as one."""
-    import lcz_qgis_plugin.core.osm as osm
+    import lcz_qgis_plugin.core.preprocess.osm as osm
     ref = reference(tmp_path / "ref.tif")
     buildings = write_layer(tmp_path / "b.gpkg", [
         (box(1.3, 1.7, 8.6, 9.2), {"height": "10"}), (box(7.5, 0.5, 9.5, 8.5), {})],

@@ -14,7 +14,7 @@ from s2_product import block_mean, dn_of, make_product, write_jp2
 
 from lcz_qgis_plugin.core.errors import Cancelled, InputError
 from lcz_qgis_plugin.core.feedback import Feedback
-from lcz_qgis_plugin.core.sentinel2 import SO2SAT_BANDS, stack_sentinel2
+from lcz_qgis_plugin.core.preprocess.sentinel2 import SO2SAT_BANDS, stack_sentinel2
 
 X0, Y0 = 465181.0, 5080255.0  # s2/bbox.geojson, EPSG:32633
 SOURCE_ORDER = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
@@ -306,7 +306,7 @@ def test_stacksentinel2_extent_in_another_crs_through_processing(qgis_app, tmp_p
 
 
 def test_offset_removal_keeps_no_data_and_valid_dark_pixels():
-    from lcz_qgis_plugin.core.sentinel2 import Product, _to_reflectance
+    from lcz_qgis_plugin.core.preprocess.sentinel2 import Product, _to_reflectance
     dn = np.array([[0, 500, 1000, 1001, 11000, 65535]], np.uint16)
     product = Product(source="p", level="L2A", offsets={"B02": -1000.0})
     np.testing.assert_array_equal(_to_reflectance(dn, product, "B02"),
@@ -321,7 +321,7 @@ def test_offset_removal_keeps_no_data_and_valid_dark_pixels():
 def test_blocks_stitch_exactly(tmp_path, monkeypatch):
     """Blocks of 16 rows (20 m bands resampled per block, a two-tile mosaic, an AOI) give
     the same stack as one block."""
-    import lcz_qgis_plugin.core.sentinel2 as s2
+    import lcz_qgis_plugin.core.preprocess.sentinel2 as s2
     data = synthetic(40, seed=8)
     a = make_product(tmp_path / "a", {b: v[:, :24] for b, v in data.items()}, X0, Y0)
     b = make_product(tmp_path / "b", {b: v[:, 16:] for b, v in data.items()}, X0 + 160, Y0)

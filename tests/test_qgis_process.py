@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from lcz_qgis_plugin.core.engine import CPU, OPENVINO_F32, import_openvino
+from lcz_qgis_plugin.core.inference.engine import CPU, OPENVINO_F32, import_openvino
 from lcz_testing import channel_names, identity_card, linear_probe_model, read, write_stack
 
 pytestmark = pytest.mark.qgis_process
@@ -40,7 +40,7 @@ def test_help_shows_parameters(qgis_process):
 
 
 def test_run_classify_json(qgis_process, inputs, tmp_path):
-    from lcz_qgis_plugin.core.classify import classify
+    from lcz_qgis_plugin.core.inference.classify import classify
     dates, model = inputs
     done, answer = qgis_process.run_json("lcz:classify", {
         "INPUT": dates, "MODEL": model, "DEVICE": 0, "MAJORITY_RADIUS": 1,

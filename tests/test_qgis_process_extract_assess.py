@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from lcz_qgis_plugin.core.assess import assess_accuracy
-from lcz_qgis_plugin.core.patchfile import open_patch_file
+from lcz_qgis_plugin.core.assessment.accuracy import assess_accuracy
+from lcz_qgis_plugin.core.training_data.patch_file import open_patch_file
 from lcz_testing import cell_square, read, stack_from_synthcity, write_polygons, write_stack
 from tools import synthcity
 from wudapt_template import cell_ring, write_wudapt_template

@@ -210,8 +210,8 @@ def test_ancillary_height_is_what_separates_the_lookalike_classes(tmp_path):
     """Train on one city, test on another: a random forest on per-cell statistics of the
     patches does far better with DSM:height than with Sentinel-2 alone (README figure)."""
     from sklearn.ensemble import RandomForestClassifier
-    from lcz_qgis_plugin.core.extract import extract_patches
-    from lcz_qgis_plugin.core.patchfile import open_patch_file
+    from lcz_qgis_plugin.core.training_data.extraction import extract_patches
+    from lcz_qgis_plugin.core.training_data.patch_file import open_patch_file
 
     def features(seed):
         town = synthcity.generate(str(tmp_path / f"c{seed}"), seed=seed, size_km=2.0)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from lcz_qgis_plugin.core.engine import Engine
+from lcz_qgis_plugin.core.inference.engine import Engine
 from training.cli import main
-from training.convert import convert_keras
+from training.convert_keras import convert_keras
 from training.keras_weights import KerasWeightsError, load_msmla, load_sen2lcz
 from training.models import build_model
 from training.summary import counts

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lcz_qgis_plugin.core.classify import classify
-from lcz_qgis_plugin.core.engine import Engine
+from lcz_qgis_plugin.core.inference.classify import classify
+from lcz_qgis_plugin.core.inference.engine import Engine
 from lcz_testing import identity_card, read, write_stack
 from training.export import ExportError, export_onnx
 from training.models import build_model

@@ -9,9 +9,9 @@ import pytest
 import torch
 from osgeo import gdal
 
-from lcz_qgis_plugin.core.classify import classify
-from lcz_qgis_plugin.core.engine import Engine
-from lcz_qgis_plugin.core.metrics import confusion_matrix
+from lcz_qgis_plugin.core.inference.classify import classify
+from lcz_qgis_plugin.core.inference.engine import Engine
+from lcz_qgis_plugin.core.assessment.metrics import confusion_matrix
 from lcz_testing import read, write_stack
 from training.cli import main
 from training.evaluate import write_confusion_csv
@@ -206,7 +206,7 @@ def test_random_forest_baseline_exports_to_the_contract(toy, tmp_path):
 def test_export_records_how_bfloat16_compares_with_float32(toy, tmp_path, capsys):
     """The check runs on the run's validation patches (48 here: recorded, but too few for the
     Automatic device to trust bfloat16); where bfloat16 cannot run it is not recorded."""
-    from lcz_qgis_plugin.core.engine import cpu_runs_bfloat16
+    from lcz_qgis_plugin.core.inference.engine import cpu_runs_bfloat16
     out = str(tmp_path / "checked.onnx")
     assert main(["export", "--checkpoint", str(toy["run"] / "best.pt"), "--out", out]) == 0
     printed = capsys.readouterr().out
@@ -226,7 +226,7 @@ def test_export_records_how_bfloat16_compares_with_float32(toy, tmp_path, capsys
 
 
 def test_check_precision_lets_the_automatic_device_run_bfloat16(toy, tmp_path, capsys):
-    from lcz_qgis_plugin.core.engine import OPENVINO_BF16, OPENVINO_F32, cpu_runs_bfloat16
+    from lcz_qgis_plugin.core.inference.engine import OPENVINO_BF16, OPENVINO_F32, cpu_runs_bfloat16
     patches = write_so2sat(tmp_path / "more.h5", n=256, patch=PATCH, seed=5)
     out = str(tmp_path / "checked.onnx")
     before = Engine(toy["onnx"], device="cpu").card
@@ -266,7 +266,7 @@ def test_threads_option_holds_for_the_run_and_is_printed(toy, tmp_path, capsys):
 
 
 def test_default_threads_are_the_physical_cores(toy, tmp_path, capsys, monkeypatch):
-    from lcz_qgis_plugin.core.engine import physical_cores
+    from lcz_qgis_plugin.core.inference.engine import physical_cores
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert tiny_run(toy, tmp_path / "auto") == 0
@@ -277,7 +277,7 @@ def test_default_threads_are_the_physical_cores(toy, tmp_path, capsys, monkeypat
 
 
 def test_automatic_threads_follow_omp_num_threads_and_torchrun(monkeypatch, capsys, toy):
-    from lcz_qgis_plugin.core.engine import physical_cores
+    from lcz_qgis_plugin.core.inference.engine import physical_cores
     from training.train import make_config, training_threads
     assert make_config().threads == 0
     monkeypatch.setenv("OMP_NUM_THREADS", "3")

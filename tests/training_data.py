@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from lcz_qgis_plugin.core.patchfile import PatchFileInfo, PatchWriter
+from lcz_qgis_plugin.core.training_data.patch_file import PatchFileInfo, PatchWriter
 
 TOY_CODES = (2, 8, 11)   # compact mid-rise, large low-rise, dense trees
 S2_NAMES = ["S2:B02", "S2:B03", "S2:B04", "S2:B05", "S2:B06", "S2:B07", "S2:B08", "S2:B8A",

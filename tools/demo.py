@@ -38,8 +38,8 @@ if ROOT not in sys.path:
 
 from osgeo import gdal  # noqa: E402
 
-from lcz_qgis_plugin.core.metrics import format_percent  # noqa: E402
-from lcz_qgis_plugin.core.quicklook import write_quicklook  # noqa: E402
+from lcz_qgis_plugin.core.assessment.metrics import format_percent  # noqa: E402
+from lcz_qgis_plugin.core.assessment.quicklook import write_quicklook  # noqa: E402
 from tools import synthcity  # noqa: E402
 from tools.qgis_runner import QgisProcess  # noqa: E402
 

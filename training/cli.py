@@ -186,7 +186,7 @@ def run(args) -> int:
         from .precision import check_precision
         print(check_precision(args.model, args.data, args.out, args.limit))
     elif args.command == "convert-keras":
-        from .convert import convert_keras
+        from .convert_keras import convert_keras
         path, card = convert_keras(args.weights, args.out, args.model, args.torch_out)
         print(f"{path}: {card.describe()}, output {card.output_kind}")
     elif args.command == "forest":

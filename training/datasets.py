@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from lcz_qgis_plugin.core.lcz_classes import LCZ_CODES, lcz_class
-from lcz_qgis_plugin.core.patchfile import SPLITS, open_patch_file
+from lcz_qgis_plugin.core.training_data.patch_file import SPLITS, open_patch_file
 
 S2_CHANNELS = ["S2:B02", "S2:B03", "S2:B04", "S2:B05", "S2:B06", "S2:B07", "S2:B08",
                "S2:B8A", "S2:B11", "S2:B12"]
@@ -156,7 +156,7 @@ class So2SatFile(PatchSource):
 
 
 class PatchFile(PatchSource):
-    """The project's patch file (schema ``lcz-patches``, :mod:`lcz_qgis_plugin.core.patchfile`)."""
+    """The project's patch file (schema ``lcz-patches``, :mod:`lcz_qgis_plugin.core.training_data.patch_file`)."""
 
     def __init__(self, path: str, channels: list[str] | None = None):
         from lcz_qgis_plugin.core.errors import LczError

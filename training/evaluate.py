@@ -1,6 +1,6 @@
 """``evaluate``, ``compare`` and ``calibrate``: LCZ metrics of a model on held-out patches.
 
-All figures come from :mod:`lcz_qgis_plugin.core.metrics` (the same code the plugin's accuracy
+All figures come from :mod:`lcz_qgis_plugin.core.assessment.metrics` (the same code the plugin's accuracy
 assessment uses). A model is either an exported ``.onnx`` file, run through the plugin's own
 engine exactly as ``lcz:classify`` runs it (including its calibration temperature), or a
 training checkpoint ``.pt``.
@@ -22,9 +22,9 @@ import os
 import numpy as np
 
 from lcz_qgis_plugin.core.commit import Commit
-from lcz_qgis_plugin.core.contract import TEMPERATURE_RANGE, ModelCard
+from lcz_qgis_plugin.core.model.card import TEMPERATURE_RANGE, ModelCard
 from lcz_qgis_plugin.core.lcz_classes import LCZ_CLASSES
-from lcz_qgis_plugin.core.metrics import (accuracy_scores, calibration, confusion_matrix,
+from lcz_qgis_plugin.core.assessment.metrics import (accuracy_scores, calibration, confusion_matrix,
                                           format_percent)
 
 from . import datasets as ds
@@ -40,7 +40,7 @@ class Predictor:
     def __init__(self, path: str, device: str = "cpu"):
         self.path = path
         if path.endswith(".onnx"):
-            from lcz_qgis_plugin.core.engine import Engine
+            from lcz_qgis_plugin.core.inference.engine import Engine
             from lcz_qgis_plugin.core.errors import LczError
             try:
                 self.engine = Engine(path, device=device)
@@ -316,7 +316,7 @@ def calibrate(model: str, data: str, out: str, bins: int = 15, batch_size: int =
     note = temperature_bound_note(temperature)
     if note:
         summary["note"] = note
-    from lcz_qgis_plugin.core.contract_writer import copy_with_card
+    from lcz_qgis_plugin.core.model.card_writer import copy_with_card
     card.temperature = temperature
     card.provenance = dict(card.provenance, calibration=summary)
     copy_with_card(model, card, out)

@@ -1,7 +1,7 @@
 """Export a PyTorch LCZ model to the plugin's ONNX model contract, and prove it runs the same.
 
 The exported file has a dynamic batch dimension, opset 17, and the contract's metadata
-(:class:`lcz_qgis_plugin.core.contract.ModelCard`). After writing, the file is run with
+(:class:`lcz_qgis_plugin.core.model.card.ModelCard`). After writing, the file is run with
 onnxruntime on random normalised patches and compared with PyTorch; an export that does not
 reproduce the model is deleted and refused.
 """
@@ -14,8 +14,8 @@ import warnings
 import numpy as np
 import torch
 
-from lcz_qgis_plugin.core.contract import ModelCard
-from lcz_qgis_plugin.core.contract_writer import write_model_card
+from lcz_qgis_plugin.core.model.card import ModelCard
+from lcz_qgis_plugin.core.model.card_writer import write_model_card
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "patches", "logits"

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from lcz_qgis_plugin.core.commit import Commit
-from lcz_qgis_plugin.core.contract import ModelCard
-from lcz_qgis_plugin.core.contract_writer import write_model_card
+from lcz_qgis_plugin.core.model.card import ModelCard
+from lcz_qgis_plugin.core.model.card_writer import write_model_card
 
 from . import datasets as ds
 from .export import INPUT_NAME, OPSET, ExportError

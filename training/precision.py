@@ -7,7 +7,7 @@ engine: a trained network whose winning class leads by a clear margin keeps its 
 weights or near-ties does not (65 %). So the check is made per model, on real patches, and
 its result goes into the model card (``lcz.precision_checks``), where ``lcz:classify``'s
 automatic device reads it: bfloat16 only for a model whose check passed
-(:data:`lcz_qgis_plugin.core.contract.SAME_CLASS_REQUIRED`).
+(:data:`lcz_qgis_plugin.core.model.card.SAME_CLASS_REQUIRED`).
 
 Both sides run through the plugin's own engine (onnxruntime float32 as the reference,
 OpenVINO bfloat16), exactly as ``lcz:classify`` runs them. The check must run on a CPU that
@@ -23,7 +23,7 @@ import platform
 
 import numpy as np
 
-from lcz_qgis_plugin.core.contract import PATCHES_REQUIRED, SAME_CLASS_REQUIRED, ModelCard
+from lcz_qgis_plugin.core.model.card import PATCHES_REQUIRED, SAME_CLASS_REQUIRED, ModelCard
 
 from .evaluate import EvaluationError, Predictor, predict, softmax
 
@@ -47,7 +47,7 @@ def cpu_name() -> str:
 
 def bfloat16_runs_here() -> str | None:
     """None when OpenVINO executes bfloat16 on this CPU, else why not."""
-    from lcz_qgis_plugin.core.engine import cpu_runs_bfloat16, import_openvino
+    from lcz_qgis_plugin.core.inference.engine import cpu_runs_bfloat16, import_openvino
     if import_openvino() is None:
         return "openvino is not installed"
     if not cpu_runs_bfloat16():
@@ -83,8 +83,8 @@ def measure_bfloat16(model: str, data: str, limit: int = DEFAULT_LIMIT,
 
 def record_check(model: str, precision: str, check: dict, out: str | None = None) -> ModelCard:
     """Write ``check`` into the model card of ``model`` (in place, or to ``out``)."""
-    from lcz_qgis_plugin.core.contract_writer import copy_with_card
-    from lcz_qgis_plugin.core.modelfile import read_model_card
+    from lcz_qgis_plugin.core.model.card_writer import copy_with_card
+    from lcz_qgis_plugin.core.model.card_file import read_model_card
     card = read_model_card(model)  # the card only: no engine session to load
     card.precision_checks = dict(card.precision_checks, **{precision: check})
     copy_with_card(model, card, out or model)

@@ -40,7 +40,7 @@ import torch
 from torch.nn import functional as F
 
 from lcz_qgis_plugin.core.commit import Commit
-from lcz_qgis_plugin.core.engine import physical_cores
+from lcz_qgis_plugin.core.inference.engine import physical_cores
 
 from . import datasets as ds
 from .models import build_model

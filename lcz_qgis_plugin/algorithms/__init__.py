@@ -2,10 +2,10 @@
 
 
 def all_algorithms():
-    from .assess_accuracy import AssessAccuracyAlgorithm
+    from .assessaccuracy import AssessAccuracyAlgorithm
     from .buildstack import BuildStackAlgorithm
     from .classify import ClassifyAlgorithm
-    from .extract_patches import ExtractPatchesAlgorithm
+    from .extractpatches import ExtractPatchesAlgorithm
     from .preparedsm import PrepareDsmAlgorithm
     from .rasterizeosm import RasterizeOsmAlgorithm
     from .stacksentinel2 import StackSentinel2Algorithm

@@ -18,7 +18,7 @@ from qgis.core import (QgsProcessingAlgorithm, QgsProcessingException,
 from qgis.PyQt.QtCore import QCoreApplication, QUrl
 from qgis.PyQt.QtGui import QIcon
 
-from ..core.engine import ONNXRUNTIME_MISSING
+from ..core.inference.engine import ONNXRUNTIME_MISSING
 from ..core.errors import Cancelled, LczError
 from ..core.feedback import Feedback
 from ..core.interrupt import CANCELLED, cancel_on_signals

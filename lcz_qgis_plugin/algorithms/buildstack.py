@@ -4,7 +4,7 @@ from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutpu
                        QgsProcessingParameterFile, QgsProcessingParameterMultipleLayers,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterString)
 
-from ..core.buildstack import build_stack, parse_channel_list
+from ..core.preprocess.buildstack import build_stack, parse_channel_list
 from .base import LczAlgorithm
 
 

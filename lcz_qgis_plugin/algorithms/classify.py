@@ -8,8 +8,8 @@ from qgis.core import (QgsProcessing, QgsProcessingException,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterString, QgsRasterLayer)
 
-from ..core.classify import classify
-from ..core.engine import DEVICES  # ids by enum index: auto, cuda, cpu, openvino, ...
+from ..core.inference.classify import classify
+from ..core.inference.engine import DEVICES  # ids by enum index: auto, cuda, cpu, openvino, ...
 from ..core.outputs import sidecars
 from .base import LczAlgorithm
 

@@ -4,7 +4,7 @@ from qgis.core import (QgsProcessingOutputString, QgsProcessingParameterEnum,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterRasterLayer)
 
-from ..core.dsm import AGGREGATIONS, prepare_dsm
+from ..core.preprocess.dsm import AGGREGATIONS, prepare_dsm
 from .base import LczAlgorithm
 
 AGGREGATION_LABELS = ("Automatic (mean when the DSM is finer than the grid)", "Mean", "Maximum")

@@ -8,7 +8,7 @@ from qgis.core import (QgsProcessing, QgsProcessingOutputNumber, QgsProcessingPa
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
                        QgsProcessingParameterRasterLayer, QgsProcessingUtils)
 
-from ..core.osm import rasterize_osm
+from ..core.preprocess.osm import rasterize_osm
 from .base import LczAlgorithm
 
 VECTOR_FORMATS = ["gpkg", "shp", "geojson", "fgb"]

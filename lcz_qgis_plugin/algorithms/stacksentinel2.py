@@ -7,7 +7,7 @@ from qgis.core import (QgsGeometry, QgsProcessing, QgsProcessingException,
                        QgsProcessingParameterMultipleLayers,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterString)
 
-from ..core.sentinel2 import INDICES, RESAMPLING, SO2SAT_BANDS, stack_sentinel2
+from ..core.preprocess.sentinel2 import INDICES, RESAMPLING, SO2SAT_BANDS, stack_sentinel2
 from .base import LczAlgorithm
 
 INDEX_NAMES = tuple(INDICES)

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from .engine import DEVICES
+from .inference.engine import DEVICES
 from .errors import Cancelled, LczError
 from .feedback import ConsoleFeedback
 from .interrupt import (CANCELLED, CANCELLED_EXIT_STATUS, cancel_on_signals,
@@ -111,7 +111,7 @@ def _run(args, feedback: ConsoleFeedback) -> int:
     if args.command == "clean-partials":
         return _clean_partials(args.folder)
     if args.command == "model-info":
-        from .engine import Engine
+        from .inference.engine import Engine
         engine = Engine(args.model, device="cpu")
         card = engine.card
         print(json.dumps({"file": args.model, "schema_version": card.schema_version,
@@ -123,7 +123,7 @@ def _run(args, feedback: ConsoleFeedback) -> int:
                           "temperature": card.temperature,
                           "provenance": card.provenance}, indent=2))
         return 0
-    from .classify import classify
+    from .inference.classify import classify
     result = classify(args.input, args.model, args.output,
                       probabilities_output=args.probabilities,
                       confidence_output=args.confidence, cell_size=args.cell_size,

@@ -16,15 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal, osr
 
-from .bandnames import (PRESETS, InputBands, band_channels, band_descriptions,
+from .channels import (PRESETS, InputBands, band_channels, band_descriptions,
                         parse_input_bands)
 from .errors import InputError
 from .feedback import Feedback
-
-REPROJECT_HINT = ("Reproject it to a projected CRS in metres, e.g. its UTM zone: in QGIS "
-                  "Raster > Projections > Warp (Reproject) with a 10 m output resolution, or "
-                  "'gdalwarp -t_srs EPSG:32633 -tr 10 10 -r bilinear in.tif out.tif'.")
-
+from .rasters import REPROJECT_HINT, check_georeferencing, open_raster
 
 @dataclass
 class Stack:
@@ -52,47 +48,6 @@ class Stack:
     @property
     def projection(self) -> str:
         return self.dataset.GetProjection()
-
-
-def open_raster(path: str, what: str = "input raster") -> gdal.Dataset:
-    if not os.path.exists(path) and not path.startswith("/vsi"):
-        raise InputError(f"the {what} {path} does not exist.")
-    gdal.PushErrorHandler("CPLQuietErrorHandler")
-    try:
-        gdal.ErrorReset()
-        ds = gdal.Open(path, gdal.GA_ReadOnly)
-        reason = gdal.GetLastErrorMsg()
-    finally:
-        gdal.PopErrorHandler()
-    if ds is None:
-        raise InputError(f"GDAL cannot open the {what} {path}: {reason or 'unknown format'}. "
-                         f"Check that it is a raster file GDAL can read (GeoTIFF, VRT ...).")
-    return ds
-
-
-def check_georeferencing(ds: gdal.Dataset, path: str) -> None:
-    """Refuse rasters the cell lattice cannot handle: no CRS, degrees, rotation, non-square."""
-    wkt = ds.GetProjection()
-    if not wkt:
-        raise InputError(f"the input raster {path} has no coordinate reference system. "
-                         f"Assign one (Raster > Projections > Assign Projection) before "
-                         f"classifying.")
-    srs = osr.SpatialReference()
-    srs.ImportFromWkt(wkt)
-    if srs.IsGeographic():
-        raise InputError(f"the input raster {path} is in a geographic CRS (degrees), but "
-                         f"patches and cells are measured in metres. {REPROJECT_HINT}")
-    if abs(srs.GetLinearUnits() - 1.0) > 1e-9:
-        raise InputError(f"the input raster {path} uses {srs.GetLinearUnitsName()} as units; "
-                         f"cells and patches are measured in metres. {REPROJECT_HINT}")
-    x0, px, rx, y0, ry, py = ds.GetGeoTransform()
-    if rx != 0 or ry != 0 or px <= 0 or py >= 0:
-        raise InputError(f"the input raster {path} is rotated or not north-up "
-                         f"(geotransform {ds.GetGeoTransform()}). Warp it to a north-up grid "
-                         f"with gdalwarp.")
-    if abs(px + py) > 1e-6 * px:
-        raise InputError(f"the input raster {path} has non-square pixels ({px:g} x {-py:g}). "
-                         f"Resample it to square pixels with gdalwarp -tr.")
 
 
 def match_channels(ds: gdal.Dataset, channels: list[str], path: str,

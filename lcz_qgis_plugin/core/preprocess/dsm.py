@@ -55,12 +55,12 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from osgeo import gdal, osr
 
-from .errors import InputError
-from .feedback import Feedback
-from .outputs import PendingOutputs, check_output_path
-from .refgrid import (FLOAT_NODATA, TILED, Grid, bounded_cache, check_cancel, quiet_gdal,
-                      reference_grid, transform_bounds)
-from .stacks import open_raster
+from ..errors import InputError
+from ..feedback import Feedback
+from ..outputs import PendingOutputs, check_output_path
+from .reference_grid import Grid, reference_grid, transform_bounds
+from ..rasters import FLOAT_NODATA, TILED, bounded_cache, check_cancel, quiet_gdal
+from ..rasters import open_raster
 
 AGGREGATIONS = ("auto", "mean", "max")
 BAND = "DSM:height"

@@ -6,7 +6,7 @@ from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutpu
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterString)
 
-from ..core.extract import extract_patches
+from ..core.training_data.extraction import extract_patches
 from .areas_input import labelled_areas_parameter
 from .base import LczAlgorithm
 

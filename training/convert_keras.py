@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from lcz_qgis_plugin.core.contract import ModelCard
+from lcz_qgis_plugin.core.model.card import ModelCard
 
 from .datasets import S2_CHANNELS, S2_DN_SCALE
 from .export import export_onnx

@@ -20,15 +20,16 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal
 
-from .bandnames import (PRESETS, InputBands, band_channels, band_descriptions,
+from ..channels import (PRESETS, InputBands, band_channels, band_descriptions,
                         canonical_channel, parse_input_bands)
-from .contract import ModelCard
-from .errors import InputError
-from .feedback import Feedback
-from .modelfile import read_model_card
-from .outputs import PendingOutputs
-from .refgrid import FLOAT_NODATA, TILED, bounded_cache, check_cancel, grid_of, row_blocks
-from .stacks import check_georeferencing, open_raster
+from ..model.card import ModelCard
+from ..errors import InputError
+from ..feedback import Feedback
+from ..model.card_file import read_model_card
+from ..outputs import PendingOutputs
+from .reference_grid import grid_of
+from ..rasters import FLOAT_NODATA, TILED, bounded_cache, check_cancel, row_blocks
+from ..rasters import check_georeferencing, open_raster
 
 @dataclass
 class ChannelList:

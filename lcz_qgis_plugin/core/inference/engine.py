@@ -40,10 +40,10 @@ import threading
 
 import numpy as np
 
-from .contract import ModelCard
-from .errors import EngineError, ModelError
-from .feedback import Feedback
-from .modelfile import check_model_file, read_model_card
+from ..model.card import ModelCard
+from ..errors import EngineError, ModelError
+from ..feedback import Feedback
+from ..model.card_file import check_model_file, read_model_card
 
 DEVICES = ("auto", "cuda", "cpu", "openvino", "openvino-bf16", "cuda-fp16")
 CUDA = "CUDAExecutionProvider"

@@ -24,10 +24,10 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from osgeo import gdal
 
-from .contract import ModelCard
-from .errors import InputError
-from .grid import CellGrid
-from .stacks import Stack
+from ..model.card import ModelCard
+from ..errors import InputError
+from ..cellgrid import CellGrid
+from ..stacks import Stack
 
 
 class Strip:

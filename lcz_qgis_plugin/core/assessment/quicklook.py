@@ -14,9 +14,9 @@ import os
 import numpy as np
 from osgeo import gdal
 
-from .commit import Commit
-from .errors import InputError, OutputError
-from .lcz_classes import LCZ_CLASSES, NODATA_CODE
+from ..commit import Commit
+from ..errors import InputError, OutputError
+from ..lcz_classes import LCZ_CLASSES, NODATA_CODE
 
 
 def write_quicklook(lcz_map: str, png: str, title: str = "", max_pixels: int = 1200) -> str:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from typing import Union
 
-from .commit import Commit
-from .contract import PREFIX, ModelCard
-from .errors import ModelError
+from ..commit import Commit
+from .card import PREFIX, ModelCard
+from ..errors import ModelError
 
 
 def write_model_card(model: Union["onnx.ModelProto", str, os.PathLike],  # noqa: F821

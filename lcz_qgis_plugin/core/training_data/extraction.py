@@ -37,20 +37,21 @@ from dataclasses import dataclass, field
 import numpy as np
 from osgeo import ogr
 
-from .about import software_tag
-from .areas import LabelledAreas, read_areas
-from .bandnames import PRESETS, band_channels, parse_input_bands
-from .classify import strip_rows_for
-from .refgrid import bounded_cache
-from .contract import ModelCard
-from .commit import Commit
-from .errors import Cancelled, InputError
-from .feedback import Feedback
-from .grid import CellGrid, make_grid
-from .lcz_classes import LCZ_CODES, lcz_class
-from .patches import StripReader, describe_nodata
-from .patchfile import SPLITS, PatchFileInfo, PatchWriter
-from .stacks import Stack, check_georeferencing, open_raster
+from ..about import software_tag
+from ..areas import LabelledAreas, read_areas
+from ..channels import PRESETS, band_channels, parse_input_bands
+from ..inference.classify import strip_rows_for
+from ..rasters import bounded_cache
+from ..model.card import ModelCard
+from ..commit import Commit
+from ..errors import Cancelled, InputError
+from ..feedback import Feedback
+from ..cellgrid import CellGrid, make_grid
+from ..lcz_classes import LCZ_CODES, lcz_class
+from ..inference.strips import StripReader, describe_nodata
+from .patch_file import SPLITS, PatchFileInfo, PatchWriter
+from ..stacks import Stack
+from ..rasters import check_georeferencing, open_raster
 
 PATCH_EXTENSIONS = (".h5", ".hdf5")
 S2_SCALE = 1e-4

@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from .errors import InputError
-from .feedback import Feedback
-from .outputs import PendingOutputs, check_output_path
-from .refgrid import (FLOAT_NODATA, TILED, Grid, bounded_cache, check_cancel, quiet_gdal,
-                      transform_bounds)
+from ..errors import InputError
+from ..feedback import Feedback
+from ..outputs import PendingOutputs, check_output_path
+from .reference_grid import Grid, transform_bounds
+from ..rasters import FLOAT_NODATA, TILED, bounded_cache, check_cancel, quiet_gdal
 
 ALL_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
              "B11", "B12")

@@ -37,14 +37,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from .about import software_tag
-from .areas import LabelledAreas, describe_areas, read_areas
-from .commit import Commit, GdalErrors
-from .errors import Cancelled, InputError, OutputError
-from .feedback import Feedback
-from .lcz_classes import LCZ_CLASSES, LCZ_CODES, lcz_class
+from ..about import software_tag
+from ..areas import LabelledAreas, describe_areas, read_areas
+from ..commit import Commit, GdalErrors
+from ..errors import Cancelled, InputError, OutputError
+from ..feedback import Feedback
+from ..lcz_classes import LCZ_CLASSES, LCZ_CODES, lcz_class
 from .metrics import accuracy_scores, confusion_matrix, format_percent
-from .stacks import open_raster
+from ..rasters import open_raster
 
 STRIP_ROWS = 512
 FINE_PIXELS_PER_STRIP = 16_000_000

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .commit import Commit, describe_os_error
-from .errors import InputError, OutputError
-from .lcz_classes import LCZ_CODES
+from ..commit import Commit, describe_os_error
+from ..errors import InputError, OutputError
+from ..lcz_classes import LCZ_CODES
 
 SCHEMA = "lcz-patches"
 SCHEMA_VERSION = 1
@@ -48,7 +48,7 @@ H5PY_MISSING = (
 
 
 def _h5py():
-    from .h5import import import_h5py
+    from ..h5import import import_h5py
     try:
         return import_h5py()
     except ImportError as exc:

@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from .lcz_classes import BUILT_CODES, LCZ_CLASSES, LCZ_CODES, NATURAL_CODES
+from ..lcz_classes import BUILT_CODES, LCZ_CLASSES, LCZ_CODES, NATURAL_CODES
 
 N_CLASSES = len(LCZ_CODES)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .lcz_classes import NODATA_CODE
+from ..lcz_classes import NODATA_CODE
 
 
 def majority_filter(classes: np.ndarray, radius: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from qgis.core import (QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsProce
                        QgsProcessingParameterRasterLayer, QgsWkbTypes)
 from qgis.PyQt.QtCore import QVariant
 
-from ..core.assess import assess_accuracy
+from ..core.assessment.accuracy import assess_accuracy
 from .areas_input import labelled_areas_parameter
 from .base import LczAlgorithm
 

@@ -22,20 +22,20 @@ from dataclasses import dataclass, field
 import numpy as np
 from osgeo import gdal
 
-from .about import software_tag
+from ..about import software_tag
 from .engine import GPU_PROVIDERS, Engine
-from .errors import Cancelled, InputError
-from .feedback import Feedback
-from .grid import CellGrid, make_grid
-from .lcz_classes import NODATA_CODE, lcz_class
+from ..errors import Cancelled, InputError
+from ..feedback import Feedback
+from ..cellgrid import CellGrid, make_grid
+from ..lcz_classes import NODATA_CODE, lcz_class
 from .majority import filter_band
-from .commit import GdalErrors
-from .outputs import PendingOutputs, check_output_path
-from .patches import StripReader, describe_nodata
-from .refgrid import bounded_cache
-from .pipeline import Background, Inline, Prefetch
-from .stacks import open_stacks
-from .style import category_names, class_map_qml, colour_table
+from ..commit import GdalErrors
+from ..outputs import PendingOutputs, check_output_path
+from .strips import StripReader, describe_nodata
+from ..rasters import bounded_cache
+from .threads import Background, Inline, Prefetch
+from ..stacks import open_stacks
+from ..style import category_names, class_map_qml, colour_table
 
 FLOAT_NODATA = -9999.0
 OUTPUT_NAMES = {"OUTPUT": "class map output", "OUTPUT_PROBABILITIES": "probabilities output",

@@ -69,12 +69,12 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from .commit import GdalErrors
-from .errors import InputError
-from .feedback import Feedback
-from .outputs import PendingOutputs, check_output_path
-from .refgrid import (FLOAT_NODATA, TILED, Grid, bounded_cache, check_cancel, quiet_gdal,
-                      reference_grid, transform_bounds)
+from ..commit import GdalErrors
+from ..errors import InputError
+from ..feedback import Feedback
+from ..outputs import PendingOutputs, check_output_path
+from .reference_grid import Grid, reference_grid, transform_bounds
+from ..rasters import FLOAT_NODATA, TILED, bounded_cache, check_cancel, quiet_gdal
 
 BANDS = ("OSM:building_fraction", "OSM:building_height", "OSM:road_fraction",
          "OSM:water_fraction", "OSM:vegetation_fraction", "OSM:impervious_fraction",

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import EngineError, ModelError
-from .modelfile import check_model_file
+from ..errors import EngineError, ModelError
+from ..model.card_file import check_model_file
 
 
 def float16_model_bytes(path: str) -> bytes:

@@ -44,7 +44,7 @@ size 0.1-1000 m; cell size from the pixel size to 100 km; names, version and cha
 up to 200 printable characters (the constants below).
 
 This module only *reads and validates* (the plugin side); writing the keys into an ONNX file
-is :mod:`lcz_qgis_plugin.core.contract_writer` (the training side), which uses
+is :mod:`lcz_qgis_plugin.core.model.card_writer` (the training side), which uses
 :meth:`ModelCard.to_metadata_props` from here so that both sides share one definition.
 """
 
@@ -57,8 +57,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .errors import ModelError
-from .lcz_classes import LCZ_CODES, lcz_class
+from ..errors import ModelError
+from ..lcz_classes import LCZ_CODES, lcz_class
 
 SCHEMA_VERSION = 1
 PREFIX = "lcz."
@@ -86,7 +86,7 @@ MAX_PRECISION_CHECKS = 16
 MAX_CHECK_PATCHES = 10 ** 9
 
 _EXPORT_HINT = ("Export the model with 'python -m training export', or add the metadata with "
-                "lcz_qgis_plugin.core.contract_writer.write_model_card().")
+                "lcz_qgis_plugin.core.model.card_writer.write_model_card().")
 
 
 @dataclass

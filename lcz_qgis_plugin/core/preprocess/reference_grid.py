@@ -1,27 +1,19 @@
-"""The reference grid every preprocessed layer lands on, and what the preprocessing steps share.
+"""The reference grid every preprocessed layer lands on.
 
 Every ancillary layer (OpenStreetMap fractions, heights) must align pixel for pixel with the
 Sentinel-2 stack, so the preprocessing algorithms take a *reference raster* and copy its CRS,
 origin, pixel size and size. Outputs are tiled, compressed GeoTIFFs written block by block
-under a hidden temporary name (:class:`~.outputs.PendingOutputs`).
+under a hidden temporary name (:class:`~lcz_qgis_plugin.core.outputs.PendingOutputs`).
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 from osgeo import gdal, osr
 
-from .errors import Cancelled, InputError
-from .feedback import Feedback
-from .stacks import check_georeferencing, open_raster
-
-TILED = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "ZLEVEL=6",
-         "INTERLEAVE=BAND", "BIGTIFF=IF_SAFER"]
-FLOAT_NODATA = -9999.0
-CACHE_BYTES = 256 * 2**20
-
+from ..errors import InputError
+from ..rasters import check_georeferencing, open_raster
 
 @dataclass(frozen=True)
 class Grid:
@@ -73,40 +65,6 @@ def reference_grid(path: str) -> Grid:
     ds = open_raster(path, "reference raster")
     check_georeferencing(ds, path)
     return grid_of(ds)
-
-
-def row_blocks(height: int, rows: int):
-    """(first row, number of rows) of each block of ``rows`` rows."""
-    for row in range(0, height, rows):
-        yield row, min(rows, height - row)
-
-
-def check_cancel(feedback: Feedback) -> None:
-    if feedback.is_cancelled():
-        raise Cancelled()
-
-
-@contextlib.contextmanager
-def bounded_cache(limit: int = CACHE_BYTES):
-    """Cap GDAL's block cache (5 % of RAM by default) so peak memory does not depend on the
-    machine or the scene size; restored afterwards."""
-    old = gdal.GetCacheMax()
-    gdal.SetCacheMax(min(old, limit))
-    try:
-        yield
-    finally:
-        gdal.SetCacheMax(old)
-
-
-@contextlib.contextmanager
-def quiet_gdal():
-    """GDAL errors are turned into :class:`InputError` by the caller; keep them off stderr."""
-    gdal.PushErrorHandler("CPLQuietErrorHandler")
-    gdal.ErrorReset()
-    try:
-        yield
-    finally:
-        gdal.PopErrorHandler()
 
 
 def transform_bounds(bounds, source_wkt: str, target: osr.SpatialReference):

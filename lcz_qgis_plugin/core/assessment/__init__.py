@@ -1,0 +1,1 @@
+"""Stage 4: how good is a map: confusion matrix, LCZ scores, HTML report, quick-look."""
