@@ -161,9 +161,9 @@ def prepare_city(role: str, size_km: float, steps: Steps) -> dict:
     All of it in ``<folder>.partial``, renamed when complete."""
     from lcz_qgis_plugin.core.preprocess.buildstack import build_stack
     from lcz_qgis_plugin.core.preprocess.dsm import prepare_dsm
-    from lcz_qgis_plugin.core.training_data.extraction import extract_patches
     from lcz_qgis_plugin.core.preprocess.osm import rasterize_osm
     from lcz_qgis_plugin.core.preprocess.sentinel2 import stack_sentinel2
+    from lcz_qgis_plugin.core.training_data.extraction import extract_patches
     from tools import synthcity
 
     final = city_folder(role, size_km)
@@ -249,8 +249,12 @@ def make_int8(model: str, calibration: np.ndarray, path: str) -> str:
     """Static int8 quantization (QDQ) of ``model`` calibrated on scene patches; keeps the LCZ
     metadata so the plugin's engine opens it."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
     if os.path.exists(path):
         return path
@@ -280,9 +284,9 @@ def make_int8(model: str, calibration: np.ndarray, path: str) -> str:
 
 def scene_patches(stack: str, model: str, count: int, seed: int) -> np.ndarray:
     """``count`` normalised patches of cells spread over the scene, as the engine gets them."""
-    from lcz_qgis_plugin.core.preprocess.buildstack import read_model_card
     from lcz_qgis_plugin.core.cellgrid import make_grid
     from lcz_qgis_plugin.core.inference.strips import StripReader
+    from lcz_qgis_plugin.core.preprocess.buildstack import read_model_card
     from lcz_qgis_plugin.core.stacks import open_stacks
     card = read_model_card(model)
     (opened,) = open_stacks([stack], card.channels, card.pixel_size)
@@ -298,6 +302,7 @@ def truth_accuracy(lcz_map: str, truth: str) -> dict:
     """Overall accuracy and kappa of a map against the generated truth, cell by cell (both
     are 100 m rasters of the same grid)."""
     from osgeo import gdal
+
     from lcz_qgis_plugin.core.assessment.metrics import accuracy_scores, confusion_matrix
     mapped, known = gdal.Open(lcz_map), gdal.Open(truth)
     if (mapped.RasterXSize, mapped.RasterYSize) != (known.RasterXSize, known.RasterYSize) or \
@@ -344,6 +349,7 @@ def child_floor(args) -> dict:
     start = time.perf_counter()
     if args.device == "torch":
         import torch
+
         from lcz_qgis_plugin.core.inference.engine import physical_cores
         from training.train import load_checkpoint, model_from_checkpoint
         torch.set_num_threads(physical_cores())

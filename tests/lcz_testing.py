@@ -10,10 +10,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from osgeo import gdal, osr
 
-from lcz_qgis_plugin.core.model.card import ModelCard
-from lcz_qgis_plugin.core.model.card_writer import write_model_card
 from lcz_qgis_plugin.core.feedback import Feedback
 from lcz_qgis_plugin.core.lcz_classes import LCZ_CODES
+from lcz_qgis_plugin.core.model.card import ModelCard
+from lcz_qgis_plugin.core.model.card_writer import write_model_card
 
 ORIGIN = (500000.0, 5000000.0)
 UTM33 = 32633

@@ -5,10 +5,18 @@ import re
 
 import numpy as np
 import pytest
+from lcz_testing import (
+    ORIGIN,
+    centre_value_model,
+    channel_names,
+    files_in,
+    identity_card,
+    linear_probe_model,
+    read,
+    write_stack,
+)
 
 from lcz_qgis_plugin.core.inference.engine import CPU, OPENVINO_F32, import_openvino
-from lcz_testing import (ORIGIN, centre_value_model, channel_names, files_in, identity_card,
-                         linear_probe_model, read, write_stack)
 
 pytestmark = pytest.mark.qgis
 
@@ -83,8 +91,12 @@ def test_classify_through_processing_run(processing, scene_and_model, tmp_path):
 
 
 def test_extent_in_another_crs_is_reprojected(processing, scene_and_model, tmp_path):
-    from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProject,
-                           QgsRectangle)
+    from qgis.core import (
+        QgsCoordinateReferenceSystem,
+        QgsCoordinateTransform,
+        QgsProject,
+        QgsRectangle,
+    )
     stack, model, *_ = scene_and_model
     # cells 2..5 x 3..6 of the 40 m lattice, expressed in WGS 84
     utm = QgsRectangle(ORIGIN[0] + 2 * 40 + 5, ORIGIN[1] - 6 * 40 - 35,

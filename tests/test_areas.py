@@ -3,13 +3,13 @@ labels, layer filters; read with both of GDAL's KML drivers."""
 
 import numpy as np
 import pytest
+from lcz_testing import RecordingFeedback, write_stack
 from osgeo import ogr
+from wudapt_template import cell_ring, write_wudapt_template
 
 from lcz_qgis_plugin.core.areas import read_areas
 from lcz_qgis_plugin.core.errors import InputError
 from lcz_qgis_plugin.core.training_data.extraction import extract_patches
-from lcz_testing import RecordingFeedback, write_stack
-from wudapt_template import cell_ring, write_wudapt_template
 
 AREAS = [("2", cell_ring(0, 0, rows=2, cols=2)), ("B", cell_ring(3, 0)),
          ("2", cell_ring(0, 3)), ("G", cell_ring(3, 3))]

@@ -6,11 +6,11 @@ import sys
 
 import numpy as np
 import pytest
+from lcz_testing import RecordingFeedback, cell_square, write_polygons, write_stack
 from osgeo import gdal
 
 from lcz_qgis_plugin.core.assessment.accuracy import assess_accuracy, recode
 from lcz_qgis_plugin.core.errors import InputError
-from lcz_testing import RecordingFeedback, cell_square, write_polygons, write_stack
 
 # 3 x 4 cells of 100 m. Reference and map; the map's 0 is no-data (that cell is not counted).
 REFERENCE = np.array([[1, 1, 2, 2],

@@ -5,17 +5,26 @@ import re
 
 import numpy as np
 import pytest
+from lcz_testing import (
+    ORIGIN,
+    centre_value_model,
+    channel_names,
+    files_in,
+    identity_card,
+    linear_probe_model,
+    read,
+    reference_classes,
+    reference_probabilities,
+    write_stack,
+)
 from osgeo import gdal
 
-from lcz_qgis_plugin.core.inference import classify as classify_module
-from lcz_qgis_plugin.core.inference.classify import classify, strip_bounds
 from lcz_qgis_plugin.core.errors import Cancelled, InputError
 from lcz_qgis_plugin.core.feedback import Feedback
-from lcz_qgis_plugin.core.lcz_classes import LCZ_CLASSES
+from lcz_qgis_plugin.core.inference import classify as classify_module
+from lcz_qgis_plugin.core.inference.classify import classify, strip_bounds
 from lcz_qgis_plugin.core.inference.majority import majority_filter
-from lcz_testing import (ORIGIN, centre_value_model, channel_names, files_in, identity_card,
-                         linear_probe_model, read, reference_classes, reference_probabilities,
-                         write_stack)
+from lcz_qgis_plugin.core.lcz_classes import LCZ_CLASSES
 
 
 class Recorder(Feedback):

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 from lcz_testing import channel_names, identity_card, linear_probe_model, read, write_stack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,8 +8,13 @@ import sys
 
 import pytest
 
-from lcz_qgis_plugin.core.commit import (PARTIAL_MARK, Commit, is_partial, partial_path,
-                                         sweep_partials)
+from lcz_qgis_plugin.core.commit import (
+    PARTIAL_MARK,
+    Commit,
+    is_partial,
+    partial_path,
+    sweep_partials,
+)
 from lcz_qgis_plugin.core.errors import InputError, OutputError
 
 

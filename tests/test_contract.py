@@ -4,13 +4,18 @@ import json
 
 import onnx
 import pytest
-
-from lcz_qgis_plugin.core.model.card import (MAX_METADATA_CHARS, PREFIX, SCHEMA_VERSION,
-                                           TEMPERATURE_RANGE, ModelCard)
-from lcz_qgis_plugin.core.model.card_writer import write_model_card
-from lcz_qgis_plugin.core.inference.engine import Engine
-from lcz_qgis_plugin.core.errors import ModelError
 from lcz_testing import channel_names, identity_card, linear_probe_model
+
+from lcz_qgis_plugin.core.errors import ModelError
+from lcz_qgis_plugin.core.inference.engine import Engine
+from lcz_qgis_plugin.core.model.card import (
+    MAX_METADATA_CHARS,
+    PREFIX,
+    SCHEMA_VERSION,
+    TEMPERATURE_RANGE,
+    ModelCard,
+)
+from lcz_qgis_plugin.core.model.card_writer import write_model_card
 
 
 def test_card_round_trips_through_an_onnx_file(tmp_path):
@@ -132,6 +137,7 @@ def test_calibration_fits_only_temperatures_the_contract_accepts():
     at the bound is said, not silently stored."""
     pytest.importorskip("scipy")
     import numpy as np
+
     from training.evaluate import fit_temperature, temperature_bound_note
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, 400)

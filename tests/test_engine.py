@@ -8,12 +8,18 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from lcz_testing import MessageLog, channel_names, identity_card, linear_probe_model
 from onnx import TensorProto, helper
 
-from lcz_qgis_plugin.core.inference.engine import (CPU, CUDA, OPENVINO_F32, Engine, available_providers,
-                                         import_openvino)
 from lcz_qgis_plugin.core.errors import EngineError, ModelError
-from lcz_testing import MessageLog, channel_names, identity_card, linear_probe_model
+from lcz_qgis_plugin.core.inference.engine import (
+    CPU,
+    CUDA,
+    OPENVINO_F32,
+    Engine,
+    available_providers,
+    import_openvino,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,13 +6,23 @@ import os
 import h5py
 import numpy as np
 import pytest
+from lcz_testing import (
+    ORIGIN,
+    RecordingFeedback,
+    cell_square,
+    channel_names,
+    files_in,
+    read,
+    stack_from_synthcity,
+    write_kml,
+    write_polygons,
+    write_stack,
+)
 from osgeo import gdal, ogr
 
 from lcz_qgis_plugin.core.errors import Cancelled, InputError
 from lcz_qgis_plugin.core.training_data.extraction import extract_patches
 from lcz_qgis_plugin.core.training_data.patch_file import open_patch_file
-from lcz_testing import (ORIGIN, RecordingFeedback, cell_square, channel_names, files_in,
-                         read, stack_from_synthcity, write_kml, write_polygons, write_stack)
 from tools import synthcity
 
 

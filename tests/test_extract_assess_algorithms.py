@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
+from lcz_testing import cell_square, read, stack_from_synthcity, write_polygons, write_stack
 from osgeo import gdal
 
 from lcz_qgis_plugin.core.assessment.accuracy import assess_accuracy
 from lcz_qgis_plugin.core.training_data.extraction import extract_patches
 from lcz_qgis_plugin.core.training_data.patch_file import open_patch_file
-from lcz_testing import cell_square, read, stack_from_synthcity, write_polygons, write_stack
 from tools import synthcity
 
 pytestmark = pytest.mark.qgis

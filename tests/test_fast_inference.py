@@ -11,20 +11,36 @@ import threading
 import numpy as np
 import onnx
 import pytest
+from lcz_testing import (
+    MessageLog,
+    channel_names,
+    conv_probe_model,
+    files_in,
+    identity_card,
+    read,
+    write_stack,
+)
 from onnx import TensorProto
 
-from lcz_qgis_plugin.core.inference import engine as engine_module
-from lcz_qgis_plugin.core.inference.classify import classify
-from lcz_qgis_plugin.core.inference.engine import (CPU, OPENVINO_BF16, OPENVINO_F32, Engine, IoBoundRun,
-                                         cached_sessions, clear_engine_cache, import_openvino,
-                                         physical_cores, to_probabilities)
-from lcz_qgis_plugin.core.model.card import ModelCard
 from lcz_qgis_plugin.core.errors import Cancelled, EngineError, InputError
 from lcz_qgis_plugin.core.feedback import Feedback
+from lcz_qgis_plugin.core.inference import engine as engine_module
+from lcz_qgis_plugin.core.inference.classify import classify
+from lcz_qgis_plugin.core.inference.engine import (
+    CPU,
+    OPENVINO_BF16,
+    OPENVINO_F32,
+    Engine,
+    IoBoundRun,
+    cached_sessions,
+    clear_engine_cache,
+    import_openvino,
+    physical_cores,
+    to_probabilities,
+)
 from lcz_qgis_plugin.core.inference.fp16 import to_float16
 from lcz_qgis_plugin.core.inference.threads import Background, Prefetch
-from lcz_testing import (MessageLog, channel_names, conv_probe_model, files_in, identity_card, read,
-                         write_stack)
+from lcz_qgis_plugin.core.model.card import ModelCard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_openvino = pytest.mark.skipif(import_openvino() is None,
@@ -131,8 +147,8 @@ def test_batches_cut_into_pieces_keep_patch_order_for_any_length(scene, device):
 def test_auto_runs_bfloat16_only_for_a_model_whose_check_passed(scene, tmp_path, check,
                                                                  expected, why):
     """The model card's recorded bfloat16 check decides OpenVINO's precision under auto."""
-    from lcz_qgis_plugin.core.model.card_writer import write_model_card
     from lcz_qgis_plugin.core.inference.engine import cpu_runs_bfloat16
+    from lcz_qgis_plugin.core.model.card_writer import write_model_card
     folder, card, model, _ = scene
     checked = str(tmp_path / "checked.onnx")
     card = ModelCard.from_metadata_props({p.key: p.value for p in onnx.load(model).metadata_props})

@@ -8,18 +8,26 @@ output and every input byte-identical, and no partial file left (tests/faults.py
 import os
 
 import pytest
-
-from faults import (assert_one_clear_error, assert_unchanged, fill, partials, read_only,
-                    run_core_limited, small_tmpfs, snapshot)
-from lcz_qgis_plugin.core.assessment.accuracy import assess_accuracy
-from lcz_qgis_plugin.core.preprocess.buildstack import build_stack
-from lcz_qgis_plugin.core.inference.classify import classify
-from lcz_qgis_plugin.core.preprocess.dsm import prepare_dsm
-from lcz_qgis_plugin.core.errors import InputError, OutputError
-from lcz_qgis_plugin.core.training_data.extraction import extract_patches
-from lcz_qgis_plugin.core.preprocess.osm import rasterize_osm
+from faults import (
+    assert_one_clear_error,
+    assert_unchanged,
+    fill,
+    partials,
+    read_only,
+    run_core_limited,
+    small_tmpfs,
+    snapshot,
+)
 from lcz_testing import identity_card, linear_probe_model, stack_from_synthcity
 from osgeo import gdal
+
+from lcz_qgis_plugin.core.assessment.accuracy import assess_accuracy
+from lcz_qgis_plugin.core.errors import InputError, OutputError
+from lcz_qgis_plugin.core.inference.classify import classify
+from lcz_qgis_plugin.core.preprocess.buildstack import build_stack
+from lcz_qgis_plugin.core.preprocess.dsm import prepare_dsm
+from lcz_qgis_plugin.core.preprocess.osm import rasterize_osm
+from lcz_qgis_plugin.core.training_data.extraction import extract_patches
 from tools import synthcity
 
 LIMIT = 4096  # bytes: every output of these runs is larger

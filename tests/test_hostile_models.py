@@ -12,14 +12,14 @@ import time
 import numpy as np
 import onnx
 import pytest
+from lcz_testing import channel_names, identity_card, write_stack
 from onnx import TensorProto, helper, numpy_helper
 
-from lcz_qgis_plugin.core.model.card_writer import write_model_card
-from lcz_qgis_plugin.core.inference.engine import CUDA, DEVICES, Engine, available_providers
 from lcz_qgis_plugin.core.errors import EngineError, ModelError
+from lcz_qgis_plugin.core.inference.engine import CUDA, DEVICES, Engine, available_providers
 from lcz_qgis_plugin.core.inference.fp16 import float16_model_bytes
 from lcz_qgis_plugin.core.model.card_file import check_model_file
-from lcz_testing import channel_names, identity_card, write_stack
+from lcz_qgis_plugin.core.model.card_writer import write_model_card
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = channel_names(2)

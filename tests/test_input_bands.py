@@ -8,19 +8,32 @@ import re
 
 import numpy as np
 import pytest
+from lcz_testing import (
+    RecordingFeedback,
+    cell_square,
+    files_in,
+    identity_card,
+    linear_probe_model,
+    read,
+    reference_classes,
+    reference_probabilities,
+    write_polygons,
+    write_stack,
+)
 from osgeo import gdal
 
 from lcz_qgis_plugin.core import __main__ as cli
-from lcz_qgis_plugin.core.channels import (PRESETS, band_channels, canonical_channel,
-                                            parse_input_bands)
-from lcz_qgis_plugin.core.preprocess.buildstack import build_stack, parse_channel_list
-from lcz_qgis_plugin.core.inference.classify import classify
+from lcz_qgis_plugin.core.channels import (
+    PRESETS,
+    band_channels,
+    canonical_channel,
+    parse_input_bands,
+)
 from lcz_qgis_plugin.core.errors import InputError
+from lcz_qgis_plugin.core.inference.classify import classify
+from lcz_qgis_plugin.core.preprocess.buildstack import build_stack, parse_channel_list
 from lcz_qgis_plugin.core.training_data.extraction import extract_patches
 from lcz_qgis_plugin.core.training_data.patch_file import open_patch_file
-from lcz_testing import (RecordingFeedback, cell_square, files_in, identity_card,
-                         linear_probe_model, read, reference_classes, reference_probabilities,
-                         write_polygons, write_stack)
 
 SO2SAT = ["S2:B02", "S2:B03", "S2:B04", "S2:B05", "S2:B06", "S2:B07", "S2:B08", "S2:B8A",
           "S2:B11", "S2:B12"]

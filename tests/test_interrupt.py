@@ -11,12 +11,16 @@ import time
 
 import numpy as np
 import pytest
-
-from lcz_qgis_plugin.core.commit import is_partial
-from lcz_qgis_plugin.core.interrupt import (CANCELLED, CANCELLED_EXIT_STATUS, cancel_on_signals,
-                                            raw_handler)
 from lcz_testing import identity_card, linear_probe_model, write_stack
 from training_data import write_patch_file
+
+from lcz_qgis_plugin.core.commit import is_partial
+from lcz_qgis_plugin.core.interrupt import (
+    CANCELLED,
+    CANCELLED_EXIT_STATUS,
+    cancel_on_signals,
+    raw_handler,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
@@ -92,6 +96,7 @@ def test_a_handler_installed_outside_python_is_put_back():
     """qgis_process installs its own C-level SIGINT handler, which Python's signal module
     cannot see (it reports its own stale record) nor put back."""
     import ctypes
+
     from lcz_qgis_plugin.core import interrupt
     if interrupt._LIBC is None or raw_handler(signal.SIGTERM) is None:
         pytest.skip("no C library sigaction on this platform")

@@ -2,8 +2,13 @@
 
 import pytest
 
-from lcz_qgis_plugin.core.lcz_classes import (BUILT_CODES, LCZ_CLASSES, NATURAL_CODES,
-                                              lcz_class, parse_lcz_code)
+from lcz_qgis_plugin.core.lcz_classes import (
+    BUILT_CODES,
+    LCZ_CLASSES,
+    NATURAL_CODES,
+    lcz_class,
+    parse_lcz_code,
+)
 
 
 def test_seventeen_classes_with_wudapt_colours():

@@ -3,14 +3,21 @@ responsible, and OSM building heights no longer blank the cells of untagged buil
 
 import numpy as np
 import pytest
+from lcz_testing import (
+    ORIGIN,
+    RecordingFeedback,
+    cell_square,
+    identity_card,
+    linear_probe_model,
+    write_polygons,
+    write_stack,
+)
 from osgeo import ogr, osr
 
-from lcz_qgis_plugin.core.inference.classify import classify
 from lcz_qgis_plugin.core.errors import InputError
-from lcz_qgis_plugin.core.training_data.extraction import extract_patches
+from lcz_qgis_plugin.core.inference.classify import classify
 from lcz_qgis_plugin.core.preprocess.osm import rasterize_osm
-from lcz_testing import (ORIGIN, RecordingFeedback, cell_square, identity_card,
-                         linear_probe_model, write_polygons, write_stack)
+from lcz_qgis_plugin.core.training_data.extraction import extract_patches
 
 NODATA = -9999.0
 

@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 
 from lcz_qgis_plugin.core.errors import InputError
-from lcz_qgis_plugin.core.training_data.patch_file import PatchFileInfo, PatchWriter, open_patch_file
+from lcz_qgis_plugin.core.training_data.patch_file import (
+    PatchFileInfo,
+    PatchWriter,
+    open_patch_file,
+)
 
 
 def _info():

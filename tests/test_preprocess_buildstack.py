@@ -7,14 +7,13 @@ import re
 import numpy as np
 import onnx
 import pytest
+from lcz_testing import files_in, identity_card, linear_probe_model, read, write_stack
 from osgeo import gdal
-
-from lcz_testing import (files_in, identity_card, linear_probe_model, read, write_stack)
 from s2_product import make_product
 
-from lcz_qgis_plugin.core.preprocess.buildstack import build_stack, parse_channel_list
-from lcz_qgis_plugin.core.model.card_file import read_metadata_props, read_model_card
 from lcz_qgis_plugin.core.errors import InputError, ModelError
+from lcz_qgis_plugin.core.model.card_file import read_metadata_props, read_model_card
+from lcz_qgis_plugin.core.preprocess.buildstack import build_stack, parse_channel_list
 from lcz_qgis_plugin.core.preprocess.sentinel2 import SO2SAT_BANDS, channel_name
 
 S2 = [channel_name(b) for b in SO2SAT_BANDS]

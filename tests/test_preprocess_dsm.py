@@ -13,12 +13,11 @@ import re
 
 import numpy as np
 import pytest
+from lcz_testing import files_in, read, shared_data, write_stack
 from osgeo import gdal, ogr, osr
 
-from lcz_testing import files_in, read, shared_data, write_stack
-
-from lcz_qgis_plugin.core.preprocess.dsm import aggregate, ground_estimate, prepare_dsm
 from lcz_qgis_plugin.core.errors import InputError
+from lcz_qgis_plugin.core.preprocess.dsm import aggregate, ground_estimate, prepare_dsm
 
 ALEX = "EPSG:26918"
 

@@ -7,14 +7,17 @@ import re
 
 import numpy as np
 import pytest
-from osgeo import gdal, ogr, osr
-
 from lcz_testing import files_in, read, shared_data, write_stack
+from osgeo import gdal, ogr, osr
 
 from lcz_qgis_plugin.core.errors import InputError
 from lcz_qgis_plugin.core.feedback import Feedback
-from lcz_qgis_plugin.core.preprocess.osm import (BANDS, building_height, parse_other_tags,
-                                      rasterize_osm)
+from lcz_qgis_plugin.core.preprocess.osm import (
+    BANDS,
+    building_height,
+    parse_other_tags,
+    rasterize_osm,
+)
 
 X0, Y0 = 500000.0, 6000000.0  # synthetic grid, EPSG:32633, 10 m
 

@@ -7,9 +7,8 @@ import zipfile
 
 import numpy as np
 import pytest
-from osgeo import gdal
-
 from lcz_testing import files_in, read, shared_data
+from osgeo import gdal
 from s2_product import block_mean, dn_of, make_product, write_jp2
 
 from lcz_qgis_plugin.core.errors import Cancelled, InputError

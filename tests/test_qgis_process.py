@@ -5,9 +5,9 @@ import os
 
 import numpy as np
 import pytest
+from lcz_testing import channel_names, identity_card, linear_probe_model, read, write_stack
 
 from lcz_qgis_plugin.core.inference.engine import CPU, OPENVINO_F32, import_openvino
-from lcz_testing import channel_names, identity_card, linear_probe_model, read, write_stack
 
 pytestmark = pytest.mark.qgis_process
 MODEL3 = os.path.join(os.path.dirname(__file__), "data", "classify_and_count.model3")

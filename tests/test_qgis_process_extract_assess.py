@@ -4,13 +4,13 @@ import csv
 
 import numpy as np
 import pytest
+from lcz_testing import cell_square, read, stack_from_synthcity, write_polygons, write_stack
 from osgeo import gdal
+from wudapt_template import cell_ring, write_wudapt_template
 
 from lcz_qgis_plugin.core.assessment.accuracy import assess_accuracy
 from lcz_qgis_plugin.core.training_data.patch_file import open_patch_file
-from lcz_testing import cell_square, read, stack_from_synthcity, write_polygons, write_stack
 from tools import synthcity
-from wudapt_template import cell_ring, write_wudapt_template
 
 pytestmark = pytest.mark.qgis_process
 

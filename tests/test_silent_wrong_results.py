@@ -10,16 +10,22 @@ import subprocess
 
 import numpy as np
 import pytest
+from lcz_testing import (
+    RecordingFeedback,
+    cell_square,
+    files_in,
+    shared_data,
+    write_polygons,
+    write_stack,
+)
 from osgeo import gdal
+from s2_product import make_product
+from test_preprocess_osm import lonlat_grid, osm_xml, square
 
 from lcz_qgis_plugin.core.assessment.accuracy import assess_accuracy
 from lcz_qgis_plugin.core.errors import InputError, OutputError
 from lcz_qgis_plugin.core.preprocess.osm import rasterize_osm
 from lcz_qgis_plugin.core.preprocess.sentinel2 import SO2SAT_BANDS, stack_sentinel2
-from lcz_testing import (RecordingFeedback, cell_square, files_in, shared_data,
-                         write_polygons, write_stack)
-from s2_product import make_product
-from test_preprocess_osm import lonlat_grid, osm_xml, square
 
 # -- a truncated OpenStreetMap file -------------------------------------------------------------
 

@@ -7,11 +7,11 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+from lcz_testing import S2_BANDS, read, stack_from_synthcity
 from osgeo import gdal, ogr
 
 from lcz_qgis_plugin.core.areas import read_areas
 from lcz_qgis_plugin.core.lcz_classes import LCZ_CODES, lcz_class
-from lcz_testing import S2_BANDS, read, stack_from_synthcity
 from tools import synthcity
 
 
@@ -210,6 +210,7 @@ def test_ancillary_height_is_what_separates_the_lookalike_classes(tmp_path):
     """Train on one city, test on another: a random forest on per-cell statistics of the
     patches does far better with DSM:height than with Sentinel-2 alone (README figure)."""
     from sklearn.ensemble import RandomForestClassifier
+
     from lcz_qgis_plugin.core.training_data.extraction import extract_patches
     from lcz_qgis_plugin.core.training_data.patch_file import open_patch_file
 

@@ -6,11 +6,16 @@ import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
+from training_data import S2_NAMES, one_torch_thread, write_patch_file, write_so2sat  # noqa: F401
 
 from training import datasets as ds
-from training.train import (TrainingError, learning_rate, load_config_file, make_config,
-                            soft_cross_entropy)
-from training_data import S2_NAMES, one_torch_thread, write_patch_file, write_so2sat  # noqa: F401
+from training.train import (
+    TrainingError,
+    learning_rate,
+    load_config_file,
+    make_config,
+    soft_cross_entropy,
+)
 
 
 def test_so2sat_channels_are_chosen_by_name(tmp_path):

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 import torch
-
 from faults import partials
-from training.train import load_checkpoint
 from training_data import write_so2sat
+
+from training.train import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

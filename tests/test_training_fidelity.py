@@ -7,6 +7,8 @@ import os
 import numpy as np
 import pytest
 import torch
+from lcz_testing import shared_data
+from training_data import one_torch_thread  # noqa: F401
 
 from lcz_qgis_plugin.core.inference.engine import Engine
 from training.cli import main
@@ -14,8 +16,6 @@ from training.convert_keras import convert_keras
 from training.keras_weights import KerasWeightsError, load_msmla, load_sen2lcz
 from training.models import build_model
 from training.summary import counts
-from lcz_testing import shared_data
-from training_data import one_torch_thread  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "..", "shared", "data")

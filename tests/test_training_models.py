@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from lcz_testing import identity_card, read, write_stack
 
 from lcz_qgis_plugin.core.inference.classify import classify
 from lcz_qgis_plugin.core.inference.engine import Engine
-from lcz_testing import identity_card, read, write_stack
 from training.export import ExportError, export_onnx
 from training.models import build_model
 from training.models.msmla import count_parameters

@@ -7,17 +7,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from lcz_testing import read, write_stack
 from osgeo import gdal
+from training_data import S2_NAMES, TOY_CODES, one_torch_thread, write_patch_file, write_so2sat  # noqa: F401
 
+from lcz_qgis_plugin.core.assessment.metrics import confusion_matrix
 from lcz_qgis_plugin.core.inference.classify import classify
 from lcz_qgis_plugin.core.inference.engine import Engine
-from lcz_qgis_plugin.core.assessment.metrics import confusion_matrix
-from lcz_testing import read, write_stack
 from training.cli import main
 from training.evaluate import write_confusion_csv
 from training.train import load_checkpoint
-from training_data import (S2_NAMES, TOY_CODES, one_torch_thread,  # noqa: F401
-                           write_patch_file, write_so2sat)
 
 PATCH = 8
 ANY_THREADS = ["--bn-momentum", "0.5", "--batch-size", "16", "--no-progress", "--device",
@@ -295,6 +294,7 @@ def test_automatic_threads_follow_omp_num_threads_and_torchrun(monkeypatch, caps
 
 def test_busy_machine_note_suggests_one_thread(monkeypatch):
     import os
+
     from training.train import busy_machine_note
     monkeypatch.setattr(os, "getloadavg", lambda: (6.9, 5.1, 2.5))
     note = busy_machine_note(2)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 import zipfile
 
-from osgeo import osr
-
 from lcz_testing import ORIGIN, UTM33
+from osgeo import osr
 
 CLASS_LABELS = [str(i) for i in range(1, 11)] + list("ABCDEFG")
 

@@ -20,10 +20,15 @@ MODEL_NAME = "lcz_map_from_downloads"
 
 
 def build_model():
-    from qgis.core import (QgsProcessingModelAlgorithm, QgsProcessingModelChildAlgorithm,
-                           QgsProcessingModelChildParameterSource as Source,
-                           QgsProcessingModelOutput, QgsProcessingModelParameter,
-                           QgsProcessingParameterFile, QgsProcessingParameterRasterLayer)
+    from qgis.core import (
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelOutput,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterFile,
+        QgsProcessingParameterRasterLayer,
+    )
+    from qgis.core import QgsProcessingModelChildParameterSource as Source
     from qgis.PyQt.QtCore import QPointF
 
     model = QgsProcessingModelAlgorithm(MODEL_NAME, "LCZ map from downloads", "Local Climate Zones")

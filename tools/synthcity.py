@@ -75,7 +75,6 @@ if ROOT not in sys.path:
 from lcz_qgis_plugin.core.lcz_classes import lcz_class  # noqa: E402
 from lcz_qgis_plugin.core.style import category_names, class_map_qml, colour_table  # noqa: E402
 
-
 EPSG = 32633
 ORIGIN = (440000.0, 5340000.0)
 """Top-left corner in UTM 33N (Upper Austria, inside tile 33UVP's area)."""

@@ -142,7 +142,7 @@ def run(args) -> int:
         from .summary import summary
         print(summary(args.model, args.channels, args.patch, args.cbam))
     elif args.command == "train":
-        from .train import load_config_file, load_checkpoint, make_config, train
+        from .train import load_checkpoint, load_config_file, make_config, train
         file_values = load_config_file(args.config) if args.config else {}
         if args.resume and not args.config:
             file_values = load_checkpoint(args.resume)["config"]
@@ -212,8 +212,12 @@ def main(argv=None) -> int:
     """Runs one command. Ctrl+C and SIGTERM stop it like a cancel (a second one stops at
     once): the outputs being written are discarded, and the line "cancelled; no output was
     written" and exit status 130 follow. Errors: one line and exit status 2."""
-    from lcz_qgis_plugin.core.interrupt import (CANCELLED, CANCELLED_EXIT_STATUS,
-                                                cancel_on_signals, raise_keyboard_interrupt)
+    from lcz_qgis_plugin.core.interrupt import (
+        CANCELLED,
+        CANCELLED_EXIT_STATUS,
+        cancel_on_signals,
+        raise_keyboard_interrupt,
+    )
     args = build_parser().parse_args(argv)
     try:
         with cancel_on_signals(raise_keyboard_interrupt):

@@ -24,8 +24,7 @@ from lcz_qgis_plugin.core.model.card import ModelCard
 
 from .datasets import S2_CHANNELS, S2_DN_SCALE
 from .export import export_onnx
-from .keras_weights import (KerasWeightsError, load_resnet20, load_sen2lcz, read_keras_h5,
-                            sha256)
+from .keras_weights import KerasWeightsError, load_resnet20, load_sen2lcz, read_keras_h5, sha256
 from .models import build_model
 
 SOURCES = {

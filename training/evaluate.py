@@ -21,11 +21,15 @@ import os
 
 import numpy as np
 
+from lcz_qgis_plugin.core.assessment.metrics import (
+    accuracy_scores,
+    calibration,
+    confusion_matrix,
+    format_percent,
+)
 from lcz_qgis_plugin.core.commit import Commit
-from lcz_qgis_plugin.core.model.card import TEMPERATURE_RANGE, ModelCard
 from lcz_qgis_plugin.core.lcz_classes import LCZ_CLASSES
-from lcz_qgis_plugin.core.assessment.metrics import (accuracy_scores, calibration, confusion_matrix,
-                                          format_percent)
+from lcz_qgis_plugin.core.model.card import TEMPERATURE_RANGE, ModelCard
 
 from . import datasets as ds
 
@@ -40,8 +44,8 @@ class Predictor:
     def __init__(self, path: str, device: str = "cpu"):
         self.path = path
         if path.endswith(".onnx"):
-            from lcz_qgis_plugin.core.inference.engine import Engine
             from lcz_qgis_plugin.core.errors import LczError
+            from lcz_qgis_plugin.core.inference.engine import Engine
             try:
                 self.engine = Engine(path, device=device)
             except LczError as exc:

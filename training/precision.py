@@ -63,8 +63,8 @@ def measure_bfloat16(model: str, data: str, limit: int = DEFAULT_LIMIT,
         raise PrecisionCheckSkipped(why_not)
     reference = Predictor(model, device="cpu")
     reduced = Predictor(model, device="openvino-bf16")
-    import openvino
     import onnxruntime
+    import openvino
     card = reference.card
     _, z32 = predict(reference, data, batch_size, limit)
     _, z16 = predict(reduced, data, batch_size, limit)
@@ -83,8 +83,8 @@ def measure_bfloat16(model: str, data: str, limit: int = DEFAULT_LIMIT,
 
 def record_check(model: str, precision: str, check: dict, out: str | None = None) -> ModelCard:
     """Write ``check`` into the model card of ``model`` (in place, or to ``out``)."""
-    from lcz_qgis_plugin.core.model.card_writer import copy_with_card
     from lcz_qgis_plugin.core.model.card_file import read_model_card
+    from lcz_qgis_plugin.core.model.card_writer import copy_with_card
     card = read_model_card(model)  # the card only: no engine session to load
     card.precision_checks = dict(card.precision_checks, **{precision: check})
     copy_with_card(model, card, out or model)

@@ -462,7 +462,7 @@ def _train(config, resume, device_name, dist_info: Dist) -> dict:
             "bad_epochs": bad_epochs, "config": config.to_dict(), "history": history,
             "provenance": {"train": config.train, "val": config.val or
                            f"{config.train} ({config.val_fraction:g} of polygons)",
-                           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(
+                           "date": _dt.datetime.now(_dt.UTC).isoformat(
                                timespec="seconds"),
                            "epoch": epoch, "validation": val_metrics,
                            "setup": config.setup, "optimizer": config.optimizer,

@@ -12,9 +12,13 @@ attribute filter). Pick one folder (``file.kml|layername=LCZ 2``) to read only t
 """
 
 from osgeo import ogr
-from qgis.core import (QgsFeatureRequest, QgsProcessingFeatureSource,
-                       QgsProcessingFeatureSourceDefinition, QgsProcessingUtils,
-                       QgsProviderRegistry)
+from qgis.core import (
+    QgsFeatureRequest,
+    QgsProcessingFeatureSource,
+    QgsProcessingFeatureSourceDefinition,
+    QgsProcessingUtils,
+    QgsProviderRegistry,
+)
 
 from ..core.areas import KML_EXTENSIONS, LabelCollector, choose_class_field, read_areas
 

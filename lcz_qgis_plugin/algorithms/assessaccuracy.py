@@ -3,13 +3,24 @@
 import math
 import os
 
-from qgis.core import (QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsProcessing,
-                       QgsProcessingContext, QgsProcessingException,
-                       QgsProcessingOutputLayerDefinition, QgsProcessingOutputNumber,
-                       QgsProcessingParameterBoolean, QgsProcessingParameterFeatureSink,
-                       QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
-                       QgsProcessingParameterFileDestination,
-                       QgsProcessingParameterRasterLayer, QgsWkbTypes)
+from qgis.core import (
+    QgsFeature,
+    QgsFeatureSink,
+    QgsField,
+    QgsFields,
+    QgsProcessing,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingOutputLayerDefinition,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsWkbTypes,
+)
 from qgis.PyQt.QtCore import QVariant
 
 from ..core.assessment.accuracy import assess_accuracy
@@ -50,20 +61,44 @@ class AssessAccuracyAlgorithm(LczAlgorithm):
     SHORT_DESCRIPTION = ("Assesses an LCZ map against reference polygons or a reference "
                          "LCZ raster and writes an accuracy report.")
     HELP = """
-Compares an LCZ map cell by cell with reference data and reports the LCZ accuracy figures: overall accuracy (OA), weighted accuracy (WA, Bechtel et al. 2017, partial credit for similar classes), OA of the built classes (OA_BU) and of the natural classes (OA_N), built-vs-natural accuracy, Cohen's kappa, and per-class producer's and user's accuracy and F1, with the confusion matrix (rows: reference, columns: map).
+Compares an LCZ map cell by cell with reference data and reports the LCZ accuracy figures: overall
+  accuracy (OA), weighted accuracy (WA, Bechtel et al. 2017, partial credit for similar classes),
+  OA of the built classes (OA_BU) and of the natural classes (OA_N), built-vs-natural accuracy,
+  Cohen's kappa, and per-class producer's and user's accuracy and F1, with the confusion matrix
+  (rows: reference, columns: map).
 
 Parameters
-- LCZ map (INPUT): the map to assess, e.g. from Classify Local Climate Zones (codes 1-17; 101-107 are read as A-G; other values are no data).
-- Reference polygons (REFERENCE_AREAS): polygons with the true class, e.g. training areas held out for testing or a WUDAPT KML/KMZ (placemark names 1 ... 10, A ... G; every folder of the file is read). The layer's filter and "Selected features only" apply (for a whole KML/KMZ file the filter applies to every folder). The WUDAPT template's region of interest (a placemark or folder named ROI) is left out. A map cell is compared when its centre lies in a polygon. Reprojected to the map's CRS when needed. The log and the report say how many polygons lie outside the map or hold no cell centre (not used).
-- Class field (CLASS_FIELD): field with the class (1-17, 101-107 or A-G). Empty: the KML placemark name (Name), or a field called lcz or class. Unknown labels stop the run and are all listed.
-- Skip unknown labels (IGNORE_UNKNOWN_LABELS): instead of stopping, skip the polygons whose label is no LCZ class and list them in a warning.
-- Reference LCZ raster (REFERENCE_RASTER): instead of polygons, an LCZ raster in any coding (1-17, 101-107), e.g. a published map, reprojected onto the map grid. Its pixel size is measured in the map's CRS in x and y. Not finer than the map in both directions: each cell takes the reference class at its centre (nearest neighbour). Finer in both: each cell takes the class covering most of its area (sub-samples no larger than a reference pixel are counted); ties go to the class at the cell centre, else to the tied class nearest to the centre, never by code. Give either polygons or a raster.
+- LCZ map (INPUT): the map to assess, e.g. from Classify Local Climate Zones (codes 1-17; 101-107
+  are read as A-G; other values are no data).
+- Reference polygons (REFERENCE_AREAS): polygons with the true class, e.g. training areas held out
+  for testing or a WUDAPT KML/KMZ (placemark names 1 ... 10, A ... G; every folder of the file is
+  read). The layer's filter and "Selected features only" apply (for a whole KML/KMZ file the filter
+  applies to every folder). The WUDAPT template's region of interest (a placemark or folder named
+  ROI) is left out. A map cell is compared when its centre lies in a polygon. Reprojected to the
+  map's CRS when needed. The log and the report say how many polygons lie outside the map or hold
+  no cell centre (not used).
+- Class field (CLASS_FIELD): field with the class (1-17, 101-107 or A-G). Empty: the KML placemark
+  name (Name), or a field called lcz or class. Unknown labels stop the run and are all listed.
+- Skip unknown labels (IGNORE_UNKNOWN_LABELS): instead of stopping, skip the polygons whose label
+  is no LCZ class and list them in a warning.
+- Reference LCZ raster (REFERENCE_RASTER): instead of polygons, an LCZ raster in any coding (1-17,
+  101-107), e.g. a published map, reprojected onto the map grid. Its pixel size is measured in the
+  map's CRS in x and y. Not finer than the map in both directions: each cell takes the reference
+  class at its centre (nearest neighbour). Finer in both: each cell takes the class covering most
+  of its area (sub-samples no larger than a reference pixel are counted); ties go to the class at
+  the cell centre, else to the tied class nearest to the centre, never by code. Give either
+  polygons or a raster.
 
 Outputs
-- Report (OUTPUT_HTML): one HTML file with the scores, the per-class table and the confusion matrix as a table and as a figure (the figure needs matplotlib).
-- Per-class table (OUTPUT_TABLE, optional): one row per LCZ class: code, letter, name, reference and mapped cells, producer's and user's accuracy, F1; usable in a graphical model or saved as CSV (numbers unquoted).
-- Numbers OA, WA, OA_BU, OA_N, OA_BUILT_VS_NATURAL, KAPPA, F1_MACRO, F1_WEIGHTED (fractions 0-1) and SAMPLES (cells compared), for use in a model.
-Both files are checked before any work starts: a folder that cannot be created or written, or a table extension QGIS cannot write (.csv, .gpkg, .xlsx, .ods ... are fine), stops the run at once.
+- Report (OUTPUT_HTML): one HTML file with the scores, the per-class table and the confusion matrix
+  as a table and as a figure (the figure needs matplotlib).
+- Per-class table (OUTPUT_TABLE, optional): one row per LCZ class: code, letter, name, reference
+  and mapped cells, producer's and user's accuracy, F1; usable in a graphical model or saved as CSV
+  (numbers unquoted).
+- Numbers OA, WA, OA_BU, OA_N, OA_BUILT_VS_NATURAL, KAPPA, F1_MACRO, F1_WEIGHTED (fractions 0-1)
+  and SAMPLES (cells compared), for use in a model.
+Both files are checked before any work starts: a folder that cannot be created or written, or a
+  table extension QGIS cannot write (.csv, .gpkg, .xlsx, .ods ... are fine), stops the run at once.
 """
 
     def initAlgorithm(self, config=None):  # noqa: N802

@@ -10,17 +10,17 @@ import atexit
 import html
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 
-from qgis.core import (QgsProcessingAlgorithm, QgsProcessingException,
-                       QgsProcessingFeedback)
+from qgis.core import QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingFeedback
 from qgis.PyQt.QtCore import QCoreApplication, QUrl
 from qgis.PyQt.QtGui import QIcon
 
-from ..core.inference.engine import ONNXRUNTIME_MISSING
 from ..core.errors import Cancelled, LczError
 from ..core.feedback import Feedback
+from ..core.inference.engine import ONNXRUNTIME_MISSING
 from ..core.interrupt import CANCELLED, cancel_on_signals
 
 ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "icons", "lcz.svg")
@@ -30,6 +30,12 @@ REFERENCES = (
     "Kim, M., Jeong, D. & Kim, Y. (2021). Local climate zone classification using a "
     "multi-scale, multi-level attention network. ISPRS J. Photogramm. Remote Sens. 181. "
     "Demuzere, M. et al. (2022). A global map of Local Climate Zones. ESSD 14, 3835-3873.")
+
+
+def help_text(source: str) -> str:
+    """A HELP text as QGIS shows it: the source wraps long lines with two-space continuation
+    lines (to keep the code within 100 columns); QGIS wants one line per paragraph or item."""
+    return re.sub(r"\n {2,}", " ", source.strip())
 
 
 class QgisFeedback(Feedback):
@@ -98,7 +104,7 @@ class LczAlgorithm(QgsProcessingAlgorithm):
         return self.tr(self.SHORT_DESCRIPTION)
 
     def shortHelpString(self):  # noqa: N802
-        return self.tr(self.HELP.strip() + "\n\nReferences: " + REFERENCES)
+        return self.tr(help_text(self.HELP) + "\n\nReferences: " + REFERENCES)
 
     def icon(self):
         return QIcon(ICON)

@@ -1,12 +1,21 @@
 """``lcz:classify`` — Classify Local Climate Zones (adapter over core.classify)."""
 
-from qgis.core import (QgsProcessing, QgsProcessingException,
-                       QgsProcessingLayerPostProcessorInterface, QgsProcessingOutputNumber,
-                       QgsProcessingOutputString, QgsProcessingParameterDefinition,
-                       QgsProcessingParameterEnum, QgsProcessingParameterExtent,
-                       QgsProcessingParameterFile, QgsProcessingParameterMultipleLayers,
-                       QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
-                       QgsProcessingParameterString, QgsRasterLayer)
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterString,
+    QgsRasterLayer,
+)
 
 from ..core.inference.classify import classify
 from ..core.inference.engine import DEVICES  # ids by enum index: auto, cuda, cpu, openvino, ...
@@ -57,25 +66,59 @@ class ClassifyAlgorithm(LczAlgorithm):
     SHORT_DESCRIPTION = ("Classifies Local Climate Zones from input stacks with an ONNX "
                          "model, one patch per output cell.")
     HELP = """
-Classifies Local Climate Zones (LCZ 1-10 built types, A-G land cover) from one or more raster stacks with a deep-learning model in ONNX format (MSMLA, Sen2LCZ-Net, ResNet ... exported by the lcz training package). For every output cell a patch of pixels centred on the cell is cut from the stack and classified; the map gets the WUDAPT colours and a class legend.
+Classifies Local Climate Zones (LCZ 1-10 built types, A-G land cover) from one or more raster
+  stacks with a deep-learning model in ONNX format (MSMLA, Sen2LCZ-Net, ResNet ... exported by the
+  lcz training package). For every output cell a patch of pixels centred on the cell is cut from
+  the stack and classified; the map gets the WUDAPT colours and a class legend.
 
 Parameters
-- Input stacks (INPUT): one or more rasters whose band descriptions name the model's channels (e.g. S2:B02 ... S2:B12, OSM:building_fraction, DSM:height); band order does not matter, missing channels are refused. Several stacks are taken as dates of the same area on the same grid: their class probabilities are averaged. The CRS must be projected in metres, at the model's pixel size (usually 10 m).
-- Model (MODEL): an .onnx file carrying the LCZ model metadata (channels, scaling, patch size, classes). Scaling and normalisation come only from the model.
-- Input band names (INPUT_BANDS, optional): for rasters without band names, e.g. exported from Google Earth Engine, the Copernicus Browser or SNAP. Either the names of the input's bands in order, separated by commas (S2:B02 or just B2 / B02, OSM:building_fraction ...; - skips a band), or a preset: so2sat (the So2Sat / LCZ42 ten bands B2, B3, B4, B5, B6, B7, B8, B8A, B11, B12), s2-l1c-13 (Level-1C: B1 ... B8, B8A, B9, B10, B11, B12), s2-l2a-12 (Level-2A: the same without B10). It replaces the band descriptions; the number of names must equal the number of bands. With several input stacks it applies to each. Values are read as they are (no no-data is added: DN 0 stays a value unless the raster declares 0 as no data). Empty: the band descriptions name the channels; bare Sentinel-2 ids (B2, B02, B8A, also with a wavelength such as "B2 (490 nm)") are read as S2:B02 ....
-- Cell size (CELL_SIZE): output cell size in metres, a whole multiple of the pixel size. Empty: the model's default (usually 100 m).
-- Extent (EXTENT): optional area to classify; every cell overlapping it is classified. Pixels outside the extent but inside the raster still feed the patches at its border.
-- Device (DEVICE): 0 Automatic: CUDA GPU when onnxruntime-gpu can use one, otherwise OpenVINO on the CPU when it is installed (float32: the same map as onnxruntime, 1.3-1.4x faster as measured on a 2-core AVX-512 CPU; bfloat16, 3x, on CPUs with AMX or AVX-512 BF16 for a model whose card records a passed bfloat16 check, see python -m training check-precision), otherwise onnxruntime on the CPU; the log and the EXECUTION_PROVIDER output name what ran and why. 1 CUDA (float32; TensorRT first when installed; fails with an explanation when no GPU is usable). 2 CPU with onnxruntime. 3 CPU with OpenVINO, float32 (fails when openvino is not installed). 4 CPU with OpenVINO in bfloat16, forced even without a passed check (2.3-2.7x OpenVINO float32 on CPUs with AMX or AVX-512 BF16; probabilities differ slightly, close calls may change class). 5 CUDA in float16 (needs the onnx package; for large batches on recent GPUs).
+- Input stacks (INPUT): one or more rasters whose band descriptions name the model's channels (e.g.
+  S2:B02 ... S2:B12, OSM:building_fraction, DSM:height); band order does not matter, missing
+  channels are refused. Several stacks are taken as dates of the same area on the same grid: their
+  class probabilities are averaged. The CRS must be projected in metres, at the model's pixel size
+  (usually 10 m).
+- Model (MODEL): an .onnx file carrying the LCZ model metadata (channels, scaling, patch size,
+  classes). Scaling and normalisation come only from the model.
+- Input band names (INPUT_BANDS, optional): for rasters without band names, e.g. exported from
+  Google Earth Engine, the Copernicus Browser or SNAP. Either the names of the input's bands in
+  order, separated by commas (S2:B02 or just B2 / B02, OSM:building_fraction ...; - skips a band),
+  or a preset: so2sat (the So2Sat / LCZ42 ten bands B2, B3, B4, B5, B6, B7, B8, B8A, B11, B12),
+  s2-l1c-13 (Level-1C: B1 ... B8, B8A, B9, B10, B11, B12), s2-l2a-12 (Level-2A: the same without
+  B10). It replaces the band descriptions; the number of names must equal the number of bands. With
+  several input stacks it applies to each. Values are read as they are (no no-data is added: DN 0
+  stays a value unless the raster declares 0 as no data). Empty: the band descriptions name the
+  channels; bare Sentinel-2 ids (B2, B02, B8A, also with a wavelength such as "B2 (490 nm)") are
+  read as S2:B02 ....
+- Cell size (CELL_SIZE): output cell size in metres, a whole multiple of the pixel size. Empty: the
+  model's default (usually 100 m).
+- Extent (EXTENT): optional area to classify; every cell overlapping it is classified. Pixels
+  outside the extent but inside the raster still feed the patches at its border.
+- Device (DEVICE): 0 Automatic: CUDA GPU when onnxruntime-gpu can use one, otherwise OpenVINO on
+  the CPU when it is installed (float32: the same map as onnxruntime, 1.3-1.4x faster as measured
+  on a 2-core AVX-512 CPU; bfloat16, 3x, on CPUs with AMX or AVX-512 BF16 for a model whose card
+  records a passed bfloat16 check, see python -m training check-precision), otherwise onnxruntime
+  on the CPU; the log and the EXECUTION_PROVIDER output name what ran and why. 1 CUDA (float32;
+  TensorRT first when installed; fails with an explanation when no GPU is usable). 2 CPU with
+  onnxruntime. 3 CPU with OpenVINO, float32 (fails when openvino is not installed). 4 CPU with
+  OpenVINO in bfloat16, forced even without a passed check (2.3-2.7x OpenVINO float32 on CPUs with
+  AMX or AVX-512 BF16; probabilities differ slightly, close calls may change class). 5 CUDA in
+  float16 (needs the onnx package; for large batches on recent GPUs).
 - Batch size (BATCH_SIZE): patches per inference call (64 suits CPUs; 1024-4096 for GPUs).
-- Majority filter radius (MAJORITY_RADIUS): 0 = off; r > 0 replaces each class by the most frequent class in the (2r+1) x (2r+1) cells around it.
+- Majority filter radius (MAJORITY_RADIUS): 0 = off; r > 0 replaces each class by the most frequent
+  class in the (2r+1) x (2r+1) cells around it.
 - CPU threads (THREADS, advanced): 0 = one per physical core.
 
 Outputs
-- LCZ map (OUTPUT): Byte GeoTIFF, codes 1-17 (A-G = 11-17), 0 = no data, with a colour table, category names and a .qml style.
-- Class probabilities (OUTPUT_PROBABILITIES, optional): Float32, one band per model class, band descriptions = class names, -9999 = no data.
-- Confidence (OUTPUT_CONFIDENCE, optional): band 1 top-1 probability, band 2 normalised entropy (0 certain, 1 uniform).
+- LCZ map (OUTPUT): Byte GeoTIFF, codes 1-17 (A-G = 11-17), 0 = no data, with a colour table,
+  category names and a .qml style.
+- Class probabilities (OUTPUT_PROBABILITIES, optional): Float32, one band per model class, band
+  descriptions = class names, -9999 = no data.
+- Confidence (OUTPUT_CONFIDENCE, optional): band 1 top-1 probability, band 2 normalised entropy (0
+  certain, 1 uniform).
 
-No data: a cell is no data when its centre pixel is no data or more than half of its patch is; the log counts such cells and names the channel(s) responsible. Patches reaching past the raster edge are filled by reflection. A failed or cancelled run leaves no output behind.
+No data: a cell is no data when its centre pixel is no data or more than half of its patch is; the
+  log counts such cells and names the channel(s) responsible. Patches reaching past the raster edge
+  are filled by reflection. A failed or cancelled run leaves no output behind.
 """
 
     def initAlgorithm(self, config=None):  # noqa: N802

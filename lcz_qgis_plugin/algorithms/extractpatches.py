@@ -1,10 +1,17 @@
 """``lcz:extractpatches`` — Extract training patches (adapter over core.extract)."""
 
-from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputNumber,
-                       QgsProcessingParameterBoolean, QgsProcessingParameterFeatureSource,
-                       QgsProcessingParameterField, QgsProcessingParameterFileDestination,
-                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
-                       QgsProcessingParameterString)
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+)
 
 from ..core.training_data.extraction import extract_patches
 from .areas_input import labelled_areas_parameter
@@ -36,23 +43,55 @@ class ExtractPatchesAlgorithm(LczAlgorithm):
     SHORT_DESCRIPTION = ("Extracts training patches for LCZ models from training-area "
                          "polygons and an input stack.")
     HELP = """
-Cuts one patch of pixels around every output cell whose centre lies inside a training area, and writes them with their LCZ class to a patch file (HDF5) that the training package reads (python -m training train). Cells sit on the same grid and patches are centred exactly as in Classify Local Climate Zones, so training and classification see the same patches.
+Cuts one patch of pixels around every output cell whose centre lies inside a training area, and
+  writes them with their LCZ class to a patch file (HDF5) that the training package reads (python
+  -m training train). Cells sit on the same grid and patches are centred exactly as in Classify
+  Local Climate Zones, so training and classification see the same patches.
 
 Parameters
-- Input stack (INPUT): raster whose band descriptions name its channels (S2:B02 ... S2:B12, OSM:building_fraction, DSM:height ...), e.g. from Build input stack. Projected CRS in metres. All bands are extracted.
-- Training areas (TRAINING_AREAS): polygons with an LCZ class: any vector layer, or a WUDAPT KML/KMZ whose placemark names are the classes 1 ... 10, A ... G (every folder of the file is read). The layer's filter and "Selected features only" apply (for a whole KML/KMZ file the filter applies to every folder). The WUDAPT template's region of interest (a placemark or folder named ROI) is left out, and the log gives its extent for the EXTENT parameters. Reprojected to the stack's CRS when needed. Polygons outside the stack are skipped with a warning.
-- Class field (CLASS_FIELD): field holding the class as 1-17, WUDAPT 101-107 or letters A-G. Empty: the KML placemark name (Name), or a field called lcz or class. Unknown labels stop the run and are all listed.
-- Skip unknown labels (IGNORE_UNKNOWN_LABELS): instead of stopping, skip the polygons whose label is no LCZ class and list them in a warning.
+- Input stack (INPUT): raster whose band descriptions name its channels (S2:B02 ... S2:B12,
+  OSM:building_fraction, DSM:height ...), e.g. from Build input stack. Projected CRS in metres. All
+  bands are extracted.
+- Training areas (TRAINING_AREAS): polygons with an LCZ class: any vector layer, or a WUDAPT
+  KML/KMZ whose placemark names are the classes 1 ... 10, A ... G (every folder of the file is
+  read). The layer's filter and "Selected features only" apply (for a whole KML/KMZ file the filter
+  applies to every folder). The WUDAPT template's region of interest (a placemark or folder named
+  ROI) is left out, and the log gives its extent for the EXTENT parameters. Reprojected to the
+  stack's CRS when needed. Polygons outside the stack are skipped with a warning.
+- Class field (CLASS_FIELD): field holding the class as 1-17, WUDAPT 101-107 or letters A-G. Empty:
+  the KML placemark name (Name), or a field called lcz or class. Unknown labels stop the run and
+  are all listed.
+- Skip unknown labels (IGNORE_UNKNOWN_LABELS): instead of stopping, skip the polygons whose label
+  is no LCZ class and list them in a warning.
 - Patch size (PATCH_SIZE): patch edge in pixels (48 for MSMLA, 32 for Sen2LCZ-Net / So2Sat models).
-- Cell size (CELL_SIZE): output cell size in metres, a whole multiple of the pixel size (100 m: one patch every 10 pixels).
-- Maximum patches per polygon (MAX_PER_POLYGON) and per class (MAX_PER_CLASS): 0 = all; otherwise a random subset (SEED) keeps large polygons and common classes from dominating.
-- Validation fraction (VALIDATION_FRACTION) and test fraction (TEST_FRACTION): share of each class's patches held out, as whole polygons (so overlapping neighbouring patches never cross the split): per class, polygons are chosen until the held-out patches come as close to the share as whole polygons allow; at least one validation polygon once a class has two polygons, one test polygon once it has three, and always one left for training. The log's table gives each class's split counts and shares, and warns where a class's polygons are too few or too unequal to come within 10 points of the share. Stored in the patch file's split dataset. 0 and 0: no split stored.
+- Cell size (CELL_SIZE): output cell size in metres, a whole multiple of the pixel size (100 m: one
+  patch every 10 pixels).
+- Maximum patches per polygon (MAX_PER_POLYGON) and per class (MAX_PER_CLASS): 0 = all; otherwise a
+  random subset (SEED) keeps large polygons and common classes from dominating.
+- Validation fraction (VALIDATION_FRACTION) and test fraction (TEST_FRACTION): share of each
+  class's patches held out, as whole polygons (so overlapping neighbouring patches never cross the
+  split): per class, polygons are chosen until the held-out patches come as close to the share as
+  whole polygons allow; at least one validation polygon once a class has two polygons, one test
+  polygon once it has three, and always one left for training. The log's table gives each class's
+  split counts and shares, and warns where a class's polygons are too few or too unequal to come
+  within 10 points of the share. Stored in the patch file's split dataset. 0 and 0: no split
+  stored.
 - Random seed (SEED): makes sampling and split repeatable.
-- Input band names (INPUT_BANDS, optional): for a stack without band names (a GeoTIFF exported from Google Earth Engine, the Copernicus Browser or SNAP): its bands' names in order, separated by commas (S2:B02 or just B2 / B02, OSM:building_fraction ...; - leaves a band out), or a preset: so2sat (So2Sat / LCZ42 ten bands B2, B3, B4, B5, B6, B7, B8, B8A, B11, B12), s2-l1c-13 (Level-1C: B1 ... B8, B8A, B9, B10, B11, B12), s2-l2a-12 (Level-2A: the same without B10). The number of names must equal the stack's band count; the patch file records these names as its channels (S2:B02 ...). Values are read as they are. Empty: the band descriptions; bare Sentinel-2 ids (B2, B02, B8A) are recorded as S2:B02 ....
+- Input band names (INPUT_BANDS, optional): for a stack without band names (a GeoTIFF exported from
+  Google Earth Engine, the Copernicus Browser or SNAP): its bands' names in order, separated by
+  commas (S2:B02 or just B2 / B02, OSM:building_fraction ...; - leaves a band out), or a preset:
+  so2sat (So2Sat / LCZ42 ten bands B2, B3, B4, B5, B6, B7, B8, B8A, B11, B12), s2-l1c-13 (Level-1C:
+  B1 ... B8, B8A, B9, B10, B11, B12), s2-l2a-12 (Level-2A: the same without B10). The number of
+  names must equal the stack's band count; the patch file records these names as its channels
+  (S2:B02 ...). Values are read as they are. Empty: the band descriptions; bare Sentinel-2 ids (B2,
+  B02, B8A) are recorded as S2:B02 ....
 
 Outputs
-- Patch file (OUTPUT): HDF5 (.h5) with patches (raw stack values), labels, polygon ids, split, cell centres, channel names and per-channel scale/offset (the band's GDAL scale/offset, else 1e-4 for S2:* and 1 for others). Schema: README, "Patch files".
-- Summary (OUTPUT_SUMMARY, optional): JSON with patches per class and split, skipped polygons and cells.
+- Patch file (OUTPUT): HDF5 (.h5) with patches (raw stack values), labels, polygon ids, split, cell
+  centres, channel names and per-channel scale/offset (the band's GDAL scale/offset, else 1e-4 for
+  S2:* and 1 for others). Schema: README, "Patch files".
+- Summary (OUTPUT_SUMMARY, optional): JSON with patches per class and split, skipped polygons and
+  cells.
 - PATCHES: number of patches written. Class counts are also printed in the log.
 """
 

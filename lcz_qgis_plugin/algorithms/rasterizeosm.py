@@ -3,10 +3,17 @@ core.osm)."""
 
 import os
 
-from qgis.core import (QgsProcessing, QgsProcessingOutputNumber, QgsProcessingParameterDefinition,
-                       QgsProcessingParameterFeatureSource, QgsProcessingParameterMultipleLayers,
-                       QgsProcessingParameterNumber, QgsProcessingParameterRasterDestination,
-                       QgsProcessingParameterRasterLayer, QgsProcessingUtils)
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingUtils,
+)
 
 from ..core.preprocess.osm import rasterize_osm
 from .base import LczAlgorithm
@@ -36,25 +43,58 @@ class RasterizeOsmAlgorithm(LczAlgorithm):
     SHORT_DESCRIPTION = ("Rasterizes OpenStreetMap buildings, roads, water and land use into "
                          "per-pixel fractions on the grid of a reference raster.")
     HELP = """
-Turns OpenStreetMap data into seven Float32 bands aligned pixel for pixel with a reference raster (normally the Sentinel-2 stack): OSM:building_fraction, OSM:building_height, OSM:road_fraction, OSM:water_fraction, OSM:vegetation_fraction, OSM:impervious_fraction, OSM:building_height_known.
+Turns OpenStreetMap data into seven Float32 bands aligned pixel for pixel with a reference raster
+  (normally the Sentinel-2 stack): OSM:building_fraction, OSM:building_height, OSM:road_fraction,
+  OSM:water_fraction, OSM:vegetation_fraction, OSM:impervious_fraction, OSM:building_height_known.
 
 Parameters
-- OpenStreetMap files (OSM_FILE): one or more .osm or .osm.pbf extracts (read with GDAL's OSM driver; tags outside its osmconf.ini are read from other_tags). A city in several extracts (districts, tiles): give them all (with qgis_process repeat OSM_FILE=a.osm.pbf OSM_FILE=b.osm.pbf). Where extracts overlap, an OSM element (type and id) counts once.
-- Buildings (BUILDINGS), Roads (ROADS), Water (WATER), Land use (LANDUSE): optional vector layers used instead of, or besides, the files (any format; a layer of a GeoPackage, a subset or an .osm file opened as a layer too). Building heights come from a height or building:levels (or levels) field. A buildings layer with a building field (an OSM export such as multipolygons) keeps only the features whose building is set and not "no"; a roads layer with a highway field or OSM other_tags keeps only roads, by the same rule as the files (barriers, power lines, tunnels, proposed or abandoned ways are left out), and uses the highway class for the width. Layers without these fields are taken whole: every polygon of BUILDINGS is a building, every line of ROADS a road of 4 m (or its width field). Land-use polygons are classified by landuse / natural / leisure / amenity / surface fields like OSM tags.
-- Coverage (COVERAGE): optional polygons of where the OpenStreetMap data is complete (the city boundary, the extract's .poly area). Pixels less than half inside are no data (-9999) in every band. Without it the extracts' own bounds (the <bounds> of an .osm file, the header bbox of an .osm.pbf) are used when every file declares them; otherwise the whole grid counts as covered (the log says so).
-- Reference raster (REFERENCE): defines CRS, extent and pixels of the output. Data in another CRS is reprojected.
-- Metres per level (METRES_PER_LEVEL): building height = building:levels x this when height is not tagged (default 3.0).
-- Default building height (DEFAULT_HEIGHT): height for buildings with neither tag. Empty: the median height of the tagged buildings in the grid when there are at least 10, else 2 levels x METRES_PER_LEVEL. The log gives the share of tagged buildings and the height used.
-- Sub-pixels (SUPERSAMPLE, advanced): each pixel is rasterized as n x n sub-pixels (default 10: 1 m on a 10 m grid) and fractions are their means.
+- OpenStreetMap files (OSM_FILE): one or more .osm or .osm.pbf extracts (read with GDAL's OSM
+  driver; tags outside its osmconf.ini are read from other_tags). A city in several extracts
+  (districts, tiles): give them all (with qgis_process repeat OSM_FILE=a.osm.pbf
+  OSM_FILE=b.osm.pbf). Where extracts overlap, an OSM element (type and id) counts once.
+- Buildings (BUILDINGS), Roads (ROADS), Water (WATER), Land use (LANDUSE): optional vector layers
+  used instead of, or besides, the files (any format; a layer of a GeoPackage, a subset or an .osm
+  file opened as a layer too). Building heights come from a height or building:levels (or levels)
+  field. A buildings layer with a building field (an OSM export such as multipolygons) keeps only
+  the features whose building is set and not "no"; a roads layer with a highway field or OSM
+  other_tags keeps only roads, by the same rule as the files (barriers, power lines, tunnels,
+  proposed or abandoned ways are left out), and uses the highway class for the width. Layers
+  without these fields are taken whole: every polygon of BUILDINGS is a building, every line of
+  ROADS a road of 4 m (or its width field). Land-use polygons are classified by landuse / natural /
+  leisure / amenity / surface fields like OSM tags.
+- Coverage (COVERAGE): optional polygons of where the OpenStreetMap data is complete (the city
+  boundary, the extract's .poly area). Pixels less than half inside are no data (-9999) in every
+  band. Without it the extracts' own bounds (the <bounds> of an .osm file, the header bbox of an
+  .osm.pbf) are used when every file declares them; otherwise the whole grid counts as covered (the
+  log says so).
+- Reference raster (REFERENCE): defines CRS, extent and pixels of the output. Data in another CRS
+  is reprojected.
+- Metres per level (METRES_PER_LEVEL): building height = building:levels x this when height is not
+  tagged (default 3.0).
+- Default building height (DEFAULT_HEIGHT): height for buildings with neither tag. Empty: the
+  median height of the tagged buildings in the grid when there are at least 10, else 2 levels x
+  METRES_PER_LEVEL. The log gives the share of tagged buildings and the height used.
+- Sub-pixels (SUPERSAMPLE, advanced): each pixel is rasterized as n x n sub-pixels (default 10: 1 m
+  on a 10 m grid) and fractions are their means.
 
 Definitions (see the README for the full tag lists)
-- building fraction: share of the pixel under building=* footprints. Building height: area-weighted mean height of the footprints in the pixel (untagged ones at the default height above); 0 without buildings. Building height known: share of the pixel's building area whose height comes from a height or building:levels tag; 0 without buildings.
-- road fraction: highway=* lines buffered to the width tag or a class width (motorway 20 m, trunk 16, primary 12, secondary 10, tertiary 8, residential/unclassified 6, living street 5, service/pedestrian 4, track 3, footway/cycleway/path/steps 2, other 4); tunnels left out.
+- building fraction: share of the pixel under building=* footprints. Building height: area-weighted
+  mean height of the footprints in the pixel (untagged ones at the default height above); 0 without
+  buildings. Building height known: share of the pixel's building area whose height comes from a
+  height or building:levels tag; 0 without buildings.
+- road fraction: highway=* lines buffered to the width tag or a class width (motorway 20 m, trunk
+  16, primary 12, secondary 10, tertiary 8, residential/unclassified 6, living street 5,
+  service/pedestrian 4, track 3, footway/cycleway/path/steps 2, other 4); tunnels left out.
 - water fraction: natural=water, waterway=riverbank/dock, landuse=reservoir/basin, water=*.
-- vegetation fraction: landuse=forest/grass/meadow/orchard/vineyard/allotments/farmland/recreation_ground/village_green/cemetery..., natural=wood/scrub/grassland/heath/wetland..., leisure=park/garden/golf_course/nature_reserve.
-- impervious fraction: buildings, roads, parking, highway areas, runways/aprons, platforms and paved surface=* areas (a lower bound: OSM does not map every sealed surface).
+- vegetation fraction:
+  landuse=forest/grass/meadow/orchard/vineyard/allotments/farmland/recreation_ground/village_green/cemetery...,
+  natural=wood/scrub/grassland/heath/wetland..., leisure=park/garden/golf_course/nature_reserve.
+- impervious fraction: buildings, roads, parking, highway areas, runways/aprons, platforms and
+  paved surface=* areas (a lower bound: OSM does not map every sealed surface).
 
-Output (OUTPUT): Float32 GeoTIFF, -9999 = no data, only outside the coverage. Inside it every band has a value: fractions are 0 where OSM maps nothing. BUILDINGS_FOUND: distinct buildings reaching into the grid. An extract without buildings inside the grid gives zeros and a warning.
+Output (OUTPUT): Float32 GeoTIFF, -9999 = no data, only outside the coverage. Inside it every band
+  has a value: fractions are 0 where OSM maps nothing. BUILDINGS_FOUND: distinct buildings reaching
+  into the grid. An extract without buildings inside the grid gives zeros and a warning.
 """
 
     def initAlgorithm(self, config=None):  # noqa: N802

@@ -1,11 +1,19 @@
 """``lcz:stacksentinel2`` — Stack Sentinel-2 bands (adapter over core.sentinel2)."""
 
-from qgis.core import (QgsGeometry, QgsProcessing, QgsProcessingException,
-                       QgsProcessingOutputNumber, QgsProcessingOutputString,
-                       QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
-                       QgsProcessingParameterExtent, QgsProcessingParameterFeatureSource,
-                       QgsProcessingParameterMultipleLayers,
-                       QgsProcessingParameterRasterDestination, QgsProcessingParameterString)
+from qgis.core import (
+    QgsGeometry,
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterString,
+)
 
 from ..core.preprocess.sentinel2 import INDICES, RESAMPLING, SO2SAT_BANDS, stack_sentinel2
 from .base import LczAlgorithm
@@ -32,21 +40,36 @@ class StackSentinel2Algorithm(LczAlgorithm):
     SHORT_DESCRIPTION = ("Stacks Sentinel-2 bands from .SAFE folders or .zip products into "
                          "one 10 m GeoTIFF with named bands.")
     HELP = """
-Stacks the bands of Sentinel-2 Level-1C or Level-2A products into one tiled, compressed 10 m GeoTIFF whose band descriptions (S2:B02 ... S2:B8A ... S2:B12) are the channel names LCZ models expect.
+Stacks the bands of Sentinel-2 Level-1C or Level-2A products into one tiled, compressed 10 m
+  GeoTIFF whose band descriptions (S2:B02 ... S2:B8A ... S2:B12) are the channel names LCZ models
+  expect.
 
 Parameters
-- Sentinel-2 inputs (INPUT): the .zip files as downloaded (read in place, no unzipping), .SAFE folders (in the file dialog, pick the MTD_MSIL1C.xml / MTD_MSIL2A.xml inside the folder), or individual band rasters (file names containing B02, B8A ...). Several products of one date (adjacent tiles of one pass, same UTM zone) are mosaicked; mixing dates or processing levels is refused.
-- Bands (BANDS): comma-separated, in output order; default the So2Sat ten: B02,B03,B04,B05,B06,B07,B08,B8A,B11,B12 (B2 and B02 both work).
-- Resampling (RESAMPLING): how 20 m and 60 m bands reach 10 m: nearest, bilinear (default), cubic, cubic spline, Lanczos, average. No-data pixels are left out of the kernel.
+- Sentinel-2 inputs (INPUT): the .zip files as downloaded (read in place, no unzipping), .SAFE
+  folders (in the file dialog, pick the MTD_MSIL1C.xml / MTD_MSIL2A.xml inside the folder), or
+  individual band rasters (file names containing B02, B8A ...). Several products of one date
+  (adjacent tiles of one pass, same UTM zone) are mosaicked; mixing dates or processing levels is
+  refused.
+- Bands (BANDS): comma-separated, in output order; default the So2Sat ten:
+  B02,B03,B04,B05,B06,B07,B08,B8A,B11,B12 (B2 and B02 both work).
+- Resampling (RESAMPLING): how 20 m and 60 m bands reach 10 m: nearest, bilinear (default), cubic,
+  cubic spline, Lanczos, average. No-data pixels are left out of the kernel.
 - Extent (EXTENT): optional rectangle to cut (any CRS).
-- Area of interest (AOI): optional polygons; the stack covers their bounding box and pixels outside them are no data.
-- Cloud and shadow mask (MASK_CLOUDS): L2A only; pixels the scene classification (SCL) calls cloud shadow (3), cloud (8, 9) or thin cirrus (10) become no data.
-- Spectral indices (INDICES): optional extra bands IDX:NDVI (B08,B04), IDX:NDBI (B11,B08), IDX:MNDWI (B03,B11), IDX:NDMI (B08,B11) as (a - b) / (a + b).
+- Area of interest (AOI): optional polygons; the stack covers their bounding box and pixels outside
+  them are no data.
+- Cloud and shadow mask (MASK_CLOUDS): L2A only; pixels the scene classification (SCL) calls cloud
+  shadow (3), cloud (8, 9) or thin cirrus (10) become no data.
+- Spectral indices (INDICES): optional extra bands IDX:NDVI (B08,B04), IDX:NDBI (B11,B08),
+  IDX:MNDWI (B03,B11), IDX:NDMI (B08,B11) as (a - b) / (a + b).
 
 Output (OUTPUT)
-Reflectance x 10000 with the processing-baseline offset removed (baseline 04.00 and later add 1000 to every DN; the offset is read from MTD_MSIL1C.xml / MTD_MSIL2A.xml), UInt16, 0 = no data. With indices the file is Float32 (indices are fractions), no data -9999, reflectance bands keep their x 10000 values. Band rasters given one by one carry no metadata and are taken as offset-free.
+Reflectance x 10000 with the processing-baseline offset removed (baseline 04.00 and later add 1000
+  to every DN; the offset is read from MTD_MSIL1C.xml / MTD_MSIL2A.xml), UInt16, 0 = no data. With
+  indices the file is Float32 (indices are fractions), no data -9999, reflectance bands keep their
+  x 10000 values. Band rasters given one by one carry no metadata and are taken as offset-free.
 
-Bad input (missing bands, a zip that is not a Sentinel-2 product, damaged JP2, mixed dates, levels or UTM zones, an AOI outside the tiles) stops the run with the reason; no partial output is left.
+Bad input (missing bands, a zip that is not a Sentinel-2 product, damaged JP2, mixed dates, levels
+  or UTM zones, an AOI outside the tiles) stops the run with the reason; no partial output is left.
 """
 
     def initAlgorithm(self, config=None):  # noqa: N802

@@ -16,11 +16,10 @@ import json
 import os
 import sys
 
-from .inference.engine import DEVICES
 from .errors import Cancelled, LczError
 from .feedback import ConsoleFeedback
-from .interrupt import (CANCELLED, CANCELLED_EXIT_STATUS, cancel_on_signals,
-                        raise_keyboard_interrupt)
+from .inference.engine import DEVICES
+from .interrupt import CANCELLED, CANCELLED_EXIT_STATUS, cancel_on_signals, raise_keyboard_interrupt
 
 
 def _extent(text: str) -> tuple[float, float, float, float]:

@@ -73,7 +73,7 @@ class LabelledAreas:
     has one; it is never a training or reference area."""
 
     def in_crs(self, target_wkt: str, feedback: Feedback, what: str = "training areas"
-               ) -> "LabelledAreas":
+               ) -> LabelledAreas:
         """The same areas in ``target_wkt`` (reprojected with OSR when the CRS differ)."""
         target = osr.SpatialReference(wkt=target_wkt)
         target.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)

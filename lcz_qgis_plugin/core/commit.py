@@ -35,8 +35,8 @@ import shutil
 import socket
 import tempfile
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from .errors import InputError, OutputError
 
@@ -406,7 +406,7 @@ class Commit:
             _remove(path)
         self._scratch.clear()
 
-    def __enter__(self) -> "Commit":
+    def __enter__(self) -> Commit:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -444,7 +444,7 @@ class GdalErrors:
         if error_class >= 3:  # CE_Failure, CE_Fatal
             self.messages.append(str(message))
 
-    def __enter__(self) -> "GdalErrors":
+    def __enter__(self) -> GdalErrors:
         from osgeo import gdal
         gdal.PushErrorHandler(self)
         return self

@@ -25,7 +25,7 @@ import ctypes
 import os
 import signal
 import threading
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from .errors import Cancelled
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal, osr
 
-from .channels import (PRESETS, InputBands, band_channels, band_descriptions,
-                        parse_input_bands)
+from .channels import PRESETS, InputBands, band_channels, band_descriptions, parse_input_bands
 from .errors import InputError
 from .feedback import Feedback
-from .rasters import REPROJECT_HINT, check_georeferencing, open_raster
+from .rasters import check_georeferencing, open_raster
+
 
 @dataclass
 class Stack:

@@ -40,11 +40,11 @@ from osgeo import gdal, ogr, osr
 from ..about import software_tag
 from ..areas import LabelledAreas, describe_areas, read_areas
 from ..commit import Commit, GdalErrors
-from ..errors import Cancelled, InputError, OutputError
+from ..errors import Cancelled, InputError
 from ..feedback import Feedback
 from ..lcz_classes import LCZ_CLASSES, LCZ_CODES, lcz_class
-from .metrics import accuracy_scores, confusion_matrix, format_percent
 from ..rasters import open_raster
+from .metrics import accuracy_scores, confusion_matrix, format_percent
 
 STRIP_ROWS = 512
 FINE_PIXELS_PER_STRIP = 16_000_000
@@ -502,7 +502,7 @@ def render_html(result: AssessResult, map_path: str, reference: str, title: str)
               "<p class='note'>The confusion-matrix figure needs matplotlib, which is not "
               "installed in this Python; the table above holds the same numbers.</p>")
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.notes)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>

@@ -23,19 +23,19 @@ import numpy as np
 from osgeo import gdal
 
 from ..about import software_tag
-from .engine import GPU_PROVIDERS, Engine
+from ..cellgrid import CellGrid, make_grid
+from ..commit import GdalErrors
 from ..errors import Cancelled, InputError
 from ..feedback import Feedback
-from ..cellgrid import CellGrid, make_grid
 from ..lcz_classes import NODATA_CODE, lcz_class
-from .majority import filter_band
-from ..commit import GdalErrors
 from ..outputs import PendingOutputs, check_output_path
-from .strips import StripReader, describe_nodata
 from ..rasters import bounded_cache
-from .threads import Background, Inline, Prefetch
 from ..stacks import open_stacks
 from ..style import category_names, class_map_qml, colour_table
+from .engine import GPU_PROVIDERS, Engine
+from .majority import filter_band
+from .strips import StripReader, describe_nodata
+from .threads import Background, Inline, Prefetch
 
 FLOAT_NODATA = -9999.0
 OUTPUT_NAMES = {"OUTPUT": "class map output", "OUTPUT_PROBABILITIES": "probabilities output",
@@ -164,7 +164,7 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
         "LCZ_INPUTS": ";".join(os.path.basename(s.path) for s in stacks),
         "LCZ_DATES_AVERAGED": str(len(stacks)),
         "LCZ_MAJORITY_RADIUS": str(majority_radius),
-        "LCZ_CREATED": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "LCZ_CREATED": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     common = dict(width=grid.cols, height=grid.rows, geotransform=grid.geotransform,
                   projection=first.projection, block_rows=strip_rows)

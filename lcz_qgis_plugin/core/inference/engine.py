@@ -40,9 +40,9 @@ import threading
 
 import numpy as np
 
-from ..model.card import ModelCard
 from ..errors import EngineError, ModelError
 from ..feedback import Feedback
+from ..model.card import ModelCard
 from ..model.card_file import check_model_file, read_model_card
 
 DEVICES = ("auto", "cuda", "cpu", "openvino", "openvino-bf16", "cuda-fp16")

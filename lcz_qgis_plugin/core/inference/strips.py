@@ -24,9 +24,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from osgeo import gdal
 
-from ..model.card import ModelCard
-from ..errors import InputError
 from ..cellgrid import CellGrid
+from ..errors import InputError
+from ..model.card import ModelCard
 from ..stacks import Stack
 
 

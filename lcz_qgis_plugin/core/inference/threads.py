@@ -83,7 +83,7 @@ class Prefetch:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def __enter__(self) -> "Prefetch":
+    def __enter__(self) -> Prefetch:
         return self
 
     def __exit__(self, *exc_info) -> None:

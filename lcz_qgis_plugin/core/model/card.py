@@ -54,8 +54,9 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import ModelError
 from ..lcz_classes import LCZ_CODES, lcz_class
@@ -162,7 +163,7 @@ class ModelCard:
 
     @classmethod
     def from_metadata_props(cls, props: Mapping[str, str],
-                            source: str = "the model") -> "ModelCard":
+                            source: str = "the model") -> ModelCard:
         """Parse and validate ``metadata_props``; raises :class:`ModelError` naming the problem."""
         if PREFIX + "schema_version" not in props:
             raise ModelError(

@@ -16,8 +16,8 @@ from __future__ import annotations
 import mmap
 import os
 
-from .card import MAX_METADATA_CHARS, PREFIX, ModelCard
 from ..errors import ModelError
+from .card import MAX_METADATA_CHARS, PREFIX, ModelCard
 
 _METADATA_PROPS = 14  # ModelProto.metadata_props (StringStringEntryProto: key 1, value 2)
 # UTF-8 takes up to 4 bytes a character: more bytes of lcz.* metadata than this are refused

@@ -8,15 +8,14 @@ written here is exactly what the plugin's reader accepts.
 from __future__ import annotations
 
 import os
-from typing import Union
 
 from ..commit import Commit
-from .card import PREFIX, ModelCard
 from ..errors import ModelError
+from .card import PREFIX, ModelCard
 
 
-def write_model_card(model: Union["onnx.ModelProto", str, os.PathLike],  # noqa: F821
-                     card: ModelCard, output_path: Union[str, os.PathLike, None] = None):
+def write_model_card(model: onnx.ModelProto | str | os.PathLike,  # noqa: F821
+                     card: ModelCard, output_path: str | os.PathLike | None = None):
     """Attach ``card`` to ``model`` (a ModelProto or an .onnx path) and return the ModelProto.
 
     Existing ``lcz.*`` entries are replaced, other metadata is kept. The graph's input and
@@ -39,8 +38,8 @@ def write_model_card(model: Union["onnx.ModelProto", str, os.PathLike],  # noqa:
     return model
 
 
-def copy_with_card(model: Union[str, os.PathLike], card: ModelCard,
-                   output_path: Union[str, os.PathLike]) -> str:
+def copy_with_card(model: str | os.PathLike, card: ModelCard,
+                   output_path: str | os.PathLike) -> str:
     """Write ``model`` with ``card`` to ``output_path`` (may be ``model`` itself) through a
     temporary file, so that a failure leaves neither a half-written model nor a changed one."""
     output_path = os.fspath(output_path)

@@ -20,16 +20,30 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal
 
-from ..channels import (PRESETS, InputBands, band_channels, band_descriptions,
-                        canonical_channel, parse_input_bands)
-from ..model.card import ModelCard
+from ..channels import (
+    PRESETS,
+    InputBands,
+    band_channels,
+    band_descriptions,
+    canonical_channel,
+    parse_input_bands,
+)
 from ..errors import InputError
 from ..feedback import Feedback
+from ..model.card import ModelCard
 from ..model.card_file import read_model_card
 from ..outputs import PendingOutputs
+from ..rasters import (
+    FLOAT_NODATA,
+    TILED,
+    bounded_cache,
+    check_cancel,
+    check_georeferencing,
+    open_raster,
+    row_blocks,
+)
 from .reference_grid import grid_of
-from ..rasters import FLOAT_NODATA, TILED, bounded_cache, check_cancel, row_blocks
-from ..rasters import check_georeferencing, open_raster
+
 
 @dataclass
 class ChannelList:

@@ -58,9 +58,8 @@ from osgeo import gdal, osr
 from ..errors import InputError
 from ..feedback import Feedback
 from ..outputs import PendingOutputs, check_output_path
+from ..rasters import FLOAT_NODATA, TILED, bounded_cache, check_cancel, open_raster, quiet_gdal
 from .reference_grid import Grid, reference_grid, transform_bounds
-from ..rasters import FLOAT_NODATA, TILED, bounded_cache, check_cancel, quiet_gdal
-from ..rasters import open_raster
 
 AGGREGATIONS = ("auto", "mean", "max")
 BAND = "DSM:height"

@@ -73,8 +73,8 @@ from ..commit import GdalErrors
 from ..errors import InputError
 from ..feedback import Feedback
 from ..outputs import PendingOutputs, check_output_path
-from .reference_grid import Grid, reference_grid, transform_bounds
 from ..rasters import FLOAT_NODATA, TILED, bounded_cache, check_cancel, quiet_gdal
+from .reference_grid import Grid, reference_grid, transform_bounds
 
 BANDS = ("OSM:building_fraction", "OSM:building_height", "OSM:road_fraction",
          "OSM:water_fraction", "OSM:vegetation_fraction", "OSM:impervious_fraction",

@@ -15,6 +15,7 @@ from osgeo import gdal, osr
 from ..errors import InputError
 from ..rasters import check_georeferencing, open_raster
 
+
 @dataclass(frozen=True)
 class Grid:
     """A north-up raster grid: origin, square pixel size, size in pixels, CRS as WKT."""
@@ -43,11 +44,11 @@ class Grid:
         srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
         return srs
 
-    def window(self, row0: int, rows: int) -> "Grid":
+    def window(self, row0: int, rows: int) -> Grid:
         """The grid of rows ``row0`` to ``row0 + rows - 1``."""
         return Grid(self.x0, self.y0 - row0 * self.pixel, self.pixel, self.width, rows, self.wkt)
 
-    def same_as(self, other: "Grid") -> bool:
+    def same_as(self, other: Grid) -> bool:
         tol = 1e-6 * max(1.0, self.pixel)
         return (self.width == other.width and self.height == other.height
                 and abs(self.x0 - other.x0) < 1e-3 and abs(self.y0 - other.y0) < 1e-3

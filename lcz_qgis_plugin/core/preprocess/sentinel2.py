@@ -38,8 +38,8 @@ from osgeo import gdal, ogr, osr
 from ..errors import InputError
 from ..feedback import Feedback
 from ..outputs import PendingOutputs, check_output_path
-from .reference_grid import Grid, transform_bounds
 from ..rasters import FLOAT_NODATA, TILED, bounded_cache, check_cancel, quiet_gdal
+from .reference_grid import Grid, transform_bounds
 
 ALL_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
              "B11", "B12")

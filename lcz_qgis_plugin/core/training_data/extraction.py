@@ -39,19 +39,18 @@ from osgeo import ogr
 
 from ..about import software_tag
 from ..areas import LabelledAreas, read_areas
+from ..cellgrid import CellGrid, make_grid
 from ..channels import PRESETS, band_channels, parse_input_bands
-from ..inference.classify import strip_rows_for
-from ..rasters import bounded_cache
-from ..model.card import ModelCard
 from ..commit import Commit
 from ..errors import Cancelled, InputError
 from ..feedback import Feedback
-from ..cellgrid import CellGrid, make_grid
-from ..lcz_classes import LCZ_CODES, lcz_class
+from ..inference.classify import strip_rows_for
 from ..inference.strips import StripReader, describe_nodata
-from .patch_file import SPLITS, PatchFileInfo, PatchWriter
+from ..lcz_classes import LCZ_CODES, lcz_class
+from ..model.card import ModelCard
+from ..rasters import bounded_cache, check_georeferencing, open_raster
 from ..stacks import Stack
-from ..rasters import check_georeferencing, open_raster
+from .patch_file import SPLITS, PatchFileInfo, PatchWriter
 
 PATCH_EXTENSIONS = (".h5", ".hdf5")
 S2_SCALE = 1e-4
@@ -303,7 +302,7 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
         cell_size=grid.cell_size, scale=scale, offset=offset, crs=stack.projection,
         source={"input_stack": os.path.abspath(stack_path), "training_areas": source_name,
                 "class_field": areas.class_field, "software": software_tag(),
-                "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                 "seed": seed, "max_per_polygon": max_per_polygon,
                 "max_per_class": max_per_class, "validation_fraction": validation_fraction,
                 "test_fraction": test_fraction})
