@@ -443,8 +443,8 @@ def prepare(args, names: list[str], int8: bool) -> dict:
             if not os.path.exists(run["int8"]):
                 calibration = scene_patches(scene["stack"], run["model"], 128, seed=2)
                 steps.run(f"quantizing {name.upper()} to int8 (calibrated on 128 scene "
-                          f"patches)", lambda: make_int8(run["model"], calibration,
-                                                         run["int8"]))
+                          f"patches)", lambda run=run, calibration=calibration: make_int8(
+                              run["model"], calibration, run["int8"]))
     if steps.times:
         print(f"  preparation: {time.perf_counter() - steps.start:.0f} s in all "
               f"(load average {os.getloadavg()[0]:.2f})")

@@ -98,8 +98,9 @@ def make_product(size: int) -> str:
             rows = min(1024, n - row)
             ds.GetRasterBand(1).WriteArray(band_values(band, n, row, rows), 0, row)
         path = os.path.join(img, f"T33TVM_20230704T100031_{band}.jp2")
-        out = gdal.GetDriverByName("JP2OpenJPEG").CreateCopy(path, ds, options=JP2_OPTIONS)
-        out = ds = None
+        # the copy is not kept: dropping it closes it, which writes the JP2
+        gdal.GetDriverByName("JP2OpenJPEG").CreateCopy(path, ds, options=JP2_OPTIONS)
+        ds = None
         os.remove(tif)
         print(f"  wrote {band} ({n} x {n} px) in {time.perf_counter() - started:.0f} s",
               file=sys.stderr, flush=True)

@@ -161,7 +161,8 @@ def main(argv=None) -> int:
             "DTM": map_city.dtm, "LCZ_MODEL": model,
             "classify:lcz_map": os.path.join(out, f"demo_lcz_map_{name}.tif"),
             "classify:lcz_confidence": os.path.join(out, f"demo_confidence_{name}.tif")})
-        maps[name] = results.get("classify:lcz_map") or os.path.join(out, f"demo_lcz_map_{name}.tif")
+        maps[name] = (results.get("classify:lcz_map")
+                      or os.path.join(out, f"demo_lcz_map_{name}.tif"))
         engines[name] = gdal.Open(maps[name]).GetMetadataItem("LCZ_EXECUTION_PROVIDER")
         print(f"         {name}: mapped on {engines[name]} (lcz:classify, DEVICE Automatic)",
               flush=True)
@@ -182,7 +183,7 @@ def main(argv=None) -> int:
                     "Simulated truth of the test city")
 
     print()
-    print("Outputs (in %s):" % out)
+    print(f"Outputs (in {out}):")
     for name in MODELS:
         print(f"  {name:<10} map {os.path.basename(maps[name])} (+ .qml), quick-look "
               f"{os.path.basename(pngs[name])}, report "

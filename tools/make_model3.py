@@ -51,8 +51,9 @@ def build_model():
         model.addModelParameter(definition, QgsProcessingModelParameter(definition.name()))
         model.parameterComponent(definition.name()).setPosition(QPointF(x, y))
 
-    parameter(QgsProcessingParameterFile("SENTINEL2", "Sentinel-2 product (.zip, .SAFE or its MTD_MSIL*.xml)",
-                                         QgsProcessingParameterFile.File), 120, 60)
+    parameter(QgsProcessingParameterFile(
+        "SENTINEL2", "Sentinel-2 product (.zip, .SAFE or its MTD_MSIL*.xml)",
+        QgsProcessingParameterFile.File), 120, 60)
     parameter(QgsProcessingParameterFile("OSM", "OpenStreetMap extract (.osm, .osm.pbf)",
                                          QgsProcessingParameterFile.File,
                                          fileFilter="OpenStreetMap (*.osm *.pbf)"), 420, 60)

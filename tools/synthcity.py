@@ -672,9 +672,10 @@ def write_osm(rng, path: str, cells: np.ndarray, buildings: list[Building]) -> N
                 "tertiary" if width >= 12 else "residential" if width >= 8 else "service")
 
     for j in range(n + 1):  # vertical streets: runs of equal width down each column edge
-        _street_runs(osm, vertical[:, j], lambda i: fine_to_utm(j * PX, i * PX), highway)
+        _street_runs(osm, vertical[:, j], lambda i, j=j: fine_to_utm(j * PX, i * PX), highway)
     for i in range(n + 1):
-        _street_runs(osm, horizontal[i, :], lambda j: fine_to_utm(j * PX, i * PX), highway)
+        _street_runs(osm, horizontal[i, :], lambda j, i=i: fine_to_utm(j * PX, i * PX),
+                     highway)
     for code, tags in list(OSM_AREA_TAGS.items()) + [(15, {"amenity": "parking"})]:
         for i in range(n):
             j = 0

@@ -156,7 +156,8 @@ class So2SatFile(PatchSource):
 
 
 class PatchFile(PatchSource):
-    """The project's patch file (schema ``lcz-patches``, :mod:`lcz_qgis_plugin.core.training_data.patch_file`)."""
+    """The project's patch file (schema ``lcz-patches``,
+    :mod:`lcz_qgis_plugin.core.training_data.patch_file`)."""
 
     def __init__(self, path: str, channels: list[str] | None = None):
         from lcz_qgis_plugin.core.errors import LczError
@@ -270,8 +271,8 @@ def make_split(source: PatchSource, rows, class_codes: list[int], role: str,
                   "the training data has none.", flush=True)
             return Split(rows=rows[keep], labels=labels[keep])
         raise DataError(f"the {role} data ({source.path}) holds class(es) {names} that the "
-                        f"model does not predict ({class_codes}); add them to --classes, remove those samples "
-                        "or pass --drop-unknown-validation.")
+                        f"model does not predict ({class_codes}); add them to --classes, "
+                        "remove those samples or pass --drop-unknown-validation.")
     return Split(rows=rows, labels=labels)
 
 

@@ -1,9 +1,9 @@
 """``evaluate``, ``compare`` and ``calibrate``: LCZ metrics of a model on held-out patches.
 
-All figures come from :mod:`lcz_qgis_plugin.core.assessment.metrics` (the same code the plugin's accuracy
-assessment uses). A model is either an exported ``.onnx`` file, run through the plugin's own
-engine exactly as ``lcz:classify`` runs it (including its calibration temperature), or a
-training checkpoint ``.pt``.
+All figures come from :mod:`lcz_qgis_plugin.core.assessment.metrics` (the same code the
+plugin's accuracy assessment uses). A model is either an exported ``.onnx`` file, run through
+the plugin's own engine exactly as ``lcz:classify`` runs it (including its calibration
+temperature), or a training checkpoint ``.pt``.
 
 Temperature scaling (Guo et al. 2017) fits one scalar T > 0 on the validation set by
 minimising the cross-entropy of softmax(z / T); z are the logits, or for a model that outputs

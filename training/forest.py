@@ -87,7 +87,8 @@ def export_forest(forest, card: ModelCard, path: str, tolerance: float = 1e-4) -
                           output_names=["features"], opset_version=OPSET, dynamo=False,
                           dynamic_axes={INPUT_NAME: {0: "N"}, "features": {0: "N"}})
     front = onnx.load_from_string(buffer.getvalue())
-    back = convert_sklearn(forest, initial_types=[("rf_features", FloatTensorType([None, n_features]))],
+    back = convert_sklearn(forest,
+                           initial_types=[("rf_features", FloatTensorType([None, n_features]))],
                            options={id(forest): {"zipmap": False}},
                            target_opset={"": OPSET, "ai.onnx.ml": 3})
     version = max(front.ir_version, back.ir_version)

@@ -83,7 +83,8 @@ Every channel must come from rasters on one grid (same CRS, origin, pixel size a
         if not layers:
             raise QgsProcessingException("No input raster: choose the rasters that hold the "
                                          "model's channels for INPUT.")
-        channels = parse_channel_list(self.parameterAsString(parameters, self.CHANNEL_LIST, context))
+        channels = parse_channel_list(
+            self.parameterAsString(parameters, self.CHANNEL_LIST, context))
         result = build_stack(self.parameterAsFile(parameters, self.MODEL, context) or None,
                              [layer.source() for layer in layers],
                              self.parameterAsOutputLayer(parameters, self.OUTPUT, context),

@@ -22,7 +22,8 @@ from ..core.inference.engine import DEVICES  # ids by enum index: auto, cuda, cp
 from ..core.outputs import sidecars
 from .base import LczAlgorithm
 
-DEVICE_LABELS = ("Automatic (CUDA GPU when available, otherwise the fastest CPU engine that keeps the map)",
+DEVICE_LABELS = ("Automatic (CUDA GPU when available, otherwise the fastest CPU engine that "
+                 "keeps the map)",
                  "CUDA (NVIDIA GPU, onnxruntime, float32)",
                  "CPU (onnxruntime)",
                  "CPU (OpenVINO, float32)",

@@ -60,7 +60,8 @@ The log gives the median, 90th and 99th percentile of the heights above ground, 
 """
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterRasterLayer(self.DSM, self.tr("Surface model (DSM)")))
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            self.DSM, self.tr("Surface model (DSM)")))
         self.addParameter(QgsProcessingParameterRasterLayer(
             self.DTM, self.tr("Terrain model (DTM, optional)"), optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(
