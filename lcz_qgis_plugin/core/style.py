@@ -12,6 +12,14 @@ from osgeo import gdal
 from .lcz_classes import LCZ_CLASSES, NODATA_CODE
 
 NODATA_LABEL = "No data"
+# the long elements of the QML, wrapped here so the style below stays readable
+_QGIS_ELEMENT = ('<qgis version="3.22.0" styleCategories="AllStyleCategories" '
+                 'hasScaleBasedVisibilityFlag="0" minScale="1e+08" maxScale="0">')
+_RESAMPLING_ELEMENT = ('<resampling enabled="false" zoomedInResamplingMethod="nearestNeighbour" '
+                       'zoomedOutResamplingMethod="nearestNeighbour" maxOversampling="2"/>')
+_HUE_SATURATION_ELEMENT = ('<huesaturation saturation="0" grayscaleMode="0" invertColors="0" '
+                           'colorizeOn="0" colorizeRed="255" colorizeGreen="128" '
+                           'colorizeBlue="128" colorizeStrength="100"/>')
 
 
 def colour_table() -> gdal.ColorTable:
@@ -38,7 +46,7 @@ def class_map_qml() -> str:
         f'        <paletteEntry value="{c.code}" color="{c.colour.lower()}" alpha="255" '
         f'label={quoteattr(c.label)}/>' for c in LCZ_CLASSES)
     return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis version="3.22.0" styleCategories="AllStyleCategories" hasScaleBasedVisibilityFlag="0" minScale="1e+08" maxScale="0">
+{_QGIS_ELEMENT}
   <customproperties>
     <Option type="Map">
       <Option type="QString" name="identify/format" value="Value"/>
@@ -46,7 +54,7 @@ def class_map_qml() -> str:
   </customproperties>
   <pipe>
     <provider>
-      <resampling enabled="false" zoomedInResamplingMethod="nearestNeighbour" zoomedOutResamplingMethod="nearestNeighbour" maxOversampling="2"/>
+      {_RESAMPLING_ELEMENT}
     </provider>
     <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
       <rasterTransparency/>
@@ -63,7 +71,7 @@ def class_map_qml() -> str:
       </colorPalette>
     </rasterrenderer>
     <brightnesscontrast brightness="0" contrast="0" gamma="1"/>
-    <huesaturation saturation="0" grayscaleMode="0" invertColors="0" colorizeOn="0" colorizeRed="255" colorizeGreen="128" colorizeBlue="128" colorizeStrength="100"/>
+    {_HUE_SATURATION_ELEMENT}
     <rasterresampler maxOversampling="2"/>
     <resamplingStage>resamplingFilter</resamplingStage>
   </pipe>

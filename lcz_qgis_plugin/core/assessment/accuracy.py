@@ -1,4 +1,4 @@
-"""Assess an LCZ map against reference data: confusion matrix, LCZ scores, HTML report.
+"""Assess an LCZ map against reference data: confusion matrix, LCZ scores, per-class table.
 
 The map's own grid is the unit of assessment: every map cell with a class (1-17) and a
 reference class counts once. The reference is either
@@ -20,16 +20,11 @@ reference class counts once. The reference is either
 Both map and reference may use 1-17 or 101-107 for A-G; any other value is no-data. The
 scores come from :mod:`.metrics` (one implementation for the plugin and the training
 package). The work is done in strips of map rows, so memory does not grow with the map.
-The report is one self-contained HTML file; its confusion-matrix figure is drawn with
-matplotlib when it is available (QGIS ships it) and left out, with a note, when not.
+The HTML report is drawn by :mod:`.report`.
 """
 
 from __future__ import annotations
 
-import base64
-import datetime as _dt
-import html
-import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -37,14 +32,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from ..about import software_tag
 from ..areas import LabelledAreas, describe_areas, read_areas
 from ..commit import Commit, GdalErrors
 from ..errors import Cancelled, InputError
 from ..feedback import Feedback
-from ..lcz_classes import LCZ_CLASSES, LCZ_CODES, lcz_class
+from ..lcz_classes import LCZ_CLASSES, LCZ_CODES
 from ..rasters import open_raster
 from .metrics import accuracy_scores, confusion_matrix, format_percent
+from .report import write_report
 
 STRIP_ROWS = 512
 FINE_PIXELS_PER_STRIP = 16_000_000
@@ -346,20 +341,8 @@ def assess_accuracy(map_path: str, *, reference_raster: str | None = None,
                          "raster.")
     source = reference_raster or (reference_areas if isinstance(reference_areas, str)
                                   else reference_areas.source)
-    files = Commit(inputs=[map_path, source])
-    if report:
-        files.reserve(report, "accuracy report")
-    if table:
-        table_driver(table)
-        files.reserve(table, "per-class table")
-    map_ds = open_raster(map_path, "LCZ map")
-    x0, px, rx, y0, ry, py = map_ds.GetGeoTransform()
-    if rx or ry:
-        raise InputError(f"the LCZ map {map_path} is rotated; warp it to a north-up grid.")
-    if not map_ds.GetProjection():
-        raise InputError(f"the LCZ map {map_path} has no coordinate reference system, so the "
-                         f"reference cannot be placed on it. Assign its CRS (Raster > "
-                         f"Projections > Assign Projection).")
+    files = _reserve_outputs(map_path, source, report, table)
+    map_ds = _open_map(map_path)
     if reference_raster is not None:
         reference = _RasterReference(reference_raster, map_ds, feedback)
         reference_name = reference_raster
@@ -370,14 +353,66 @@ def assess_accuracy(map_path: str, *, reference_raster: str | None = None,
                                          ignore_unknown_labels=ignore_unknown_labels)
         reference_name = reference_areas.source
         reference = _PolygonReference(reference_areas, map_ds, feedback)
+    matrix = _compare(map_ds, map_path, reference, feedback)
+    if matrix.sum() == 0:
+        raise InputError(
+            f"no cell of the LCZ map {map_path} has both a class and a reference class from "
+            f"{reference_name}. Check that map and reference cover the same area, that the "
+            f"reference holds LCZ codes (1-17, 101-107) and that its CRS is declared.")
+    result = _scores(matrix, reference, feedback)
+    with files:
+        if report:
+            result.report = write_report(report, result, map_path, reference_name,
+                                         title or "LCZ map accuracy", feedback, files)
+        if table:
+            result.table = write_class_table(table, result.classes, files)
+    return result
+
+
+def _reserve_outputs(map_path: str, source: str, report: str | None,
+                     table: str | None) -> Commit:
+    """Check and reserve the report and the table before any work (neither may be an
+    input; the table's extension must be one offered)."""
+    files = Commit(inputs=[map_path, source])
+    if report:
+        files.reserve(report, "accuracy report")
+    if table:
+        table_driver(table)
+        files.reserve(table, "per-class table")
+    return files
+
+
+def _open_map(map_path: str) -> gdal.Dataset:
+    """The LCZ map, north-up and with a CRS, so the reference can be placed on its grid."""
+    map_ds = open_raster(map_path, "LCZ map")
+    _, _, rx, _, ry, _ = map_ds.GetGeoTransform()
+    if rx or ry:
+        raise InputError(f"the LCZ map {map_path} is rotated; warp it to a north-up grid.")
+    if not map_ds.GetProjection():
+        raise InputError(f"the LCZ map {map_path} has no coordinate reference system, so the "
+                         f"reference cannot be placed on it. Assign its CRS (Raster > "
+                         f"Projections > Assign Projection).")
+    return map_ds
+
+
+def _strip_rows(width: int, samples_per_cell: int) -> int:
+    """Map rows per strip: memory bounded by the reference pixels warped and, when
+    sub-samples are counted, by the cells."""
+    strip_rows = max(1, min(STRIP_ROWS, FINE_PIXELS_PER_STRIP // max(1, width * samples_per_cell)))
+    if samples_per_cell > 1:
+        strip_rows = max(1, min(strip_rows, FINE_CELLS_PER_STRIP // max(1, width)))
+    return strip_rows
+
+
+def _compare(map_ds: gdal.Dataset, map_path: str, reference, feedback: Feedback) -> np.ndarray:
+    """The confusion matrix (reference rows, map columns) of every cell with a class in
+    both, built strip by strip of map rows."""
+    x0, px, _, y0, _, py = map_ds.GetGeoTransform()
     band = map_ds.GetRasterBand(1)
     map_nodata = band.GetNoDataValue()
     width, height = map_ds.RasterXSize, map_ds.RasterYSize
     matrix = np.zeros((len(LCZ_CODES), len(LCZ_CODES)), np.int64)
-    samples = reference.samples_per_cell
-    strip_rows = max(1, min(STRIP_ROWS, FINE_PIXELS_PER_STRIP // max(1, width * samples)))
-    if samples > 1:
-        strip_rows = max(1, min(strip_rows, FINE_CELLS_PER_STRIP // max(1, width)))
+    strip_rows = _strip_rows(width, reference.samples_per_cell)
     for row in range(0, height, strip_rows):
         if feedback.is_cancelled():
             raise Cancelled()
@@ -392,11 +427,11 @@ def assess_accuracy(map_path: str, *, reference_raster: str | None = None,
         truth = reference.read(strip_gt, width, rows)
         matrix += confusion_matrix(truth, recode(predicted))
         feedback.progress(100.0 * (row + rows) / height)
-    if matrix.sum() == 0:
-        raise InputError(
-            f"no cell of the LCZ map {map_path} has both a class and a reference class from "
-            f"{reference_name}. Check that map and reference cover the same area, that the "
-            f"reference holds LCZ codes (1-17, 101-107) and that its CRS is declared.")
+    return matrix
+
+
+def _scores(matrix: np.ndarray, reference, feedback: Feedback) -> AssessResult:
+    """The LCZ scores and per-class rows of a confusion matrix, with the headline logged."""
     scores = accuracy_scores(matrix)
     classes = class_rows(matrix, scores)
     result = AssessResult(scores=scores, matrix=matrix, classes=classes,
@@ -405,12 +440,6 @@ def assess_accuracy(map_path: str, *, reference_raster: str | None = None,
                   f"WA {format_percent(scores['wa'])}, kappa {scores['kappa']:.3f}, "
                   f"OA_BU {format_percent(scores['oa_bu'])}, OA_N "
                   f"{format_percent(scores['oa_n'])}.")
-    with files:
-        if report:
-            result.report = write_report(report, result, map_path, reference_name,
-                                         title or "LCZ map accuracy", feedback, files)
-        if table:
-            result.table = write_class_table(table, classes, files)
     return result
 
 
@@ -427,124 +456,6 @@ def class_rows(matrix: np.ndarray, scores: dict) -> list[ClassRow]:
             users_accuracy=float(hit / predicted[k]) if predicted[k] else float("nan"),
             f1=float(scores["f1"][str(lcz.code)])))
     return rows
-
-
-def confusion_figure_png(matrix: np.ndarray, codes: list[int]) -> bytes | None:
-    """The confusion matrix (row-normalised colours, counts written) as PNG bytes, or None
-    when matplotlib is not installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg", force=False)
-        from matplotlib.figure import Figure
-    except ImportError:
-        return None
-    index = [c - 1 for c in codes]
-    sub = matrix[np.ix_(index, index)].astype(np.float64)
-    totals = sub.sum(axis=1, keepdims=True)
-    share = np.divide(sub, totals, out=np.zeros_like(sub), where=totals > 0)
-    size = 1.2 + 0.45 * len(codes)
-    figure = Figure(figsize=(size + 1.2, size))
-    axes = figure.add_subplot(1, 1, 1)
-    image = axes.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
-    labels = [lcz_class(c).letter for c in codes]
-    axes.set_xticks(range(len(codes)), labels)
-    axes.set_yticks(range(len(codes)), labels)
-    axes.set_xlabel("predicted LCZ")
-    axes.set_ylabel("reference LCZ")
-    for i in range(len(codes)):
-        for j in range(len(codes)):
-            if sub[i, j]:
-                axes.text(j, i, f"{int(sub[i, j])}", ha="center", va="center", fontsize=7,
-                          color="white" if share[i, j] > 0.5 else "black")
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of reference row")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
-
-
-def _pct(value: float) -> str:
-    return html.escape(format_percent(value))
-
-
-def render_html(result: AssessResult, map_path: str, reference: str, title: str) -> str:
-    scores, matrix = result.scores, result.matrix
-    present = [c.code for c in result.classes if c.reference or c.predicted]
-    png = confusion_figure_png(matrix, present)
-    headline = [("Overall accuracy (OA)", _pct(scores["oa"])),
-                ("Weighted accuracy (WA, Bechtel et al. 2017)", _pct(scores["wa"])),
-                ("OA of the built classes 1-10 (OA_BU)", _pct(scores["oa_bu"])),
-                ("OA of the natural classes A-G (OA_N)", _pct(scores["oa_n"])),
-                ("Built vs natural accuracy", _pct(scores["oa_built_vs_natural"])),
-                ("Cohen's kappa", "n/a" if math.isnan(scores["kappa"])
-                 else f"{scores['kappa']:.3f}"),
-                ("Macro F1", _pct(scores["f1_macro"])),
-                ("Weighted F1", _pct(scores["f1_weighted"])),
-                ("Cells assessed", f"{result.samples:,}")]
-    head_rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in headline)
-    class_rows_html = "\n".join(
-        f"<tr><td><span class='sw' style='background:{lcz_class(c.code).colour}'></span> "
-        f"{html.escape(c.letter)}</td><td>{html.escape(c.name)}</td><td>{c.reference}</td>"
-        f"<td>{c.predicted}</td><td>{_pct(c.producers_accuracy)}</td>"
-        f"<td>{_pct(c.users_accuracy)}</td><td>{_pct(c.f1)}</td></tr>"
-        for c in result.classes if c.reference or c.predicted)
-    index = [c - 1 for c in present]
-    letters = [lcz_class(c).letter for c in present]
-    matrix_head = "".join(f"<th>{html.escape(x)}</th>" for x in letters)
-    matrix_rows = "\n".join(
-        f"<tr><th>{html.escape(letters[a])}</th>" + "".join(
-            f"<td{' class=d' if a == b else ''}>{matrix[i, j] or ''}</td>"
-            for b, j in enumerate(index)) + f"<td class='t'>{matrix[i].sum()}</td></tr>"
-        for a, i in enumerate(index))
-    col_totals = "".join(f"<td class='t'>{matrix[:, j].sum()}</td>" for j in index)
-    figure = (f"<img alt='Confusion matrix' src='data:image/png;base64,"
-              f"{base64.b64encode(png).decode('ascii')}'>" if png else
-              "<p class='note'>The confusion-matrix figure needs matplotlib, which is not "
-              "installed in this Python; the table above holds the same numbers.</p>")
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.notes)
-    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-th, td {{ border: 1px solid #bbb; padding: 3px 8px; text-align: right; }}
-th {{ background: #f0f0f0; }} td.d {{ background: #d8ecd8; font-weight: bold; }}
-td.t {{ color: #666; }} .sw {{ display: inline-block; width: 1em; height: 1em; border: 1px solid #444; vertical-align: middle; }}
-.note {{ color: #a33; }}
-</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p>Map: <code>{html.escape(map_path)}</code><br>Reference: <code>{html.escape(reference)}</code><br>
-Written {stamp} by {html.escape(software_tag())}.</p>
-<h2>Scores</h2>
-<table>{head_rows}</table>
-<h2>Per class</h2>
-<p>Producer's accuracy: share of the reference cells of a class mapped as that class;
-user's accuracy: share of the cells mapped as a class that are that class in the reference.</p>
-<table><tr><th>LCZ</th><th>Class</th><th>Reference cells</th><th>Mapped cells</th>
-<th>Producer's acc.</th><th>User's acc.</th><th>F1</th></tr>
-{class_rows_html}</table>
-<h2>Confusion matrix</h2>
-<p>Rows: reference class; columns: mapped class (cells). Classes absent from both are left out.</p>
-<table><tr><th>ref \\ map</th>{matrix_head}<th>total</th></tr>
-{matrix_rows}
-<tr><th>total</th>{col_totals}<td class='t'>{result.samples}</td></tr></table>
-{figure}
-{f'<h2>Notes</h2><ul>{notes}</ul>' if notes else ''}
-</body></html>
-"""
-
-
-def write_report(path: str, result: AssessResult, map_path: str, reference: str, title: str,
-                 feedback: Feedback, files: Commit) -> str:
-    """Write the HTML report under its temporary name in ``files`` (put in place at commit)."""
-    text = render_html(result, map_path, reference, title)
-    files.write_text(path, text, "accuracy report")
-    if "data:image/png" not in text:
-        feedback.warning("matplotlib is not installed: the report has the confusion matrix "
-                         "as a table only.")
-    feedback.info(f"Report: {path}")
-    return path
 
 
 TABLE_FORMATS = {".csv": ("CSV", ["STRING_QUOTING=IF_NEEDED"]), ".gpkg": ("GPKG", []),

@@ -83,7 +83,8 @@ def _block_accuracy(cm: np.ndarray, mask: np.ndarray) -> float:
 
 
 def f1_scores(cm: np.ndarray) -> np.ndarray:
-    """Per-class F1 in code order; NaN where the class occurs in neither reference nor prediction."""
+    """Per-class F1 in code order; NaN where the class occurs in neither reference nor
+    prediction."""
     cm = np.asarray(cm, dtype=np.float64)
     tp = np.diag(cm)
     fp = cm.sum(axis=0) - tp

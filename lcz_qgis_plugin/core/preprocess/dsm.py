@@ -232,10 +232,42 @@ def prepare_dsm(dsm: str, reference: str, output: str, *, dtm: str | None = None
         raise InputError(f"unknown aggregation '{aggregation}'; use one of "
                          f"{', '.join(AGGREGATIONS)}.")
     grid = reference_grid(reference)
-    source = open_raster(dsm, "DSM")
-    if not source.GetProjection():
-        raise InputError(f"the DSM {dsm} has no CRS; assign one (Raster > Projections > "
-                         f"Assign Projection) first.")
+    plan = _plan_heights(dsm, dtm, reference, grid, aggregation, ground_window, feedback)
+    pending = PendingOutputs(os.path.dirname(os.path.abspath(output)),
+                             inputs=[dsm, reference] + ([dtm] if dtm else []))
+    pending.reserve("dsm", output, "height raster")
+    try:
+        with bounded_cache():
+            histogram = _write_heights(pending, output, plan, block_rows, feedback)
+        pending.commit()
+    except BaseException:
+        pending.discard()
+        raise
+    percentiles = _report_percentiles(histogram, feedback)
+    warn_if_terrain(histogram, feedback)
+    return DsmResult(output=output, factor=plan.k, aggregation=plan.how, ground=plan.ground,
+                     width=grid.width, height=grid.height, percentiles=percentiles)
+
+
+@dataclass
+class _HeightPlan:
+    """How the surface model becomes heights on the grid, decided before any pixel is read."""
+
+    dsm: str
+    dtm: str | None
+    grid: Grid
+    fine: Grid
+    """The grid subdivided ``k`` times, near the DSM's own pixel size."""
+    k: int
+    how: str
+    """Aggregation of the k x k fine pixels: ``mean``, ``max`` or ``none`` (k = 1)."""
+    window: int
+    """Fine pixels across the opening that estimates the ground (0 with a DTM)."""
+    ground: str
+
+
+def _check_overlap(source: gdal.Dataset, grid: Grid, dsm: str, reference: str) -> None:
+    """A DSM away from the reference raster would give a raster of no data only."""
     src_box = transform_bounds(
         (lambda g, w, h: (g[0], g[3] + h * g[5], g[0] + w * g[1], g[3]))(
             source.GetGeoTransform(), source.RasterXSize, source.RasterYSize),
@@ -245,6 +277,17 @@ def prepare_dsm(dsm: str, reference: str, output: str, *, dtm: str | None = None
             or src_box[3] <= ref_box[1]):
         raise InputError(f"the DSM {dsm} does not overlap the reference raster {reference}. "
                          f"Choose a DSM of the same area (CRSs are reprojected automatically).")
+
+
+def _plan_heights(dsm: str, dtm: str | None, reference: str, grid: Grid, aggregation: str,
+                  ground_window: float, feedback: Feedback) -> _HeightPlan:
+    """Check the DSM, choose the fine grid (``k``), the aggregation and the ground, and say
+    so in the log."""
+    source = open_raster(dsm, "DSM")
+    if not source.GetProjection():
+        raise InputError(f"the DSM {dsm} has no CRS; assign one (Raster > Projections > "
+                         f"Assign Projection) first.")
+    _check_overlap(source, grid, dsm, reference)
     source_pixel = _pixel_in_grid_units(source, grid)
     k = max(1, int(round(grid.pixel / source_pixel)))
     how = ("mean" if k > 1 else "none") if aggregation == "auto" else aggregation
@@ -260,52 +303,67 @@ def prepare_dsm(dsm: str, reference: str, output: str, *, dtm: str | None = None
         ground = f"DTM {os.path.basename(dtm)}"
     feedback.info(f"DSM pixel {source_pixel:g} m, grid {grid.pixel:g} m: {k} x {k} fine pixels "
                   f"per pixel, aggregation {how}; ground: {ground}.")
-    pending = PendingOutputs(os.path.dirname(os.path.abspath(output)),
-                             inputs=[dsm, reference] + ([dtm] if dtm else []))
-    pending.reserve("dsm", output, "height raster")
-    try:
-        with bounded_cache():
-            surface = _fine_source(dsm, "DSM", fine, feedback)
-            terrain = _fine_source(dtm, "DTM", fine, feedback) if dtm else None
-            pending.create("dsm", output, width=grid.width, height=grid.height, bands=1,
-                           data_type=gdal.GDT_Float32, geotransform=grid.geotransform,
-                           projection=grid.wkt, block_rows=256, nodata=FLOAT_NODATA,
-                           descriptions=[BAND],
-                           metadata={"LCZ_DSM": dsm, "LCZ_GROUND": ground,
-                                     "LCZ_AGGREGATION": how, "LCZ_FINE_PIXELS": str(k)},
-                           creation_options=TILED + ["PREDICTOR=3"])
-            halo = window
-            histogram = HeightHistogram()
-            starts = list(range(0, grid.height, block_rows))
-            for number, row0 in enumerate(starts):
-                check_cancel(feedback)
-                rows = min(block_rows, grid.height - row0)
-                top, bottom = row0 * k, (row0 + rows) * k
-                y_a, y_b = max(0, top - halo), min(fine.height, bottom + halo)
-                values = _read(surface, 0, y_a, fine.width, y_b - y_a, "DSM")
-                if terrain is not None:
-                    base = _read(terrain, 0, y_a, fine.width, y_b - y_a, "DTM")
-                else:
-                    base = ground_estimate(values, window)
-                height = values - base
-                height = height[top - y_a:top - y_a + rows * k]
-                height = np.where(np.isnan(height), np.nan, np.maximum(height, 0.0))
-                histogram.add(height)
-                result = aggregate(height, k, "max" if how == "max" else "mean")
-                pending.write("dsm", np.where(np.isnan(result), FLOAT_NODATA, result)
-                              .astype(np.float32), row0)
-                feedback.progress(100.0 * (number + 1) / len(starts))
-            surface = terrain = None
-        pending.commit()
-    except BaseException:
-        pending.discard()
-        raise
+    return _HeightPlan(dsm=dsm, dtm=dtm, grid=grid, fine=fine, k=k, how=how, window=window,
+                       ground=ground)
+
+
+def _create_raster(pending: PendingOutputs, output: str, plan: _HeightPlan) -> None:
+    """Create the temporary GeoTIFF of ``DSM:height`` with the choices as metadata."""
+    grid = plan.grid
+    pending.create("dsm", output, width=grid.width, height=grid.height, bands=1,
+                   data_type=gdal.GDT_Float32, geotransform=grid.geotransform,
+                   projection=grid.wkt, block_rows=256, nodata=FLOAT_NODATA,
+                   descriptions=[BAND],
+                   metadata={"LCZ_DSM": plan.dsm, "LCZ_GROUND": plan.ground,
+                             "LCZ_AGGREGATION": plan.how, "LCZ_FINE_PIXELS": str(plan.k)},
+                   creation_options=TILED + ["PREDICTOR=3"])
+
+
+def _write_heights(pending: PendingOutputs, output: str, plan: _HeightPlan, block_rows: int,
+                   feedback: Feedback) -> HeightHistogram:
+    """Resample the DSM (and DTM), create the raster and fill it in blocks of rows, so
+    memory does not depend on the DSM's size; returns the histogram of the fine heights."""
+    surface = _fine_source(plan.dsm, "DSM", plan.fine, feedback)
+    terrain = _fine_source(plan.dtm, "DTM", plan.fine, feedback) if plan.dtm else None
+    _create_raster(pending, output, plan)
+    histogram = HeightHistogram()
+    starts = list(range(0, plan.grid.height, block_rows))
+    for number, row0 in enumerate(starts):
+        check_cancel(feedback)
+        rows = min(block_rows, plan.grid.height - row0)
+        height = _block_heights(surface, terrain, plan, row0, rows)
+        histogram.add(height)
+        result = aggregate(height, plan.k, "max" if plan.how == "max" else "mean")
+        pending.write("dsm", np.where(np.isnan(result), FLOAT_NODATA, result)
+                      .astype(np.float32), row0)
+        feedback.progress(100.0 * (number + 1) / len(starts))
+    return histogram
+
+
+def _block_heights(surface: gdal.Dataset, terrain: gdal.Dataset | None, plan: _HeightPlan,
+                   row0: int, rows: int) -> np.ndarray:
+    """Fine heights above ground (>= 0, NaN = no data) of the reference rows ``row0`` ...;
+    read with a halo of one opening window so the ground estimate sees past the block."""
+    k, halo = plan.k, plan.window
+    top, bottom = row0 * k, (row0 + rows) * k
+    y_a, y_b = max(0, top - halo), min(plan.fine.height, bottom + halo)
+    values = _read(surface, 0, y_a, plan.fine.width, y_b - y_a, "DSM")
+    if terrain is not None:
+        base = _read(terrain, 0, y_a, plan.fine.width, y_b - y_a, "DTM")
+    else:
+        base = ground_estimate(values, plan.window)
+    height = values - base
+    height = height[top - y_a:top - y_a + rows * k]
+    return np.where(np.isnan(height), np.nan, np.maximum(height, 0.0))
+
+
+def _report_percentiles(histogram: HeightHistogram, feedback: Feedback) -> dict:
+    """Log the 50th, 90th and 99th percentile of the fine heights (a quick plausibility
+    check for the user) and return them."""
     percentiles = {q: histogram.percentile(q) for q in (50, TERRAIN_PERCENTILE, 99)}
     if histogram.total:
         feedback.info(f"heights above ground of the {histogram.total} valid fine pixels: "
                       + ", ".join(f"{q}th percentile "
                                   f"{'over 100' if math.isinf(v) else f'{v:.1f}'} m"
                                   for q, v in percentiles.items()) + ".")
-    warn_if_terrain(histogram, feedback)
-    return DsmResult(output=output, factor=k, aggregation=how, ground=ground,
-                     width=grid.width, height=grid.height, percentiles=percentiles)
+    return percentiles

@@ -548,36 +548,52 @@ def _read_vector(path: str, role: str, scratch: _Scratch, metres_per_level: floa
         geometry = _on_grid(feature, transform)
         if geometry is None:
             continue
-        tags = {k.lower() if k.lower() in _SPECIAL_FIELDS else k: v
-                for k, v in _feature_tags(feature, defn).items()}
-        if "levels" in tags and "building:levels" not in tags:
-            tags["building:levels"] = tags["levels"]
-        is_line = geometry.GetDimension() == 1
+        tags = _vector_tags(feature, defn)
         key = _element_key(tags, layout)
-        if role == "buildings":
-            if filtered and not is_building(tags):
-                left_out += 1
-            elif not is_line:
-                scratch.add(geometry, "building", building_height(tags, metres_per_level),
-                            key=key)
-        elif role == "roads":
-            if filtered and not is_road(tags, is_line):
-                left_out += 1
-            elif is_line:
-                scratch.add(geometry, "road", buffer=road_width(tags), key=key)
-            else:
-                scratch.add(geometry, "road", key=key)
-        elif role == "water":
-            if not is_line:
-                scratch.add(geometry, "water", key=key)
-        else:  # land use: classify by tags
-            for kind in classify_tags(tags, is_line):
-                if kind in ("water", "vegetation", "paved"):
-                    scratch.add(geometry, kind, key=key)
+        if not _add_by_role(scratch, role, geometry, tags, key, filtered, metres_per_level):
+            left_out += 1
     if left_out:
         what = ("building is empty or 'no'" if role == "buildings" else
                 "no road highway value: barriers, power lines, tunnels, platforms ...")
         feedback.info(f"{role} layer {path}: {left_out} feature(s) left out ({what}).")
+
+
+def _vector_tags(feature, defn) -> dict[str, str]:
+    """A vector feature's fields as OSM tags: the special fields in lower case, a ``levels``
+    field read as ``building:levels``."""
+    tags = {k.lower() if k.lower() in _SPECIAL_FIELDS else k: v
+            for k, v in _feature_tags(feature, defn).items()}
+    if "levels" in tags and "building:levels" not in tags:
+        tags["building:levels"] = tags["levels"]
+    return tags
+
+
+def _add_by_role(scratch: _Scratch, role: str, geometry, tags: dict[str, str], key,
+                 filtered: bool, metres_per_level: float) -> bool:
+    """Copy one feature of a role's layer as its role says; False when the OSM filter leaves
+    it out (a building set to ``no``, a barrier in a roads layer ...)."""
+    is_line = geometry.GetDimension() == 1
+    if role == "buildings":
+        if filtered and not is_building(tags):
+            return False
+        if not is_line:
+            scratch.add(geometry, "building", building_height(tags, metres_per_level),
+                        key=key)
+    elif role == "roads":
+        if filtered and not is_road(tags, is_line):
+            return False
+        if is_line:
+            scratch.add(geometry, "road", buffer=road_width(tags), key=key)
+        else:
+            scratch.add(geometry, "road", key=key)
+    elif role == "water":
+        if not is_line:
+            scratch.add(geometry, "water", key=key)
+    else:  # land use: classify by tags
+        for kind in classify_tags(tags, is_line):
+            if kind in ("water", "vegetation", "paved"):
+                scratch.add(geometry, kind, key=key)
+    return True
 
 
 def _read_coverage(paths: list[str], scratch: _Scratch) -> None:
@@ -585,7 +601,7 @@ def _read_coverage(paths: list[str], scratch: _Scratch) -> None:
         ds, layer, transform = _open_layer(path, "coverage", scratch)
         for feature in layer:
             scratch.add_coverage(_on_grid(feature, transform))
-        ds = None
+        del ds  # closes the file before the next one is opened
 
 
 def _bounds_coverage(bounds, scratch: _Scratch) -> None:
@@ -707,9 +723,9 @@ def _block_coverage(layer, box) -> str:
     state = "none"
     for feature in layer:
         geometry = feature.GetGeometryRef()
-        if _geos(lambda: geometry.Contains(box)):
+        if _geos(lambda shape=geometry: shape.Contains(box)):
             return "all"
-        if _geos(lambda: geometry.Intersects(box)):
+        if _geos(lambda shape=geometry: shape.Intersects(box)):
             state = "partial"
     return state
 
@@ -798,11 +814,78 @@ def rasterize_osm(reference: str, output: str, *,
     (None: :func:`fill_height` chooses)."""
     feedback = feedback or Feedback()
     output = check_output_path(output, "OSM raster")
-    osm_files, coverage = _as_list(osm_file), _as_list(coverage)
-    if not osm_files and not (buildings or roads or water or landuse):
+    sources = _OsmSources(osm_files=_as_list(osm_file), coverage=_as_list(coverage), layers={
+        "buildings": buildings, "roads": roads, "water": water, "landuse": landuse})
+    _check_arguments(sources, supersample, metres_per_level, default_height)
+    grid = reference_grid(reference)
+    pending = PendingOutputs(os.path.dirname(os.path.abspath(output)),
+                             inputs=[reference, *sources.paths])
+    pending.reserve("osm", output, "OSM raster")
+    margin = max(ROAD_WIDTHS.values()) + grid.pixel
+    scratch = _Scratch(pending.files.scratch(output), grid, margin)
+    uncovered = 0
+    try:
+        fill, covered_by = _read_features(scratch, sources, metres_per_level, default_height,
+                                          feedback)
+        raster = _OsmRaster(grid=grid, fill=fill, covered_by=covered_by,
+                            metres_per_level=metres_per_level, supersample=supersample)
+        counts = dict(scratch.counts)
+        feedback.progress(10)
+        with bounded_cache():
+            _create_raster(pending, output, raster, sources)
+            uncovered = _write_blocks(pending, scratch, raster, feedback)
+        scratch.close()
+        pending.commit()  # also deletes the scratch folder
+    except BaseException:
+        scratch.close()
+        pending.discard()
+        raise
+    if uncovered:
+        feedback.info(f"{uncovered / (grid.width * grid.height):.1%} of the grid ({uncovered} "
+                      f"of {grid.width * grid.height} px) lies outside {raster.covered_by} and "
+                      f"is no data in every band.")
+    return OsmResult(output=output, counts=counts, buildings_with_height=scratch.known_heights,
+                     width=grid.width, height=grid.height, fill_height=raster.fill,
+                     duplicates=scratch.duplicates, uncovered_pixels=uncovered)
+
+
+@dataclass
+class _OsmSources:
+    """The user's OpenStreetMap inputs: extracts, vector layers by role, coverage polygons."""
+
+    osm_files: list[str]
+    coverage: list[str]
+    layers: dict[str, list[str]]
+    """Role (buildings, roads, water, landuse) -> vector layers, in that order."""
+
+    @property
+    def paths(self) -> list[str]:
+        """Every input file (the outputs must be none of them)."""
+        return [*self.osm_files, *(p for paths in self.layers.values() for p in paths),
+                *self.coverage]
+
+
+@dataclass
+class _OsmRaster:
+    """How the features read become pixels."""
+
+    grid: Grid
+    fill: float
+    """Height of buildings without a height or levels tag (see :func:`fill_height`)."""
+    covered_by: str | None
+    """What the coverage polygons are (for the log); None: the whole grid is covered."""
+    metres_per_level: float
+    supersample: int
+
+
+def _check_arguments(sources: _OsmSources, supersample: int, metres_per_level: float,
+                     default_height: float | None) -> None:
+    """Refuse a run without data, a missing OSM file or settings out of range, before any
+    file is read."""
+    if not sources.osm_files and not any(sources.layers.values()):
         raise InputError("no OpenStreetMap data given: choose an .osm/.osm.pbf file or at "
                          "least one vector layer (buildings, roads, water or land use).")
-    for path in osm_files:
+    for path in sources.osm_files:
         if not os.path.isfile(path):
             raise InputError(f"the OSM file {path} does not exist.")
     if not (1 <= supersample <= 50):
@@ -812,66 +895,64 @@ def rasterize_osm(reference: str, output: str, *,
         raise InputError("metres per building level must be positive (3.0 is typical).")
     if default_height is not None and default_height < 0:
         raise InputError("the default building height cannot be negative.")
-    grid = reference_grid(reference)
-    folder = os.path.dirname(os.path.abspath(output))
-    pending = PendingOutputs(folder, inputs=[reference, *osm_files, *buildings, *roads,
-                                             *water, *landuse, *coverage])
-    pending.reserve("osm", output, "OSM raster")
-    margin = max(ROAD_WIDTHS.values()) + grid.pixel
-    scratch = _Scratch(pending.files.scratch(output), grid, margin)
+
+
+def _read_features(scratch: _Scratch, sources: _OsmSources, metres_per_level: float,
+                   default_height: float | None, feedback: Feedback) -> tuple[float, str | None]:
+    """Copy the features of every extract and layer (and the coverage) into the scratch
+    layer, then choose the height of untagged buildings and report what was found; returns
+    that height and what the coverage is (None: the whole grid)."""
+    grid = scratch.grid
+    feedback.info(f"Reading OpenStreetMap features for {grid.width} x {grid.height} px of "
+                  f"{grid.pixel:g} m ...")
+    osm_files, bounds = sources.osm_files, []
+    for number, path in enumerate(osm_files, start=1):
+        if len(osm_files) > 1:
+            feedback.info(f"OpenStreetMap file {number} of {len(osm_files)}: {path}")
+        bounds.append(_read_osm_file(path, scratch, metres_per_level, feedback))
+    for role, paths in sources.layers.items():
+        for path in paths or ():
+            _read_vector(path, role, scratch, metres_per_level, feedback)
+    covered_by = _coverage(scratch, sources.coverage, osm_files, bounds, feedback)
+    scratch.finish()
+    fill, rule = fill_height(scratch.tagged_heights, default_height, metres_per_level)
+    _report_features(scratch, fill, rule, default_height, feedback)
+    return fill, covered_by
+
+
+def _create_raster(pending: PendingOutputs, output: str, raster: _OsmRaster,
+                   sources: _OsmSources) -> None:
+    """Create the temporary GeoTIFF of the ``OSM:*`` bands with the settings as metadata."""
+    grid = raster.grid
+    pending.create("osm", output, width=grid.width, height=grid.height,
+                   bands=len(BANDS), data_type=gdal.GDT_Float32,
+                   geotransform=grid.geotransform, projection=grid.wkt,
+                   block_rows=256, nodata=FLOAT_NODATA, descriptions=list(BANDS),
+                   metadata={"LCZ_OSM_SOURCE": ";".join(
+                                 os.path.basename(f) for f in sources.osm_files)
+                             or "vector layers",
+                             "LCZ_OSM_SUPERSAMPLE": str(raster.supersample),
+                             "LCZ_OSM_METRES_PER_LEVEL": f"{raster.metres_per_level:g}",
+                             "LCZ_OSM_FILL_HEIGHT": f"{raster.fill:g}",
+                             "LCZ_OSM_COVERAGE": raster.covered_by or "whole grid"},
+                   creation_options=TILED + ["PREDICTOR=3"])
+
+
+def _write_blocks(pending: PendingOutputs, scratch: _Scratch, raster: _OsmRaster,
+                  feedback: Feedback) -> int:
+    """Rasterize and write square blocks of :data:`BLOCK_SUBPIXELS` sub-pixels a side, so
+    memory does not grow with the grid; returns the pixels outside the coverage."""
+    grid, supersample = raster.grid, raster.supersample
+    edge = max(8, BLOCK_SUBPIXELS // supersample)
+    blocks = [(r, c) for r in range(0, grid.height, edge) for c in range(0, grid.width, edge)]
     uncovered = 0
-    try:
-        feedback.info(f"Reading OpenStreetMap features for {grid.width} x {grid.height} px of "
-                      f"{grid.pixel:g} m ...")
-        bounds = []
-        for number, path in enumerate(osm_files, start=1):
-            if len(osm_files) > 1:
-                feedback.info(f"OpenStreetMap file {number} of {len(osm_files)}: {path}")
-            bounds.append(_read_osm_file(path, scratch, metres_per_level, feedback))
-        for role, paths in (("buildings", buildings), ("roads", roads), ("water", water),
-                            ("landuse", landuse)):
-            for path in paths or ():
-                _read_vector(path, role, scratch, metres_per_level, feedback)
-        covered_by = _coverage(scratch, coverage, osm_files, bounds, feedback)
-        scratch.finish()
-        counts = dict(scratch.counts)
-        fill, rule = fill_height(scratch.tagged_heights, default_height, metres_per_level)
-        _report_features(scratch, fill, rule, default_height, feedback)
-        feedback.progress(10)
-        with bounded_cache():
-            pending.create("osm", output, width=grid.width, height=grid.height,
-                           bands=len(BANDS), data_type=gdal.GDT_Float32,
-                           geotransform=grid.geotransform, projection=grid.wkt,
-                           block_rows=256, nodata=FLOAT_NODATA, descriptions=list(BANDS),
-                           metadata={"LCZ_OSM_SOURCE": ";".join(
-                                         os.path.basename(f) for f in osm_files)
-                                     or "vector layers",
-                                     "LCZ_OSM_SUPERSAMPLE": str(supersample),
-                                     "LCZ_OSM_METRES_PER_LEVEL": f"{metres_per_level:g}",
-                                     "LCZ_OSM_FILL_HEIGHT": f"{fill:g}",
-                                     "LCZ_OSM_COVERAGE": covered_by or "whole grid"},
-                           creation_options=TILED + ["PREDICTOR=3"])
-            edge = max(8, BLOCK_SUBPIXELS // supersample)
-            blocks = [(r, c) for r in range(0, grid.height, edge)
-                      for c in range(0, grid.width, edge)]
-            for number, (row0, col0) in enumerate(blocks):
-                check_cancel(feedback)
-                rows, cols = min(edge, grid.height - row0), min(edge, grid.width - col0)
-                values, outside = _rasterize_block(scratch.layer, grid, col0, row0, cols, rows,
-                                                   supersample, fill, covered_by is not None)
-                uncovered += outside
-                pending.write("osm", values, row0, col0)
-                feedback.progress(10 + 90.0 * (number + 1) / len(blocks))
-        scratch.close()
-        pending.commit()  # also deletes the scratch folder
-    except BaseException:
-        scratch.close()
-        pending.discard()
-        raise
-    if uncovered:
-        feedback.info(f"{uncovered / (grid.width * grid.height):.1%} of the grid ({uncovered} "
-                      f"of {grid.width * grid.height} px) lies outside {covered_by} and is "
-                      f"no data in every band.")
-    return OsmResult(output=output, counts=counts, buildings_with_height=scratch.known_heights,
-                     width=grid.width, height=grid.height, fill_height=fill,
-                     duplicates=scratch.duplicates, uncovered_pixels=uncovered)
+    for number, (row0, col0) in enumerate(blocks):
+        check_cancel(feedback)
+        rows, cols = min(edge, grid.height - row0), min(edge, grid.width - col0)
+        values, outside = _rasterize_block(scratch.layer, grid, col0, row0, cols, rows,
+                                           supersample, raster.fill,
+                                           raster.covered_by is not None)
+        uncovered += outside
+        pending.write("osm", values, row0, col0)
+        feedback.progress(10 + 90.0 * (number + 1) / len(blocks))
+    return uncovered

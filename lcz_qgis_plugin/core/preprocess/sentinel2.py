@@ -475,6 +475,55 @@ def stack_sentinel2(inputs: list[str], output: str, *, bands=SO2SAT_BANDS,
     """
     feedback = feedback or Feedback()
     output = check_output_path(output, "Sentinel-2 stack")
+    bands, indices = _check_arguments(bands, resampling, indices)
+    products = find_products(inputs)
+    plan = _plan_stack(products, bands, indices, resampling=resampling, extent=extent,
+                       aoi_wkt=aoi_wkt, aoi_crs=aoi_crs, mask_clouds=mask_clouds)
+    feedback.info(_stacking_line(bands, products, plan.level, plan.grid))
+    pending = _reserve_output(inputs, products, output)
+    try:
+        with bounded_cache():
+            _write_stack(pending, output, plan, feedback)
+        pending.commit()
+    except BaseException:
+        pending.discard()
+        raise
+    return StackResult(output=output, bands=plan.names, level=plan.level,
+                       products=len(products), width=plan.grid.width, height=plan.grid.height)
+
+
+@dataclass
+class _StackPlan:
+    """What is stacked onto which grid, decided before any pixel is read."""
+
+    products: list[Product]
+    bands: list[str]
+    """The reflectance bands written, in output order."""
+    indices: list[str]
+    needed: list[str]
+    """Every band read: the written ones, then those only the indices need."""
+    grid: Grid
+    aoi: ogr.Geometry | None
+    resampling: str
+    mask_clouds: bool
+
+    @property
+    def level(self) -> str:
+        return self.products[0].level
+
+    @property
+    def float_out(self) -> bool:
+        """Indices are fractions, so any index makes the whole file Float32."""
+        return bool(self.indices)
+
+    @property
+    def names(self) -> list[str]:
+        return [channel_name(b) for b in self.bands] + [f"IDX:{i}" for i in self.indices]
+
+
+def _check_arguments(bands, resampling: str, indices) -> tuple[list[str], list[str]]:
+    """Normalised band and index names; a clear error for a repeated band, an unknown
+    resampling or index, before any product is opened."""
     bands = [band_name(b) for b in (bands or SO2SAT_BANDS)]
     if len(set(bands)) != len(bands):
         raise InputError(f"the band list {', '.join(bands)} names a band twice.")
@@ -485,9 +534,11 @@ def stack_sentinel2(inputs: list[str], output: str, *, bands=SO2SAT_BANDS,
     if unknown:
         raise InputError(f"unknown spectral index {', '.join(unknown)}; available: "
                          f"{', '.join(INDICES)}.")
-    products = find_products(inputs)
-    needed = list(bands) + [b for i in indices for b in INDICES[i] if b not in bands]
-    needed = list(dict.fromkeys(needed))
+    return bands, indices
+
+
+def _check_products(products: list[Product], needed: list[str], mask_clouds: bool) -> None:
+    """Every product must hold every band read (and the SCL for cloud masking)."""
     for product in products:
         missing = [b for b in needed if b not in product.files]
         if missing:
@@ -500,71 +551,114 @@ def stack_sentinel2(inputs: list[str], output: str, *, bands=SO2SAT_BANDS,
                 f"cloud masking needs the scene classification (SCL) of a Level-2A product, "
                 f"but {product.source} is {product.level} without SCL. Use the L2A product, "
                 f"or switch cloud masking off.")
-    level = products[0].level
+
+
+def _plan_stack(products: list[Product], bands: list[str], indices: list[str], *,
+                resampling: str, extent, aoi_wkt: str | None, aoi_crs: str | None,
+                mask_clouds: bool) -> _StackPlan:
+    """Check the products against the bands needed and place the output grid (the union of
+    the tiles, cut to the extent and the AOI)."""
+    needed = list(bands) + [b for i in indices for b in INDICES[i] if b not in bands]
+    needed = list(dict.fromkeys(needed))
+    _check_products(products, needed, mask_clouds)
     wkt_probe = _open_band(products[0].files[needed[0]][0], needed[0], products[0].source)
     aoi = _aoi_geometry(aoi_wkt, aoi_crs, wkt_probe.GetProjection())
     grid = _output_grid(products, needed, extent, aoi)
-    float_out = bool(indices)
-    names = [channel_name(b) for b in bands] + [f"IDX:{i}" for i in indices]
-    feedback.info(_stacking_line(bands, products, level, grid))
+    return _StackPlan(products=products, bands=bands, indices=indices, needed=needed,
+                      grid=grid, aoi=aoi, resampling=resampling, mask_clouds=mask_clouds)
+
+
+def _reserve_output(inputs: list[str], products: list[Product], output: str) -> PendingOutputs:
+    """Reserve the stack before any work: it must not be one of the band files read."""
     pending = PendingOutputs(os.path.dirname(os.path.abspath(output)), inputs=list(inputs) + [
         path for product in products for paths in product.files.values() for path in paths])
     pending.reserve("stack", output, "Sentinel-2 stack")
-    try:
-        with bounded_cache():
-            readers = {(i, b): _BandReader(p, b, grid, resampling)
-                       for i, p in enumerate(products) for b in needed}
-            scl = {i: _BandReader(p, "SCL", grid, "nearest")
-                   for i, p in enumerate(products)} if mask_clouds else {}
-            nodata = FLOAT_NODATA if float_out else 0
-            pending.create(
-                "stack", output, width=grid.width, height=grid.height, bands=len(names),
-                data_type=gdal.GDT_Float32 if float_out else gdal.GDT_UInt16,
-                geotransform=grid.geotransform, projection=grid.wkt, block_rows=256,
-                nodata=nodata, descriptions=names,
-                metadata={"LCZ_SENTINEL2_LEVEL": level,
-                          "LCZ_SENTINEL2_DATE": products[0].sensing_date or "unknown",
-                          "LCZ_SENTINEL2_INPUTS": ";".join(p.source for p in products),
-                          "LCZ_SENTINEL2_RESAMPLING": resampling,
-                          "LCZ_SENTINEL2_CLOUD_MASK": "SCL 3,8,9,10" if mask_clouds else "no",
-                          "LCZ_VALUES": "reflectance x 10000, offset removed"},
-                creation_options=TILED + (["PREDICTOR=3"] if float_out else ["PREDICTOR=2"]))
-            blocks = list(range(0, grid.height, BLOCK_ROWS))
-            index_bands = {b for i in indices for b in INDICES[i]}
-            for number, row0 in enumerate(blocks):
-                check_cancel(feedback)
-                rows = min(BLOCK_ROWS, grid.height - row0)
-                inside = _aoi_mask(aoi, grid.window(row0, rows)) if aoi is not None else None
-                kept = {}
-                for band in needed:  # one band at a time: memory is a few block rows
-                    merged = np.zeros((rows, grid.width), np.uint16)
-                    for i, product in enumerate(products):
-                        refl = _to_reflectance(readers[i, band].read(row0, rows, grid.width),
-                                               product, band)
-                        if mask_clouds:
-                            classes = scl[i].read(row0, rows, grid.width)
-                            refl[np.isin(classes, SCL_MASKED)] = 0
-                        np.copyto(merged, refl, where=(merged == 0))
-                    if inside is not None:
-                        merged[~inside] = 0
-                    if band in index_bands:
-                        kept[band] = merged
-                    if band in bands:
-                        data = merged if not float_out else np.where(
-                            merged == 0, np.float32(FLOAT_NODATA), merged.astype(np.float32))
-                        pending.write("stack", data, row0, first_band=bands.index(band) + 1)
-                for offset, index in enumerate(indices):
-                    a, b = (kept[x].astype(np.float32) for x in INDICES[index])
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        ratio = (a - b) / (a + b)
-                    ratio = np.where((a > 0) & (b > 0), ratio, np.float32(FLOAT_NODATA))
-                    pending.write("stack", ratio.astype(np.float32), row0,
-                                  first_band=len(bands) + offset + 1)
-                feedback.progress(100.0 * (number + 1) / len(blocks))
-            readers = scl = None
-        pending.commit()
-    except BaseException:
-        pending.discard()
-        raise
-    return StackResult(output=output, bands=names, level=level, products=len(products),
-                       width=grid.width, height=grid.height)
+    return pending
+
+
+def _create_stack(pending: PendingOutputs, output: str, plan: _StackPlan) -> None:
+    """Create the stack's temporary GeoTIFF with its band names and provenance metadata."""
+    products, grid = plan.products, plan.grid
+    pending.create(
+        "stack", output, width=grid.width, height=grid.height, bands=len(plan.names),
+        data_type=gdal.GDT_Float32 if plan.float_out else gdal.GDT_UInt16,
+        geotransform=grid.geotransform, projection=grid.wkt, block_rows=256,
+        nodata=FLOAT_NODATA if plan.float_out else 0, descriptions=plan.names,
+        metadata={"LCZ_SENTINEL2_LEVEL": plan.level,
+                  "LCZ_SENTINEL2_DATE": products[0].sensing_date or "unknown",
+                  "LCZ_SENTINEL2_INPUTS": ";".join(p.source for p in products),
+                  "LCZ_SENTINEL2_RESAMPLING": plan.resampling,
+                  "LCZ_SENTINEL2_CLOUD_MASK": "SCL 3,8,9,10" if plan.mask_clouds else "no",
+                  "LCZ_VALUES": "reflectance x 10000, offset removed"},
+        creation_options=TILED + (["PREDICTOR=3"] if plan.float_out else ["PREDICTOR=2"]))
+
+
+class _Mosaic:
+    """Every needed band (and the SCL) of every product on the output grid, merged block by
+    block: at each pixel the first product with data gives the value."""
+
+    def __init__(self, plan: _StackPlan):
+        self.plan = plan
+        self.readers = {(i, b): _BandReader(p, b, plan.grid, plan.resampling)
+                        for i, p in enumerate(plan.products) for b in plan.needed}
+        self.scl = {i: _BandReader(p, "SCL", plan.grid, "nearest")
+                    for i, p in enumerate(plan.products)} if plan.mask_clouds else {}
+
+    def read(self, band: str, row0: int, rows: int) -> np.ndarray:
+        """Reflectance x 10000 of ``band`` in rows ``row0`` ..., clouds masked if asked."""
+        width = self.plan.grid.width
+        merged = np.zeros((rows, width), np.uint16)
+        for i, product in enumerate(self.plan.products):
+            refl = _to_reflectance(self.readers[i, band].read(row0, rows, width), product, band)
+            if self.plan.mask_clouds:
+                classes = self.scl[i].read(row0, rows, width)
+                refl[np.isin(classes, SCL_MASKED)] = 0
+            np.copyto(merged, refl, where=(merged == 0))
+        return merged
+
+
+def _write_stack(pending: PendingOutputs, output: str, plan: _StackPlan,
+                 feedback: Feedback) -> None:
+    """Open the bands, create the stack and fill it in blocks of rows, so memory does not
+    grow with the scene (the band readers are closed when this returns)."""
+    mosaic = _Mosaic(plan)
+    _create_stack(pending, output, plan)
+    blocks = list(range(0, plan.grid.height, BLOCK_ROWS))
+    for number, row0 in enumerate(blocks):
+        check_cancel(feedback)
+        _write_block(pending, plan, mosaic, row0)
+        feedback.progress(100.0 * (number + 1) / len(blocks))
+
+
+def _write_block(pending: PendingOutputs, plan: _StackPlan, mosaic: _Mosaic,
+                 row0: int) -> None:
+    """One block of rows: each band mosaicked, cut to the AOI and written, then the indices
+    from the bands kept for them."""
+    grid = plan.grid
+    rows = min(BLOCK_ROWS, grid.height - row0)
+    inside = _aoi_mask(plan.aoi, grid.window(row0, rows)) if plan.aoi is not None else None
+    index_bands = {b for i in plan.indices for b in INDICES[i]}
+    kept = {}
+    for band in plan.needed:  # one band at a time: memory is a few block rows
+        merged = mosaic.read(band, row0, rows)
+        if inside is not None:
+            merged[~inside] = 0
+        if band in index_bands:
+            kept[band] = merged
+        if band in plan.bands:
+            data = merged if not plan.float_out else np.where(
+                merged == 0, np.float32(FLOAT_NODATA), merged.astype(np.float32))
+            pending.write("stack", data, row0, first_band=plan.bands.index(band) + 1)
+    _write_indices(pending, plan, kept, row0)
+
+
+def _write_indices(pending: PendingOutputs, plan: _StackPlan, kept: dict[str, np.ndarray],
+                   row0: int) -> None:
+    """The normalised differences (a - b) / (a + b) of one block, no data where a band is."""
+    for offset, index in enumerate(plan.indices):
+        a, b = (kept[x].astype(np.float32) for x in INDICES[index])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = (a - b) / (a + b)
+        ratio = np.where((a > 0) & (b > 0), ratio, np.float32(FLOAT_NODATA))
+        pending.write("stack", ratio.astype(np.float32), row0,
+                      first_band=len(plan.bands) + offset + 1)

@@ -1,1 +1,2 @@
-"""Stage 2: training patches cut from an input stack inside training areas, and the patch file (HDF5) the training package reads."""
+"""Stage 2: training patches cut from an input stack inside training areas, and the patch
+file (HDF5) the training package reads."""

@@ -32,7 +32,7 @@ import json
 import math
 import os
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from osgeo import ogr
@@ -245,14 +245,10 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
     """
     feedback = feedback or Feedback()
     output = os.fspath(output)
-    if not output.lower().endswith(PATCH_EXTENSIONS):
-        raise InputError(f"the patch file {output} must end in .h5 (HDF5).")
-    if patch_size < 1:
-        raise InputError(f"the patch size must be at least 1 pixel, not {patch_size}.")
-    if not 0 <= validation_fraction < 1 or not 0 <= test_fraction < 1 or \
-            validation_fraction + test_fraction >= 1:
-        raise InputError(f"validation ({validation_fraction}) and test ({test_fraction}) "
-                         f"fractions must be in [0, 1) and leave some areas for training.")
+    sampling = _Sampling(seed=seed, max_per_polygon=max_per_polygon,
+                         max_per_class=max_per_class, validation_fraction=validation_fraction,
+                         test_fraction=test_fraction)
+    _check_arguments(output, patch_size, sampling)
     files = Commit(inputs=[stack_path, areas if isinstance(areas, str) else areas.source])
     files.reserve(output, "patch file")
     if summary_output:
@@ -267,7 +263,78 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
     feedback.info(f"{len(areas.areas)} training areas, input stack {stack.width} x "
                   f"{stack.height} px with {len(channels)} channels, {grid.rows} x "
                   f"{grid.cols} cells of {grid.cell_size:g} m, {patch_size} px patches.")
+    cells = _cells_to_extract(areas, grid, source_name, stack_path, sampling, feedback)
+    info = _patch_file_info(stack, channels, grid, patch_size, source_name, areas.class_field,
+                            sampling)
+    reader = _identity_reader(stack, channels, grid, patch_size, max_nodata_fraction)
+    with bounded_cache(), files:
+        counts, invalid, blamed = _write_patch_file(
+            output, info, reader, cells, strip_rows_for(grid, len(channels), strip_memory_mb),
+            files, feedback)
+        summary = summarise(output, counts, feedback)
+        summary.update({
+            "polygons_outside_raster": [a.polygon_id for a in cells.outside],
+            "polygons_without_cells": [a.polygon_id for a in cells.too_small],
+            "cells_in_conflicting_polygons": len(cells.conflicts), "cells_mostly_nodata": invalid,
+            "cells_mostly_nodata_by_channel": dict(blamed),
+            "channels": channels, "scale": info.scale, "offset": info.offset,
+            "notes": areas.notes})
+        if summary_output:
+            files.write_text(summary_output, json.dumps(summary, indent=2), "summary")
+    return ExtractResult(
+        output=output, patches=summary["patches"],
+        counts={code: {k: v for k, v in c.items() if v} for code, c in counts.items()},
+        polygons={code: len(pids) for code, pids in counts.polygons.items()},
+        summary=summary, summary_path=summary_output)
 
+
+@dataclass
+class _Sampling:
+    """The user's sampling and hold-out settings, recorded in the patch file as given."""
+
+    seed: int
+    max_per_polygon: int
+    max_per_class: int
+    validation_fraction: float
+    test_fraction: float
+
+    @property
+    def with_split(self) -> bool:
+        return self.validation_fraction > 0 or self.test_fraction > 0
+
+
+@dataclass
+class _Cells:
+    """The cells that become patches, and what was left out (for the log and summary)."""
+
+    selected: list[tuple[int, int, int]]
+    """(row, col, polygon id) of each cell to extract."""
+    code_of: dict[int, int]
+    """LCZ code per polygon id."""
+    split_of: dict[int, int] | None
+    """Split code per polygon id; None without a hold-out split."""
+    conflicts: set
+    outside: list
+    too_small: list
+
+
+def _check_arguments(output: str, patch_size: int, sampling: _Sampling) -> None:
+    """Refuse a wrong file name, patch size or split fractions before any file is read."""
+    if not output.lower().endswith(PATCH_EXTENSIONS):
+        raise InputError(f"the patch file {output} must end in .h5 (HDF5).")
+    if patch_size < 1:
+        raise InputError(f"the patch size must be at least 1 pixel, not {patch_size}.")
+    validation_fraction, test_fraction = sampling.validation_fraction, sampling.test_fraction
+    if not 0 <= validation_fraction < 1 or not 0 <= test_fraction < 1 or \
+            validation_fraction + test_fraction >= 1:
+        raise InputError(f"validation ({validation_fraction}) and test ({test_fraction}) "
+                         f"fractions must be in [0, 1) and leave some areas for training.")
+
+
+def _find_cells(areas: LabelledAreas, grid: CellGrid, source_name: str, stack_path: str,
+                feedback: Feedback):
+    """:func:`cells_in_areas`, with a warning for the areas that give no cell and an error
+    when none gives any."""
     found, outside, too_small = cells_in_areas(areas, grid)
     if outside:
         feedback.warning(f"{len(outside)} training area(s) lie outside the input raster and "
@@ -283,62 +350,70 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
             + (f" ({len(outside)} lie entirely outside it)" if outside else "")
             + ". Check that polygons and raster cover the same place (and that the polygons' "
               "CRS is declared correctly).")
+    return found, outside, too_small
+
+
+def _cells_to_extract(areas: LabelledAreas, grid: CellGrid, source_name: str,
+                      stack_path: str, sampling: _Sampling, feedback: Feedback) -> _Cells:
+    """The cells whose centre lies in a training area, sampled (``max_per_polygon``,
+    ``max_per_class``) and split into train / validation / test by whole polygons."""
+    found, outside, too_small = _find_cells(areas, grid, source_name, stack_path, feedback)
     code_of = {a.polygon_id: a.code for a in areas.areas}
-    rng = np.random.default_rng(seed)
-    selected, conflicts = sample_cells(found, code_of, max_per_polygon, max_per_class, rng,
-                                       feedback)
-    with_split = validation_fraction > 0 or test_fraction > 0
-    split_of = {}
-    if with_split:
+    rng = np.random.default_rng(sampling.seed)
+    selected, conflicts = sample_cells(found, code_of, sampling.max_per_polygon,
+                                       sampling.max_per_class, rng, feedback)
+    split_of = None
+    if sampling.with_split:
         polygons_of_class: dict[int, list[int]] = defaultdict(list)
         for pid in sorted({pid for _, _, pid in selected}):
             polygons_of_class[code_of[pid]].append(pid)
-        split_of = split_polygons(polygons_of_class, validation_fraction, test_fraction, rng,
-                                  feedback, Counter(pid for _, _, pid in selected))
+        split_of = split_polygons(polygons_of_class, sampling.validation_fraction,
+                                  sampling.test_fraction, rng, feedback,
+                                  Counter(pid for _, _, pid in selected))
+    return _Cells(selected=selected, code_of=code_of, split_of=split_of, conflicts=conflicts,
+                  outside=outside, too_small=too_small)
 
+
+def _patch_file_info(stack: Stack, channels: list[str], grid: CellGrid, patch_size: int,
+                     source_name: str, class_field: str | None,
+                     sampling: _Sampling) -> PatchFileInfo:
+    """The patch file's description: channels with their scaling, geometry, provenance."""
     scale, offset = channel_scaling(stack, channels)
-    info = PatchFileInfo(
+    return PatchFileInfo(
         channels=channels, patch_size=patch_size, pixel_size=grid.pixel_size,
         cell_size=grid.cell_size, scale=scale, offset=offset, crs=stack.projection,
-        source={"input_stack": os.path.abspath(stack_path), "training_areas": source_name,
-                "class_field": areas.class_field, "software": software_tag(),
+        source={"input_stack": os.path.abspath(stack.path), "training_areas": source_name,
+                "class_field": class_field, "software": software_tag(),
                 "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                "seed": seed, "max_per_polygon": max_per_polygon,
-                "max_per_class": max_per_class, "validation_fraction": validation_fraction,
-                "test_fraction": test_fraction})
-    # raw values: a reader with identity scaling (the classifier's reader, so patches are
-    # cut, reflected and judged for no-data exactly as at inference)
+                **asdict(sampling)})
+
+
+def _identity_reader(stack: Stack, channels: list[str], grid: CellGrid, patch_size: int,
+                     max_nodata_fraction: float) -> StripReader:
+    """The classifier's strip reader with identity scaling: raw values, and patches cut,
+    reflected and judged for no-data exactly as at inference."""
     n = len(channels)
     identity = ModelCard(name="identity", channels=channels, patch_size=patch_size,
                          scale=[1.0] * n, offset=[0.0] * n, mean=[0.0] * n, std=[1.0] * n,
                          pixel_size=grid.pixel_size, cell_size=grid.cell_size)
-    reader = StripReader(stack, identity, grid, max_nodata_fraction)
-    with bounded_cache(), files:
-        with PatchWriter(output, info, split=with_split, commit=files) as writer:
-            counts, invalid, blamed = write_patches(
-                writer, reader, selected, code_of, split_of if with_split else None,
-                strip_rows_for(grid, n, strip_memory_mb), feedback)
-            if writer.count == 0:
-                raise InputError("every cell inside the training areas is no-data in the "
-                                 "input stack, so no patch could be extracted. Check the "
-                                 "stack's no-data values and coverage.")
-        if invalid:
-            feedback.warning(f"skipped {invalid} cell(s) whose patch is mostly no-data: "
-                             f"{describe_nodata(blamed)}.")
-        summary = summarise(output, counts, feedback)
-        summary.update({
-            "polygons_outside_raster": [a.polygon_id for a in outside],
-            "polygons_without_cells": [a.polygon_id for a in too_small],
-            "cells_in_conflicting_polygons": len(conflicts), "cells_mostly_nodata": invalid,
-            "cells_mostly_nodata_by_channel": dict(blamed),
-            "channels": channels, "scale": scale, "offset": offset, "notes": areas.notes})
-        if summary_output:
-            files.write_text(summary_output, json.dumps(summary, indent=2), "summary")
-    return ExtractResult(
-        output=output, patches=summary["patches"],
-        counts={code: {k: v for k, v in c.items() if v} for code, c in counts.items()},
-        polygons={code: len(pids) for code, pids in counts.polygons.items()},
-        summary=summary, summary_path=summary_output)
+    return StripReader(stack, identity, grid, max_nodata_fraction)
+
+
+def _write_patch_file(output: str, info: PatchFileInfo, reader: StripReader, cells: _Cells,
+                      strip_rows: int, files: Commit, feedback: Feedback):
+    """Write the patches under the patch file's temporary name in ``files``; returns the
+    counts, the cells skipped as mostly no-data and the channels to blame."""
+    with PatchWriter(output, info, split=cells.split_of is not None, commit=files) as writer:
+        counts, invalid, blamed = write_patches(
+            writer, reader, cells.selected, cells.code_of, cells.split_of, strip_rows, feedback)
+        if writer.count == 0:
+            raise InputError("every cell inside the training areas is no-data in the "
+                             "input stack, so no patch could be extracted. Check the "
+                             "stack's no-data values and coverage.")
+    if invalid:
+        feedback.warning(f"skipped {invalid} cell(s) whose patch is mostly no-data: "
+                         f"{describe_nodata(blamed)}.")
+    return counts, invalid, blamed
 
 
 def sample_cells(found: dict[int, list[tuple[int, int]]], code_of: dict[int, int],

@@ -203,7 +203,8 @@ class PatchWriter:
         labels = np.asarray(labels)
         bad = ~np.isin(labels, LCZ_CODES)
         if bad.any():
-            raise ValueError(f"labels must be LCZ codes 1-17, got {sorted(set(labels[bad].tolist()))}")
+            raise ValueError(f"labels must be LCZ codes 1-17, got "
+                             f"{sorted(set(labels[bad].tolist()))}")
         columns = {"patches": patches, "labels": labels.astype(np.uint8),
                    "polygon_ids": np.asarray(polygon_ids, dtype=np.int64),
                    "centres": np.asarray(centres, dtype=np.float64).reshape(n, 2)}
@@ -271,19 +272,22 @@ def _json_attr(attrs, key, path):
 
 
 def read_info(h5file, path: str = "") -> PatchFileInfo:
-    """Check the schema of an open h5py File and describe it. Raises InputError naming what is wrong."""
+    """Check the schema of an open h5py File and describe it. Raises InputError naming what
+    is wrong."""
     path = path or h5file.filename
     attrs = h5file.attrs
     if attrs.get("schema") != SCHEMA:
-        raise InputError(f"{path} is not an lcz patch file (attribute schema={attrs.get('schema')!r}, "
-                         f"expected {SCHEMA!r}). So2Sat LCZ42 files are read with the so2sat dataset.")
+        raise InputError(f"{path} is not an lcz patch file (attribute "
+                         f"schema={attrs.get('schema')!r}, expected {SCHEMA!r}). So2Sat LCZ42 "
+                         f"files are read with the so2sat dataset.")
     version = int(attrs.get("schema_version", 0))
     if version > SCHEMA_VERSION:
         raise InputError(f"{path} uses patch schema {version}; this version reads up to "
                          f"{SCHEMA_VERSION}. Update the plugin / training package.")
     missing = [k for k in ("patches", "labels", "polygon_ids", "centres") if k not in h5file]
     if missing:
-        raise InputError(f"{path} lacks the dataset(s) {', '.join(missing)}; re-extract the patches.")
+        raise InputError(f"{path} lacks the dataset(s) {', '.join(missing)}; re-extract the "
+                         f"patches.")
     channels = _json_attr(attrs, "channels", path)
     n, c, p, _ = h5file["patches"].shape
     if c != len(channels):
