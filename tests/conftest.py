@@ -1,11 +1,13 @@
-"""Shared fixtures: one real QgsApplication for the whole run (started on first use), and a
-qgis_process.bin environment with the plugin installed from the ZIP that `make package` makes.
+"""Shared fixtures: one real QgsApplication for the whole run (started on first use) and its
+``processing`` module, a qgis_process.bin environment with the plugin installed from the ZIP
+that `make package` makes, and the synthetic cities (each generated once per run).
 """
 
 import os
 import sys
 
 import pytest
+from lcz_testing import SyntheticCities
 
 from tools import qgis_runner
 
@@ -29,6 +31,20 @@ def qgis_app():
     plugin.initProcessing()
     yield app
     plugin.unload()
+
+
+@pytest.fixture(scope="session")
+def processing(qgis_app):
+    """QGIS's ``processing`` module (``processing.run``), with the lcz provider registered."""
+    import processing
+    return processing
+
+
+@pytest.fixture(scope="session")
+def synthetic_cities(tmp_path_factory):
+    """The cache of tools.synthcity cities: ``synthetic_cities.city(seed, size_km)``,
+    ``.with_stack(seed, size_km)`` and ``.private_copy(seed, size_km, folder)``."""
+    return SyntheticCities(tmp_path_factory)
 
 
 class QgisProcess(qgis_runner.QgisProcess):

@@ -3,13 +3,20 @@ slow but obviously correct reference classifier to check maps cell by cell."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import shutil
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 from osgeo import gdal, osr
 
+from lcz_qgis_plugin.core.errors import InputError
 from lcz_qgis_plugin.core.feedback import Feedback
 from lcz_qgis_plugin.core.lcz_classes import LCZ_CODES
 from lcz_qgis_plugin.core.model.card import ModelCard
@@ -266,26 +273,42 @@ def write_kml(path, items) -> str:
     return os.fspath(path)
 
 
-class RecordingFeedback:
-    """Core feedback that keeps its log lines and can cancel after ``cancel_after`` checks."""
+class RecordingFeedback(Feedback):
+    """The tests' one feedback double: keeps what a run reports and cancels when told.
 
-    def __init__(self, cancel_after: int | None = None):
-        self.infos, self.warnings, self.percent = [], [], []
+    Progress goes to ``percent``; log lines to ``infos`` and ``warnings`` and, in the order
+    they came, to ``lines``. The run is cancelled after :meth:`cancel`, after
+    ``cancel_after`` cancel checks, or once ``cancel_after_progress`` progress reports have
+    come (to stop a run part way through its work)."""
+
+    def __init__(self, cancel_after: int | None = None,
+                 cancel_after_progress: int | None = None):
+        self.infos, self.warnings, self.lines, self.percent = [], [], [], []
         self.cancel_after = cancel_after
+        self.cancel_after_progress = cancel_after_progress
         self.checks = 0
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
     def progress(self, percent):
         self.percent.append(percent)
 
     def is_cancelled(self):
         self.checks += 1
-        return self.cancel_after is not None and self.checks > self.cancel_after
+        by_checks = self.cancel_after is not None and self.checks > self.cancel_after
+        by_progress = (self.cancel_after_progress is not None
+                       and len(self.percent) >= self.cancel_after_progress)
+        return self.cancelled or by_checks or by_progress
 
     def info(self, message):
         self.infos.append(message)
+        self.lines.append(message)
 
     def warning(self, message):
         self.warnings.append(message)
+        self.lines.append(message)
 
     @property
     def log(self) -> str:
@@ -329,13 +352,87 @@ def conv_probe_model(path, card: ModelCard, seed: int = 0, width: int = 8,
     return _save(graph, card, path)
 
 
-class MessageLog(Feedback):
-    """Feedback that keeps the info and warning lines, to check what a run told the user."""
+# -- bad input: tables of cases, one body that runs them ---------------------------------------
 
-    def __init__(self):
-        self.lines = []
+class BadInput(NamedTuple):
+    """One row of a bad-input table: ``id`` names the case; ``change(tmp_path, *context)``
+    breaks the good input and returns the arguments that replace the good ones; ``message`` is
+    the regular expression the refusal must match; ``error`` the exception expected (None:
+    the one the table's test gives)."""
 
-    def info(self, message):
-        self.lines.append(message)
+    id: str
+    change: Callable[..., dict]
+    message: str
+    error: type | None = None
 
-    warning = info
+
+def bad_input_cases(table) -> list:
+    """One pytest parameter per row of ``table`` (tuples in :class:`BadInput`'s field order),
+    with the row's id as the test id."""
+    cases = [BadInput(*row) for row in table]
+    for case in cases:  # a row in another order would test nothing, or the wrong thing
+        assert isinstance(case.message, str) and callable(case.change), case.id
+        assert case.error is None or issubclass(case.error, BaseException), case.id
+    return [pytest.param(case, id=case.id) for case in cases]
+
+
+def assert_refused(case: BadInput, run, good: dict, tmp_path, *context, error=InputError,
+                   out_dir=None) -> None:
+    """Run ``run(**arguments)``, the ``good`` arguments with ``case``'s changes: it must raise
+    ``case.error`` (default ``error``) with a message matching ``case.message``, and leave no
+    file in ``out_dir`` (default ``tmp_path / "out"``, where the good outputs go)."""
+    arguments = dict(good)
+    arguments.update(case.change(tmp_path, *context))
+    with pytest.raises(case.error or error) as info:
+        run(**arguments)
+    assert re.search(case.message, str(info.value), re.S), str(info.value)
+    out_dir = out_dir or tmp_path / "out"
+    assert not os.path.exists(out_dir) or files_in(out_dir) == []
+
+
+# -- synthetic cities, generated once per run ----------------------------------------------------
+
+CITY_PATHS = ("folder", "truth", "safe", "osm", "dsm", "dtm", "training_areas",
+              "training_areas_kml", "safe_zip")
+
+
+class SyntheticCities:
+    """tools.synthcity cities keyed by (seed, size_km), each generated once per test run (the
+    ``synthetic_cities`` fixture). The cached files are shared between test modules: read them,
+    never write beside them; a test that snapshots, links or damages its inputs takes a
+    :meth:`private_copy`."""
+
+    def __init__(self, tmp_path_factory):
+        self._tmp = tmp_path_factory
+        self._cities, self._stacks = {}, {}
+
+    def city(self, seed: int, size_km: float):
+        """The city of ``seed`` and ``size_km``, in ``<folder>/city``."""
+        from tools import synthcity
+        key = (seed, float(size_km))
+        if key not in self._cities:
+            folder = self._tmp.mktemp(f"city_seed{seed}_{size_km:g}km")
+            self._cities[key] = synthcity.generate(str(folder / "city"), seed=seed,
+                                                   size_km=size_km)
+        return self._cities[key]
+
+    def with_stack(self, seed: int, size_km: float):
+        """(city, its 10 m model input stack from :func:`stack_from_synthcity`)."""
+        city = self.city(seed, size_km)
+        key = (seed, float(size_km))
+        if key not in self._stacks:
+            stack = os.path.join(os.path.dirname(city.folder), "stack.tif")
+            self._stacks[key] = stack_from_synthcity(city, stack)
+        return city, self._stacks[key]
+
+    def private_copy(self, seed: int, size_km: float, folder):
+        """A copy of the city in ``folder`` (its files byte-identical), for this test only."""
+        city = self.city(seed, size_km)
+        folder = os.fspath(folder)
+        shutil.copytree(city.folder, folder)
+
+        def moved(path):
+            return path and os.path.join(folder, os.path.relpath(path, city.folder))
+
+        return dataclasses.replace(city, **{name: moved(getattr(city, name))
+                                            for name in CITY_PATHS})

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from lcz_testing import (
     ORIGIN,
+    assert_refused,
+    bad_input_cases,
     centre_value_model,
     channel_names,
     files_in,
@@ -19,12 +21,6 @@ from lcz_testing import (
 from lcz_qgis_plugin.core.inference.engine import CPU, OPENVINO_F32, import_openvino
 
 pytestmark = pytest.mark.qgis
-
-
-@pytest.fixture(scope="module")
-def processing(qgis_app):
-    import processing
-    return processing
 
 
 @pytest.fixture
@@ -225,20 +221,16 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("case,change,message", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
-def test_bad_input_is_refused_and_leaves_nothing(processing, scene_and_model, tmp_path,
-                                                 case, change, message):
+@pytest.mark.parametrize("case", bad_input_cases(BAD_INPUTS))
+def test_bad_input_is_refused_and_leaves_nothing(processing, scene_and_model, tmp_path, case):
     from qgis.core import QgsProcessingException
     stack, model, scene, names = scene_and_model
     out_dir = tmp_path / "out"
     parameters = {"INPUT": [stack], "MODEL": model, "OUTPUT": str(out_dir / "lcz.tif"),
                   "OUTPUT_PROBABILITIES": str(out_dir / "p.tif"),
                   "OUTPUT_CONFIDENCE": str(out_dir / "c.tif")}
-    parameters.update(change(tmp_path, stack, model, scene, names))
-    with pytest.raises(QgsProcessingException) as info:
-        processing.run("lcz:classify", parameters)
-    assert re.search(message, str(info.value), re.S), str(info.value)
-    assert not out_dir.exists() or files_in(out_dir) == []
+    assert_refused(case, lambda **p: processing.run("lcz:classify", p), parameters, tmp_path,
+                   stack, model, scene, names, error=QgsProcessingException)
 
 
 def test_centre_value_model_through_processing(processing, tmp_path):

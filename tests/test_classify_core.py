@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from lcz_testing import (
     ORIGIN,
+    RecordingFeedback,
     centre_value_model,
     channel_names,
     files_in,
@@ -20,27 +21,10 @@ from lcz_testing import (
 from osgeo import gdal
 
 from lcz_qgis_plugin.core.errors import Cancelled, InputError
-from lcz_qgis_plugin.core.feedback import Feedback
 from lcz_qgis_plugin.core.inference import classify as classify_module
 from lcz_qgis_plugin.core.inference.classify import classify, strip_bounds
 from lcz_qgis_plugin.core.inference.majority import majority_filter
 from lcz_qgis_plugin.core.lcz_classes import LCZ_CLASSES
-
-
-class Recorder(Feedback):
-    def __init__(self, cancel_after=None):
-        self.lines, self.progress_calls, self.cancel_after = [], [], cancel_after
-
-    def progress(self, percent):
-        self.progress_calls.append(percent)
-
-    def is_cancelled(self):
-        return self.cancel_after is not None and len(self.progress_calls) >= self.cancel_after
-
-    def info(self, message):
-        self.lines.append(message)
-
-    warning = info
 
 
 def probe_case(tmp_path, patch, stride, height, width, channels=3, seed=1, **card_overrides):
@@ -242,15 +226,15 @@ def test_extent_classifies_a_window_of_the_full_map(tmp_path):
 def test_strips_give_the_same_map_as_one_strip(tmp_path, monkeypatch):
     card, model, weights, bias, scene, names = probe_case(tmp_path, 8, 4, 90, 50, seed=8)
     stack = write_stack(tmp_path / "stack.tif", scene, names)
-    one = Recorder()
+    one = RecordingFeedback()
     with monkeypatch.context() as patched:
         patched.setattr(classify_module, "FIRST_STRIP_ROWS", 10**6)
         a = classify([stack], model, str(tmp_path / "a.tif"), feedback=one,
                      probabilities_output=str(tmp_path / "ap.tif"))
-    many = Recorder()
+    many = RecordingFeedback()
     b = classify([stack], model, str(tmp_path / "b.tif"), feedback=many, batch_size=7,
                  probabilities_output=str(tmp_path / "bp.tif"), strip_memory_mb=0.02)
-    growing = Recorder()
+    growing = RecordingFeedback()
     c = classify([stack], model, str(tmp_path / "c.tif"), feedback=growing, batch_size=5,
                  probabilities_output=str(tmp_path / "cp.tif"))
     assert re.search(r" 1 strip\(s\) of up to 22 cell rows", " ".join(one.lines))
@@ -260,8 +244,8 @@ def test_strips_give_the_same_map_as_one_strip(tmp_path, monkeypatch):
     np.testing.assert_array_equal(read(a.probabilities), read(c.probabilities))
     np.testing.assert_array_equal(read(a.output), read(b.output))
     np.testing.assert_array_equal(read(a.probabilities), read(b.probabilities))
-    assert many.progress_calls == sorted(many.progress_calls)
-    assert many.progress_calls[-1] == pytest.approx(100.0)
+    assert many.percent == sorted(many.percent)
+    assert many.percent[-1] == pytest.approx(100.0)
 
 
 @pytest.mark.parametrize("total,largest,expected", [
@@ -322,7 +306,7 @@ def test_cancel_leaves_nothing_behind(tmp_path):
     with pytest.raises(Cancelled, match="cancelled"):
         classify([stack], model, str(out_dir / "lcz.tif"), batch_size=5, majority_radius=1,
                  probabilities_output=str(out_dir / "p.tif"), strip_memory_mb=0.02,
-                 feedback=Recorder(cancel_after=3))
+                 feedback=RecordingFeedback(cancel_after_progress=3))
     assert files_in(out_dir) == []
 
 

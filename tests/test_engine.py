@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from lcz_testing import MessageLog, channel_names, identity_card, linear_probe_model
+from lcz_testing import RecordingFeedback, channel_names, identity_card, linear_probe_model
 from onnx import TensorProto, helper
 
 from lcz_qgis_plugin.core.errors import EngineError, ModelError
@@ -44,7 +44,7 @@ def test_cpu_device(model):
 
 
 def test_auto_names_the_provider_it_runs_on(model):
-    log = MessageLog()
+    log = RecordingFeedback()
     engine = Engine(model, device="auto", feedback=log)
     if engine.provider == CUDA:
         assert gpu_present()

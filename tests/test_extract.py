@@ -27,10 +27,8 @@ from tools import synthcity
 
 
 @pytest.fixture(scope="module")
-def city(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("city")
-    city = synthcity.generate(str(folder / "city"), seed=5, size_km=1.0)
-    return city, stack_from_synthcity(city, folder / "stack.tif")
+def city(synthetic_cities):
+    return synthetic_cities.with_stack(seed=5, size_km=1.0)
 
 
 @pytest.fixture

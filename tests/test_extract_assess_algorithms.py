@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from lcz_testing import cell_square, read, stack_from_synthcity, write_polygons, write_stack
+from lcz_testing import cell_square, read, write_polygons, write_stack
 from osgeo import gdal
 
 from lcz_qgis_plugin.core.assessment.accuracy import assess_accuracy
@@ -14,16 +14,8 @@ pytestmark = pytest.mark.qgis
 
 
 @pytest.fixture(scope="module")
-def processing(qgis_app):
-    import processing
-    return processing
-
-
-@pytest.fixture(scope="module")
-def city(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("alg_city")
-    town = synthcity.generate(str(folder / "city"), seed=5, size_km=1.0)
-    return town, stack_from_synthcity(town, folder / "stack.tif")
+def city(synthetic_cities):
+    return synthetic_cities.with_stack(seed=5, size_km=1.0)
 
 
 def patch_arrays(path):

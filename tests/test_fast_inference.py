@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from lcz_testing import (
-    MessageLog,
+    RecordingFeedback,
     channel_names,
     conv_probe_model,
     files_in,
@@ -23,7 +23,6 @@ from lcz_testing import (
 from onnx import TensorProto
 
 from lcz_qgis_plugin.core.errors import Cancelled, EngineError, InputError
-from lcz_qgis_plugin.core.feedback import Feedback
 from lcz_qgis_plugin.core.inference import engine as engine_module
 from lcz_qgis_plugin.core.inference.classify import classify
 from lcz_qgis_plugin.core.inference.engine import (
@@ -49,17 +48,6 @@ needs_openvino = pytest.mark.skipif(import_openvino() is None,
 
 def lcz_threads():
     return [t for t in threading.enumerate() if t.name.startswith("lcz-") and t.is_alive()]
-
-
-class Cancelling(Feedback):
-    def __init__(self, after):
-        self.calls, self.after = 0, after
-
-    def progress(self, percent):
-        self.calls += 1
-
-    def is_cancelled(self):
-        return self.calls >= self.after
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +142,7 @@ def test_auto_runs_bfloat16_only_for_a_model_whose_check_passed(scene, tmp_path,
     card = ModelCard.from_metadata_props({p.key: p.value for p in onnx.load(model).metadata_props})
     card.precision_checks = {"bfloat16": dict(check, data="val.h5")} if check else {}
     write_model_card(model, card, checked)
-    said = MessageLog()
+    said = RecordingFeedback()
     engine = Engine(checked, device="auto", feedback=said)
     if not cpu_runs_bfloat16():  # nothing to decide: float32, and no talk of bfloat16
         assert engine.provider == OPENVINO_F32 and "bfloat16" not in said.lines[-1]
@@ -255,7 +243,7 @@ def test_cancel_with_prefetch_leaves_no_output_and_no_thread(scene, tmp_path, af
     with pytest.raises(Cancelled):
         classify(stacks, model, str(out / "lcz.tif"), device="cpu", batch_size=5,
                  probabilities_output=str(out / "p.tif"), strip_memory_mb=0.05,
-                 feedback=Cancelling(after))
+                 feedback=RecordingFeedback(cancel_after_progress=after))
     assert files_in(out) == []
     assert lcz_threads() == []
 

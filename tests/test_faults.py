@@ -28,16 +28,16 @@ from lcz_qgis_plugin.core.preprocess.buildstack import build_stack
 from lcz_qgis_plugin.core.preprocess.dsm import prepare_dsm
 from lcz_qgis_plugin.core.preprocess.osm import rasterize_osm
 from lcz_qgis_plugin.core.training_data.extraction import extract_patches
-from tools import synthcity
 
 LIMIT = 4096  # bytes: every output of these runs is larger
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    """A 1 km synthetic city, its model input stack and a 32 px model for it."""
+def scene(tmp_path_factory, synthetic_cities):
+    """A 1 km synthetic city, its model input stack and a 32 px model for it, in a folder of
+    their own (the tests snapshot it, and link to it)."""
     folder = tmp_path_factory.mktemp("fault_inputs")
-    town = synthcity.generate(str(folder / "city"), seed=11, size_km=1.0)
+    town = synthetic_cities.private_copy(seed=11, size_km=1.0, folder=folder / "city")
     stack = stack_from_synthcity(town, folder / "stack.tif")
     ds = gdal.Open(stack)
     channels = [ds.GetRasterBand(i).GetDescription() for i in range(1, ds.RasterCount + 1)]

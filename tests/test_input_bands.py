@@ -314,8 +314,7 @@ def test_band_channels_logs_renamed_descriptions(case, tmp_path):
 # -- processing.run --------------------------------------------------------------------------
 
 @pytest.mark.qgis
-def test_algorithms_take_input_bands_through_processing_run(qgis_app, case, tmp_path):
-    import processing
+def test_algorithms_take_input_bands_through_processing_run(processing, case, tmp_path):
     from qgis.core import QgsProcessingException
     full = l1c_scene(case["s2"])
     plain = write_stack(tmp_path / "plain13.tif", full, [""] * 13, data_type=gdal.GDT_UInt16)

@@ -2,12 +2,19 @@
 qgis_process.bin runs and a .model3 chain (Sentinel-2 product -> stack -> model input stack)."""
 
 import os
-import re
 
 import numpy as np
 import onnx
 import pytest
-from lcz_testing import files_in, identity_card, linear_probe_model, read, write_stack
+from lcz_testing import (
+    assert_refused,
+    bad_input_cases,
+    files_in,
+    identity_card,
+    linear_probe_model,
+    read,
+    write_stack,
+)
 from osgeo import gdal
 from s2_product import make_product
 
@@ -140,38 +147,31 @@ def _corrupt_model(tmp_path, paths, model):
     return {"model": str(tmp_path / "bad.onnx")}
 
 
-BAD = [
-    ("missing channels", _missing, InputError,
+BAD = [  # (case, change, message, error)
+    ("missing channels", _missing,
      r"Missing: OSM:building_fraction, OSM:impervious_fraction\. Available: S2:B12 \(s2.tif\);"
-     r".*DSM:height \(dsm.tif\).*lcz:rasterizeosm"),
-    ("grid shifted", _shifted, InputError,
+     r".*DSM:height \(dsm.tif\).*lcz:rasterizeosm", InputError),
+    ("grid shifted", _shifted,
      r"shifted.tif \(channel DSM:height\) is not on the grid .*origin \(500010.00.*"
-     r"reference raster"),
-    ("different CRS", _other_crs, InputError, r"utm34.tif .*CRS WGS 84 / UTM zone 34N instead"),
-    ("pixel size", _coarse, InputError, r"20 m pixels, but the model was trained on 10 m"),
-    ("model without card", _no_card, ModelError, r"carries no LCZ model metadata"),
-    ("corrupt model", _corrupt_model, ModelError, r"not a valid ONNX model"),
-    ("not tif or vrt", lambda t, p, m: {"output": str(t / "out" / "s.png")}, InputError,
-     r"must be a GeoTIFF \(.tif\) or a VRT"),
+     r"reference raster", InputError),
+    ("different CRS", _other_crs, r"utm34.tif .*CRS WGS 84 / UTM zone 34N instead", InputError),
+    ("pixel size", _coarse, r"20 m pixels, but the model was trained on 10 m", InputError),
+    ("model without card", _no_card, r"carries no LCZ model metadata", ModelError),
+    ("corrupt model", _corrupt_model, r"not a valid ONNX model", ModelError),
+    ("not tif or vrt", lambda t, p, m: {"output": str(t / "out" / "s.png")},
+     r"must be a GeoTIFF \(.tif\) or a VRT", InputError),
 ]
 
 
-@pytest.mark.parametrize("case,change,error,message", BAD, ids=[b[0] for b in BAD])
-def test_bad_input_is_refused_and_leaves_nothing(layers, tmp_path, case, change, error,
-                                                 message):
+@pytest.mark.parametrize("case", bad_input_cases(BAD))
+def test_bad_input_is_refused_and_leaves_nothing(layers, tmp_path, case):
     paths, model, _ = layers
     options = {"model": model, "rasters": paths, "output": str(tmp_path / "out" / "s.tif")}
-    options.update(change(tmp_path, paths, model))
-    with pytest.raises(error) as info:
-        build_stack(options["model"], options["rasters"], options["output"])
-    assert re.search(message, str(info.value), re.S), str(info.value)
-    out = tmp_path / "out"
-    assert not out.exists() or files_in(out) == []
+    assert_refused(case, build_stack, options, tmp_path, paths, model)
 
 
 @pytest.mark.qgis
-def test_buildstack_and_classify_through_processing_run(qgis_app, layers, tmp_path):
-    import processing
+def test_buildstack_and_classify_through_processing_run(processing, layers, tmp_path):
     from qgis.core import QgsProcessingException
     paths, model, _ = layers
     built = processing.run("lcz:buildstack", {"MODEL": model, "INPUT": paths,

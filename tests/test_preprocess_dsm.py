@@ -9,14 +9,11 @@ data allow (correlation), and (3) they reproduce the independent building height
 of the footprints file) to within a metre.
 """
 
-import re
-
 import numpy as np
 import pytest
-from lcz_testing import files_in, read, shared_data, write_stack
+from lcz_testing import assert_refused, bad_input_cases, read, shared_data, write_stack
 from osgeo import gdal, ogr, osr
 
-from lcz_qgis_plugin.core.errors import InputError
 from lcz_qgis_plugin.core.preprocess.dsm import aggregate, ground_estimate, prepare_dsm
 
 ALEX = "EPSG:26918"
@@ -195,22 +192,15 @@ def _no_crs(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("case,change,message", BAD, ids=[b[0] for b in BAD])
-def test_bad_input_is_refused_and_leaves_nothing(tmp_path, case, change, message):
+@pytest.mark.parametrize("case", bad_input_cases(BAD))
+def test_bad_input_is_refused_and_leaves_nothing(tmp_path, case):
     dsm, _, ref = synthetic_dsm(tmp_path)
     options = {"dsm": dsm, "reference": ref, "output": str(tmp_path / "out" / "h.tif")}
-    options.update(change(tmp_path, dsm, ref))
-    with pytest.raises(InputError) as info:
-        prepare_dsm(options.pop("dsm"), options.pop("reference"), options.pop("output"),
-                    **options)
-    assert re.search(message, str(info.value), re.S), str(info.value)
-    out = tmp_path / "out"
-    assert not out.exists() or files_in(out) == []
+    assert_refused(case, prepare_dsm, options, tmp_path, dsm, ref)
 
 
 @pytest.mark.qgis
-def test_preparedsm_through_processing_run(qgis_app, tmp_path):
-    import processing
+def test_preparedsm_through_processing_run(processing, tmp_path):
     dsm, dtm, ref = synthetic_dsm(tmp_path)
     results = processing.run("lcz:preparedsm", {
         "DSM": dsm, "DTM": dtm, "REFERENCE": ref, "AGGREGATION": 2, "GROUND_WINDOW": 100,

@@ -3,15 +3,21 @@ footprint areas computed independently with OGR, and small synthetic layers whos
 can be worked out by hand."""
 
 import os
-import re
 
 import numpy as np
 import pytest
-from lcz_testing import files_in, read, shared_data, write_stack
+from lcz_testing import (
+    RecordingFeedback,
+    assert_refused,
+    bad_input_cases,
+    files_in,
+    read,
+    shared_data,
+    write_stack,
+)
 from osgeo import gdal, ogr, osr
 
 from lcz_qgis_plugin.core.errors import InputError
-from lcz_qgis_plugin.core.feedback import Feedback
 from lcz_qgis_plugin.core.preprocess.osm import (
     BANDS,
     building_height,
@@ -20,17 +26,6 @@ from lcz_qgis_plugin.core.preprocess.osm import (
 )
 
 X0, Y0 = 500000.0, 6000000.0  # synthetic grid, EPSG:32633, 10 m
-
-
-class Recorder(Feedback):
-    def __init__(self):
-        self.warnings, self.infos = [], []
-
-    def warning(self, message):
-        self.warnings.append(message)
-
-    def info(self, message):
-        self.infos.append(message)
 
 
 def reference(path, width=10, height=10, epsg=32633, x0=X0, y0=Y0, pixel=10.0):
@@ -142,7 +137,7 @@ def helsinki(tmp_path_factory):
     x0, y0 = np.floor(x_a / 10) * 10, np.ceil(y_a / 10) * 10
     width, height = int((x_b - x0) // 10), int((y0 - y_b) // 10)
     ref = reference(folder / "ref.tif", width, height, 32635, x0, y0)
-    feedback = Recorder()
+    feedback = RecordingFeedback()
     result = rasterize_osm(ref, str(folder / "osm.tif"), osm_file=pbf, feedback=feedback)
     return pbf, ref, result, to_utm, feedback
 
@@ -295,7 +290,7 @@ def test_extract_without_buildings_gives_zeros_and_a_warning(tmp_path):
     ref = reference(tmp_path / "ref.tif", 20, 20, 32633, 500000.0, 5985000.0)
     path = osm_xml(tmp_path / "roads.osm", [([(15.0, 54.0), (15.001, 54.0)],
                                              {"highway": "service"})])
-    feedback = Recorder()
+    feedback = RecordingFeedback()
     result = rasterize_osm(ref, str(tmp_path / "osm.tif"), osm_file=path, feedback=feedback)
     assert (read(result.output, 1) == 0).all()
     assert any("no building footprint" in w for w in feedback.warnings)
@@ -372,21 +367,15 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("case,change,message", BAD, ids=[b[0] for b in BAD])
-def test_bad_input_is_refused_and_leaves_nothing(tmp_path, case, change, message):
+@pytest.mark.parametrize("case", bad_input_cases(BAD))
+def test_bad_input_is_refused_and_leaves_nothing(tmp_path, case):
     ref = reference(tmp_path / "ref.tif")
-    options = change(tmp_path, ref)
-    ref = options.pop("reference", ref)
-    out = tmp_path / "out"
-    with pytest.raises(InputError) as info:
-        rasterize_osm(ref, str(out / "osm.tif"), **options)
-    assert re.search(message, str(info.value), re.S), str(info.value)
-    assert not out.exists() or files_in(out) == []
+    options = {"reference": ref, "output": str(tmp_path / "out" / "osm.tif")}
+    assert_refused(case, rasterize_osm, options, tmp_path, ref)
 
 
 @pytest.mark.qgis
-def test_rasterizeosm_through_processing_run(qgis_app, tmp_path):
-    import processing
+def test_rasterizeosm_through_processing_run(processing, tmp_path):
     ref = reference(tmp_path / "ref.tif")
     buildings = write_layer(tmp_path / "b.gpkg", [(box(2, 2, 4, 4), {"height": "9"})],
                             ogr.wkbPolygon)
@@ -431,7 +420,7 @@ def test_overlapping_extracts_count_each_building_once(tmp_path):
     east = osm_xml(tmp_path / "east.osm", [
         (square(1), {"building": "yes"}),
         (square(2), {"building": "house", "building:levels": "2"}), road], ids=[12, 13, 50])
-    feedback = Recorder()
+    feedback = RecordingFeedback()
     both = rasterize_osm(ref, str(tmp_path / "both.tif"), osm_file=[west, east],
                          feedback=feedback)
     assert both.counts["building"] == 3 and both.counts["road"] == 1
@@ -465,7 +454,7 @@ def test_roads_and_buildings_layers_keep_what_osm_calls_roads_and_buildings(tmp_
         (box(5, 5, 8, 8), {"landuse": "grass"}),
         (box(6, 1, 7, 2), {"building": "no", "amenity": "parking"}),
     ], ogr.wkbPolygon)
-    feedback = Recorder()
+    feedback = RecordingFeedback()
     result = rasterize_osm(ref, str(tmp_path / "osm.tif"), buildings=[polygons],
                            roads=[lines], feedback=feedback)
     building, _, road = read(result.output)[:3]
@@ -494,7 +483,7 @@ def test_unknown_heights_are_filled_and_their_share_is_logged(tmp_path):
         tags = {"height": str(6 + 3 * (k % 3))} if k < 12 else {}  # 6, 9, 12 m: median 9
         features.append((box(2 * c + 0.5, 2 * r + 0.5, 2 * c + 1.5, 2 * r + 1.5), tags))
     buildings = write_layer(tmp_path / "b.gpkg", features, ogr.wkbPolygon)
-    feedback = Recorder()
+    feedback = RecordingFeedback()
     result = rasterize_osm(ref, str(tmp_path / "osm.tif"), buildings=[buildings],
                            supersample=2, feedback=feedback)
     building, heights, *_, known = read(result.output)
@@ -525,7 +514,7 @@ def test_pixels_outside_the_extract_bounds_are_nodata(tmp_path):
     _, lat_north, _ = to_wgs84.TransformPoint(x0, y0 + 500)
     path = osm_xml(tmp_path / "half.osm", [(square(0), {"building": "yes"})],
                    bounds=(lon_west, lat_south, lon_mid, lat_north))
-    feedback = Recorder()
+    feedback = RecordingFeedback()
     result = rasterize_osm(ref, str(tmp_path / "osm.tif"), osm_file=path, feedback=feedback)
     bands = read(result.output)
     outside = (bands == -9999).all(axis=0)
@@ -536,7 +525,7 @@ def test_pixels_outside_the_extract_bounds_are_nodata(tmp_path):
     assert 12 * 30 <= result.uncovered_pixels <= 16 * 30
     assert any("lies outside the bounds the OpenStreetMap file(s) declare" in line
                for line in feedback.infos)
-    unbounded = Recorder()
+    unbounded = RecordingFeedback()
     whole = rasterize_osm(ref, str(tmp_path / "whole.tif"), osm_file=osm_xml(
         tmp_path / "nobounds.osm", [(square(0), {"building": "yes"})]), feedback=unbounded)
     assert whole.uncovered_pixels == 0 and (read(whole.output) != -9999).all()
@@ -611,8 +600,7 @@ def check_building_only(path, cell):
 
 @pytest.mark.qgis
 @pytest.mark.parametrize("form", FORMS)
-def test_converted_layers_through_processing_run(qgis_app, cell, tmp_path, form):
-    import processing
+def test_converted_layers_through_processing_run(processing, cell, tmp_path, form):
     results = processing.run("lcz:rasterizeosm", {
         "REFERENCE": cell["ref"], "BUILDINGS": layer_forms(cell)[form],
         "OUTPUT": str(tmp_path / "osm.tif")})
@@ -621,8 +609,7 @@ def test_converted_layers_through_processing_run(qgis_app, cell, tmp_path, form)
 
 
 @pytest.mark.qgis
-def test_several_osm_files_through_processing_run(qgis_app, cell, tmp_path):
-    import processing
+def test_several_osm_files_through_processing_run(processing, cell, tmp_path):
     results = processing.run("lcz:rasterizeosm", {
         "REFERENCE": cell["ref"], "OSM_FILE": [cell["osm"], cell["second"]],
         "OUTPUT": str(tmp_path / "two.tif")})

@@ -4,7 +4,7 @@ import csv
 
 import numpy as np
 import pytest
-from lcz_testing import cell_square, read, stack_from_synthcity, write_polygons, write_stack
+from lcz_testing import cell_square, read, write_polygons, write_stack
 from osgeo import gdal
 from wudapt_template import cell_ring, write_wudapt_template
 
@@ -16,10 +16,8 @@ pytestmark = pytest.mark.qgis_process
 
 
 @pytest.fixture(scope="module")
-def city(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("qp_city")
-    town = synthcity.generate(str(folder / "city"), seed=6, size_km=1.0)
-    return town, stack_from_synthcity(town, folder / "stack.tif")
+def city(synthetic_cities):
+    return synthetic_cities.with_stack(seed=6, size_km=1.0)
 
 
 def test_help_lists_the_parameters(qgis_process):
@@ -53,9 +51,9 @@ def test_extract_patches_json(qgis_process, city, tmp_path):
 
 
 def test_extract_patches_outside_the_raster_fails_with_the_reason(qgis_process, city,
-                                                                   tmp_path):
+                                                                   synthetic_cities, tmp_path):
     _, stack = city
-    other = synthcity.generate(str(tmp_path / "far"), seed=1, size_km=0.5)
+    other = synthetic_cities.city(seed=1, size_km=0.5)
     # shift the stack far away: same CRS, no overlap with the training areas
     data = read(stack)
     moved = write_stack(tmp_path / "moved.tif", data, [f"S2:{b}" for b in synthcity.BANDS]

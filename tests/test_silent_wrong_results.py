@@ -160,12 +160,6 @@ def test_core_report_destination_is_checked_before_any_work(small_map, tmp_path)
     assert feedback.percent == [] and feedback.infos == []  # nothing was computed
 
 
-@pytest.fixture(scope="module")
-def processing(qgis_app):
-    import processing
-    return processing
-
-
 def assess(processing, small_map, tmp_path, table):
     lcz_map, areas = small_map
     return processing.run("lcz:assessaccuracy", {

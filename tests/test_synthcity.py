@@ -16,14 +16,14 @@ from tools import synthcity
 
 
 @pytest.fixture(scope="module")
-def city(tmp_path_factory):
-    return synthcity.generate(str(tmp_path_factory.mktemp("city_a")), seed=7, size_km=1.0)
+def city(synthetic_cities):
+    return synthetic_cities.city(seed=7, size_km=1.0)
 
 
 @pytest.fixture(scope="module")
-def big_city(tmp_path_factory):
+def big_city(synthetic_cities):
     """2 x 2 km: enough districts for every class (each at least twice in the draw)."""
-    return synthcity.generate(str(tmp_path_factory.mktemp("city_big")), seed=11, size_km=2.0)
+    return synthetic_cities.city(seed=11, size_km=2.0)
 
 
 def arrays_of(city) -> dict:
