@@ -79,7 +79,8 @@ def make_product(folder, reflectance: dict, x0: float, y0: float, *, epsg: int =
     reflectance, 0 = no data); 20/60 m bands are block means. Returns the .SAFE or .zip path."""
     lvl = "1C" if level == "L1C" else "2A"
     compact = date.replace("-", "")
-    name = f"S2A_MSIL{lvl}_{compact}T100031_N{baseline.replace('.', '')}_R122_{tile}_{compact}T120000"
+    number = baseline.replace(".", "")
+    name = f"S2A_MSIL{lvl}_{compact}T100031_N{number}_R122_{tile}_{compact}T120000"
     safe = os.path.join(os.fspath(folder), name + ".SAFE")
     granule = os.path.join(safe, "GRANULE", f"L{lvl}_{tile}_A000000_{compact}T100031", "IMG_DATA")
     stem = f"{tile}_{compact}T100031"

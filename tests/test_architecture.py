@@ -12,12 +12,7 @@ MAX_FUNCTION_LINES = 80
 
 # being split in issue 13; remove as they are split
 PENDING_SPLIT = {
-    "lcz_qgis_plugin/core/assessment/accuracy.py:assess_accuracy",
     "lcz_qgis_plugin/core/inference/classify.py:classify",
-    "lcz_qgis_plugin/core/preprocess/dsm.py:prepare_dsm",
-    "lcz_qgis_plugin/core/preprocess/osm.py:rasterize_osm",
-    "lcz_qgis_plugin/core/preprocess/sentinel2.py:stack_sentinel2",
-    "lcz_qgis_plugin/core/training_data/extraction.py:extract_patches",
     "training/train.py:_train",
 }
 
