@@ -299,8 +299,9 @@ def test_extract_without_buildings_gives_zeros_and_a_warning(tmp_path):
 @pytest.mark.parametrize("exceptions", [False, True])
 def test_degenerate_ways_are_dropped_in_both_ogr_error_modes(tmp_path, exceptions):
     """A pedestrian area closed on its first node (a ring of two points) cannot be buffered.
-    OGR raises or returns None depending on a process-wide switch that another library (QGIS, a script) may have flipped:
-    the way is dropped either way and the good road is still drawn."""
+    OGR raises or returns None depending on a process-wide switch that another library (QGIS,
+    a script) may have flipped: the way is dropped either way and the good road is still
+    drawn."""
     ref = reference(tmp_path / "ref.tif", 20, 20, 32633, 499900.0, 5983600.0)
     path = osm_xml(tmp_path / "roads.osm", [
         ([(15.0005, 54.0), (15.0005, 54.0)], {"highway": "pedestrian", "area": "yes"}),
