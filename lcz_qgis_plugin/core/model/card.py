@@ -58,6 +58,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..errors import ModelError
 from ..lcz_classes import LCZ_CODES, lcz_class
 
@@ -130,6 +132,64 @@ class ModelCard:
         check = self.precision_checks.get(precision)
         return bool(check) and (check["same_class"] >= SAME_CLASS_REQUIRED
                                 and check["patches"] >= PATCHES_REQUIRED)
+
+    # -- the rules both sides apply (one definition: plugin, training, evaluation) ----------
+    @property
+    def input_shape(self) -> tuple:
+        """The model's input, ``(N, C, P, P)`` with N free (None)."""
+        return (None, self.n_channels, self.patch_size, self.patch_size)
+
+    @property
+    def output_shape(self) -> tuple:
+        """The model's output, ``(N, K)`` with N free (None)."""
+        return (None, self.n_classes)
+
+    def gain_and_bias(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel float32 ``(gain, bias)`` with model input = raw * gain + bias, i.e.
+        ``((raw * scale + offset) - mean) / std`` folded into one multiply-add (cheaper on
+        every pixel of a strip than the four steps)."""
+        std = np.asarray(self.std, dtype=np.float64)
+        gain = np.asarray(self.scale, dtype=np.float64) / std
+        bias = (np.asarray(self.offset, dtype=np.float64) - np.asarray(self.mean)) / std
+        return gain.astype(np.float32), bias.astype(np.float32)
+
+    def normalise(self, raw: np.ndarray) -> np.ndarray:
+        """Model input from raw values ``(..., C, H, W)`` (the stack's own units)."""
+        gain, bias = self.gain_and_bias()
+        return (np.asarray(raw, dtype=np.float32) * gain[:, None, None]
+                + bias[:, None, None]).astype(np.float32)
+
+    def probabilities(self, output: np.ndarray, temperature: float | None = None
+                      ) -> np.ndarray:
+        """Calibrated class probabilities ``(N, K)`` from the model's raw output:
+        ``softmax(z / T)``, z = the logits, or log(probabilities) for a model that outputs
+        probabilities; T = the card's temperature unless given (calibration tries others)."""
+        t = self.temperature if temperature is None else temperature
+        z = np.asarray(output, dtype=np.float32)
+        if self.output_kind == "probabilities":
+            if t == 1.0:
+                return z / z.sum(axis=-1, keepdims=True)
+            z = np.log(np.clip(z, 1e-12, None))
+        z = z / np.float32(t)
+        z = z - z.max(axis=-1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=-1, keepdims=True)
+        return z
+
+    def shape_mismatch(self, input_shape, output_shape) -> str | None:
+        """What contradicts the card in a graph's input and output shapes (dimensions given
+        as ints, or anything else where free), or None. One check for the plugin's engines
+        and the training package's writer."""
+        expected_in = self.input_shape
+        if len(input_shape) != 4 or any(isinstance(d, int) and e is not None and d != e
+                                        for d, e in zip(input_shape, expected_in)):
+            return (f"input shape {list(input_shape)} does not match the card "
+                    f"(N, {self.n_channels}, {self.patch_size}, {self.patch_size})")
+        if len(output_shape) != 2 or (isinstance(output_shape[1], int)
+                                      and output_shape[1] != self.n_classes):
+            return (f"output shape {list(output_shape)} does not match the card "
+                    f"(N, {self.n_classes})")
+        return None
 
     # -- serialisation ---------------------------------------------------------------------
     def to_metadata_props(self) -> dict[str, str]:
