@@ -16,8 +16,9 @@ it to 1e-5. A port with a strided 3x3 convolution would need an explicit ``F.pad
 
 Layers are matched by *role*, never by guessing from shapes alone: MSMLA's residual layers
 carry the authors' names (``res2a_branch2a``...), and the auto-numbered layers (``conv2d_N``,
-``dense_N``) are taken in creation order, i.e. by their number, as
-``../shared/data/reference/msmla_keras_facts.json`` documents. Every assignment checks the
+``dense_N``) are taken in creation order, i.e. by their number, as the authors' Keras graph
+creates them (the real-data tests check this against the authors' own layer list). Every
+assignment checks the
 shape, so a file of another architecture fails with a message naming the layer.
 """
 

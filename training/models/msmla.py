@@ -1,6 +1,7 @@
 """MSMLA: multi-scale, multi-level attention network (Kim, Jeong & Kim 2021, ISPRS J. 181).
 
-Built as the authors' Keras graph builds it (see ../shared/DESIGN.md section 5):
+Built as the authors' Keras graph builds it (docs/training.md, "MSMLA as the authors built
+it", lists the differences from the paper):
 
 - multi-scale stem: parallel 5x5 -> 16, 3x3 -> 32 and 1x1 -> 16 convolutions on the input
   ('same', with bias, no BatchNorm or activation), concatenated to 64 channels;

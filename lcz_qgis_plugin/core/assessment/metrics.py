@@ -4,9 +4,9 @@ The training package (``python -m training evaluate``) and the plugin's accuracy
 both call these functions, so a number in a training report and the same number in a QGIS
 report always mean the same thing. numpy only.
 
-Conventions (DESIGN.md §7): the confusion matrix has the reference in rows and the prediction in
-columns, ordered by LCZ code 1-17 (1-10, then A-G). Cells whose reference or prediction is
-no-data (0, or any value outside 1-17) are not counted.
+Conventions: the confusion matrix has the reference in rows and the prediction in columns,
+ordered by LCZ code 1-17 (1-10, then A-G). Cells whose reference or prediction is no-data (0,
+or any value outside 1-17) are not counted.
 
 - OA: trace / total.
 - WA (Bechtel et al. 2017): sum(W * CM) / sum(CM) with the symmetric similarity matrix
