@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 from lcz_testing import channel_names, identity_card, linear_probe_model
@@ -14,6 +15,7 @@ from lcz_qgis_plugin.core.model.card import (
     SCHEMA_VERSION,
     TEMPERATURE_RANGE,
     ModelCard,
+    standardise,
 )
 from lcz_qgis_plugin.core.model.card_writer import write_model_card
 
@@ -52,6 +54,43 @@ def test_writer_refuses_a_graph_that_contradicts_the_card(tmp_path):
     wrong = identity_card("a", channel_names(3), 6)
     with pytest.raises(ModelError, match="input shape"):
         write_model_card(path, wrong)
+
+
+def test_standardise_is_the_normalisation_after_scaling():
+    """Training and evaluation read values already scaled (raw * scale + offset) and
+    standardise them; the plugin folds both steps into one gain and bias: the same input."""
+    card = identity_card("m", channel_names(3), 4, scale=[1e-4, 2.0, 1.0],
+                         offset=[0.0, -3.0, 0.5], mean=[0.1, 5.0, -2.0], std=[0.05, 4.0, 3.0])
+    raw = np.random.default_rng(0).uniform(0, 3000, (5, 3, 4, 4)).astype(np.float32)
+    scaled = (raw * np.float32(card.scale)[:, None, None]
+              + np.float32(card.offset)[:, None, None])
+    np.testing.assert_allclose(card.standardise(scaled), card.normalise(raw), rtol=1e-4,
+                               atol=1e-4)
+    np.testing.assert_array_equal(card.standardise(scaled),
+                                  standardise(scaled, card.mean, card.std))
+
+
+@pytest.mark.parametrize("kind", ["logits", "probabilities"])
+@pytest.mark.parametrize("temperature", [1.0, 1.7])
+def test_evaluation_uses_the_cards_calibrated_softmax(kind, temperature):
+    """softmax(z / T), z = logits or log(probabilities): one rule for the plugin (float32)
+    and the training package's evaluation (float64, from the scores it keeps for fitting T)."""
+    from training.evaluate import scores_of
+    from training.evaluate import softmax as evaluation_softmax
+    card = identity_card("m", channel_names(2), 4, class_codes=[2, 8, 11], output_kind=kind,
+                         temperature=temperature)
+    z = np.random.default_rng(1).normal(size=(6, 3)) * 3
+    expected = np.exp(z / temperature) / np.exp(z / temperature).sum(axis=1, keepdims=True)
+    output = z if kind == "logits" else np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    output = output.astype(np.float32)
+    p32, p64 = card.probabilities(output), card.probabilities(output, dtype=np.float64)
+    assert p32.dtype == np.float32 and p64.dtype == np.float64
+    np.testing.assert_allclose(p32, expected, atol=1e-5)
+    np.testing.assert_allclose(p64, expected, atol=1e-5)  # z itself is in float32
+    evaluated = evaluation_softmax(scores_of(output, card), card.temperature)
+    np.testing.assert_allclose(evaluated, p64, rtol=1e-12, atol=1e-15)
+    if temperature != 1.0 or kind == "logits":
+        np.testing.assert_array_equal(evaluated, p64)
 
 
 def valid_props():

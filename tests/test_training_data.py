@@ -5,9 +5,18 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from lcz_testing import RecordingFeedback
 from torch.nn import functional as F
-from training_data import S2_NAMES, one_torch_thread, write_patch_file, write_so2sat  # noqa: F401
+from training_data import (  # noqa: F401
+    S2_NAMES,
+    TOY_CODES,
+    one_torch_thread,
+    write_patch_file,
+    write_so2sat,
+)
 
+from lcz_qgis_plugin.core.channels import SO2SAT_BANDS, SO2SAT_CHANNELS, default_scale
+from lcz_qgis_plugin.core.model.card import ModelCard
 from training import datasets as ds
 from training.train import (
     TrainingError,
@@ -86,6 +95,51 @@ def test_polygon_split_keeps_every_polygon_on_one_side():
     assert 0.2 <= len(val) / len(polygons) < 0.3
 
 
+def test_polygon_split_is_the_extraction_rule_per_class():
+    """--val-fraction holds out polygons as lcz:extractpatches does (one rule): per class,
+    sized in patches, at least one validation polygon for a class with two polygons, the
+    same polygons for the same seed; a class with one polygon stays in training, said so."""
+    from lcz_qgis_plugin.core.training_data.extraction import split_polygons
+    sizes = {0: 2, 1: 9, 2: 3, 3: 5, 4: 8, 5: 1, 6: 6, 7: 4, 8: 7}
+    polygons = np.repeat(list(sizes), list(sizes.values()))
+    codes = np.repeat([2, 2, 2, 8, 8, 8, 8, 11, 17], list(sizes.values()))
+    codes[1] = 17  # one patch of polygon 0 (its other patch is class 2)
+    feedback = RecordingFeedback()
+    train, val = ds.polygon_split(polygons, 0.3, 5, codes, feedback)
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(len(polygons)))
+    held = set(polygons[val].tolist())
+    assert not held & set(polygons[train].tolist())
+    assert held & {0, 1, 2} and held & {3, 4, 5, 6} and not held & {7, 8}
+    expected = split_polygons({2: [0, 1, 2], 8: [3, 4, 5, 6], 11: [7], 17: [8]}, 0.3, 0.0,
+                              np.random.default_rng(5), RecordingFeedback(), sizes)
+    assert held == {p for p, s in expected.items() if s == 1}
+    assert any("A (1), G (1)" in line for line in feedback.warnings)  # LCZ 11, 17
+
+
+def test_batches_are_standardised_by_the_model_cards_rule(tmp_path):
+    """The model sees in training what the plugin gives it: the card's (value - mean) / std,
+    bit for bit."""
+    path = write_patch_file(tmp_path / "p.h5", n=12, patch=8)
+    source, rows = ds.open_source(path)
+    split = ds.make_split(source, rows, list(TOY_CODES), "training")
+    mean, std = ds.channel_statistics(source, split.rows)
+    card = ModelCard(name="m", channels=source.channels, patch_size=8, scale=source.card_scale,
+                     offset=source.card_offset, mean=[float(v) for v in mean],
+                     std=[float(v) for v in std], class_codes=list(TOY_CODES))
+    x, _, _ = ds.BatchReader(source, split, mean, std, list(TOY_CODES))[np.arange(5)]
+    expected = card.standardise(source.read(split.rows[:5]))
+    np.testing.assert_array_equal(x.numpy(), expected)
+    with h5py.File(path) as f:  # and the plugin's gain and bias on the raw DN give the same
+        raw = f["patches"][split.rows[:5]]
+    np.testing.assert_allclose(card.normalise(raw), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_so2sat_channel_names_and_scales_are_the_cores():
+    assert ds.S2_CHANNELS == list(SO2SAT_CHANNELS) == [f"S2:{b}" for b in SO2SAT_BANDS]
+    assert [default_scale(c) for c in ("S2:B8A", "s2:b02", "S1:VV_real", "DSM:height")] == \
+        [1e-4, 1e-4, 1.0, 1.0]
+
+
 def test_class_weights_are_inverse_frequencies():
     labels = np.array([0] * 6 + [1] * 3 + [2] * 1)
     # w_c = N / (K n_c) = 10 / (3 * [6, 3, 1])
@@ -146,6 +200,33 @@ def test_config_file_and_overrides(tmp_path):
     bad.write_text('{"epochz": 3}')
     with pytest.raises(TrainingError, match="unknown key.*epochz"):
         load_config_file(str(bad))
+
+
+def test_train_options_are_the_config_fields():
+    """Each TrainConfig field is a command-line option (but the two config-file-only ones),
+    with its switch style; lists are split at commas; unset options stay None."""
+    from training.cli import build_parser
+    from training.config import TrainConfig, given_options
+    parser = build_parser()
+    train_parser = parser._subparsers._group_actions[0].choices["train"]
+    flags = {a.dest for a in train_parser._actions} - {"help", "config", "resume"}
+    assert set(TrainConfig.fields()) - flags == {"step_every", "step_factor"}
+    assert flags <= set(TrainConfig.fields())
+    args = parser.parse_args([
+        "train", "--model", "sen2lcz", "--no-class-weights", "--no-soft-labels", "--augment",
+        "--drop-unknown-validation", "--no-progress", "--classes", "2, 8", "--channels",
+        "S2:B02,S2:B03", "--val-fraction", "0.3", "--epochs", "7", "--amp", "off"])
+    given = given_options(args)
+    assert (given["class_weights"], given["soft_labels"], given["augment"]) == \
+        (False, False, True)
+    assert given["drop_unknown_validation"] is True and given["progress"] is False
+    assert given["classes"] == [2, 8] and given["channels"] == ["S2:B02", "S2:B03"]
+    assert (given["val_fraction"], given["epochs"], given["lr"]) == (0.3, 7, None)
+    config = make_config({"lr": 0.01, "epochs": 3}, given)
+    assert (config.model, config.lr, config.epochs, config.amp) == ("sen2lcz", 0.01, 7, "off")
+    assert make_config(None, given_options(parser.parse_args(["train"]))) == make_config()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--progress"])  # only --no-progress exists
 
 
 def test_flips_and_rotations_only_rearrange_each_patch():

@@ -40,13 +40,13 @@ from osgeo import gdal  # noqa: E402
 
 from lcz_qgis_plugin.core.assessment.metrics import format_percent  # noqa: E402
 from lcz_qgis_plugin.core.assessment.quicklook import write_quicklook  # noqa: E402
+from lcz_qgis_plugin.core.channels import SO2SAT_CHANNELS  # noqa: E402
 from tools import synthcity  # noqa: E402
 from tools.qgis_runner import QgisProcess  # noqa: E402
 
 MODEL3 = os.path.join("lcz_qgis_plugin", "models", "lcz_map_from_downloads.model3")
 """The graphical model, relative to the plugins folder: the demo runs the installed copy."""
-S2_CHANNELS = ["S2:B02", "S2:B03", "S2:B04", "S2:B05", "S2:B06", "S2:B07", "S2:B08", "S2:B8A",
-               "S2:B11", "S2:B12"]
+S2_CHANNELS = list(SO2SAT_CHANNELS)
 ANCILLARY = ["OSM:building_fraction", "DSM:height", "OSM:impervious_fraction"]
 MODELS = {"ancillary": S2_CHANNELS + ANCILLARY, "s2_only": S2_CHANNELS}
 

@@ -72,6 +72,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from lcz_qgis_plugin.core.channels import S2_ALL, SO2SAT_BANDS  # noqa: E402
 from lcz_qgis_plugin.core.lcz_classes import lcz_class  # noqa: E402
 from lcz_qgis_plugin.core.style import category_names, class_map_qml, colour_table  # noqa: E402
 
@@ -86,11 +87,11 @@ PX = int(CELL / FINE)
 BOA_ADD_OFFSET = -1000
 QUANTIFICATION = 10000
 
-BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+BANDS = SO2SAT_BANDS
 """The So2Sat LCZ42 band order."""
-BAND_ID = {"B01": 0, "B02": 1, "B03": 2, "B04": 3, "B05": 4, "B06": 5, "B07": 6, "B08": 7,
-           "B8A": 8, "B09": 9, "B10": 10, "B11": 11, "B12": 12}
-"""``band_id`` of each band in ``MTD_MSIL2A.xml`` (Spectral_Information bandId)."""
+BAND_ID = {band: number for number, band in enumerate(S2_ALL)}
+"""``band_id`` of each band in ``MTD_MSIL2A.xml`` (Spectral_Information bandId): its
+position in the products' band order."""
 NATIVE_RESOLUTION = {"B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20,
                      "B08": 10, "B8A": 20, "B09": 60, "B10": 60, "B11": 20, "B12": 20}
 RES10 = ("B02", "B03", "B04", "B08")

@@ -20,52 +20,14 @@ def _csv_list(text: str | None, kind=str):
 
 
 def _add_train(sub):
+    from .config import add_options
     p = sub.add_parser("train", help="train a model (config file + overrides)",
                        description="Train an LCZ model. Defaults: the MSMLA paper's setup "
                        "(Adam lr 0.002, Keras decay 0.004 per iteration, batch 32, early stop "
                        "15). Values: defaults < --setup < --config file < options.")
     p.add_argument("--config", help="JSON or TOML file of training options")
     p.add_argument("--resume", help="checkpoint (last.pt) to continue from")
-    p.add_argument("--model", help="msmla18 | msmla50 | sen2lcz | resnet20")
-    p.add_argument("--cbam", choices=["faithful", "paper"])
-    p.add_argument("--train", help="So2Sat h5 or patch file (path or path#train)")
-    p.add_argument("--val", help="validation file (path or path#validation)")
-    p.add_argument("--val-fraction", type=float,
-                   help="patch file without a split: share of polygons kept for validation")
-    p.add_argument("--channels", help="comma-separated channel names, e.g. S2:B02,S2:B03")
-    p.add_argument("--classes", help="comma-separated LCZ codes 1-17 (default: those present)")
-    p.add_argument("--drop-unknown-validation", action="store_true", default=None,
-                   help="leave out validation samples of classes the training data lacks "
-                        "(validation areas from another city) instead of stopping")
-    p.add_argument("--setup", choices=["paper", "authors-code"])
-    p.add_argument("--optimizer", choices=["adam", "nadam", "sgd"])
-    p.add_argument("--lr", type=float)
-    p.add_argument("--decay", type=float, help="Keras-2 decay: lr / (1 + decay * iteration)")
-    p.add_argument("--schedule", choices=["inverse-time", "step", "constant"])
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--patience", type=int, help="early stopping patience (epochs)")
-    p.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=None,
-                   help="weight the loss by inverse class frequency")
-    p.add_argument("--soft-labels", action=argparse.BooleanOptionalAction, default=None,
-                   help="train on label distributions where the data has them")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random flips and 90-degree rotations of training patches")
-    p.add_argument("--bn-momentum", type=float,
-                   help="BatchNorm momentum, Keras semantics (default 0.99; lower adapts the "
-                        "running statistics faster on small data sets)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--workers", type=int, help="DataLoader worker processes")
-    p.add_argument("--threads", type=int,
-                   help="CPU threads for PyTorch (default 0: OMP_NUM_THREADS when set, else "
-                        "one per physical core, shared among torchrun's processes on a node)")
-    p.add_argument("--amp", choices=["auto", "on", "off"])
-    p.add_argument("--device", help="auto | cpu | cuda")
-    p.add_argument("--out", help="run folder (checkpoints, log.csv)")
-    p.add_argument("--max-steps-per-epoch", type=int)
-    p.add_argument("--stats-samples", type=int, help="patches used for mean/std (0 = all)")
-    p.add_argument("--version", help="model version written into the model card")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    add_options(p)  # one per field of training.config.TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,19 +104,12 @@ def run(args) -> int:
         from .summary import summary
         print(summary(args.model, args.channels, args.patch, args.cbam))
     elif args.command == "train":
+        from .config import given_options
         from .train import load_checkpoint, load_config_file, make_config, train
         file_values = load_config_file(args.config) if args.config else {}
         if args.resume and not args.config:
             file_values = load_checkpoint(args.resume)["config"]
-        overrides = {k: getattr(args, k) for k in
-                     ("model", "cbam", "train", "val", "val_fraction", "setup", "optimizer",
-                      "lr", "decay", "schedule", "epochs", "batch_size", "patience", "bn_momentum",
-                      "class_weights", "soft_labels", "augment", "seed", "workers", "amp",
-                      "device", "out", "max_steps_per_epoch", "stats_samples", "version",
-                      "progress", "drop_unknown_validation", "threads")}
-        overrides["channels"] = _csv_list(args.channels)
-        overrides["classes"] = _csv_list(args.classes, int)
-        result = train(make_config(file_values, overrides), resume=args.resume)
+        result = train(make_config(file_values, given_options(args)), resume=args.resume)
         if result["rank"] == 0:
             print(f"best checkpoint: {result['best']} (validation loss "
                   f"{result['best_val_loss']:.4f}, {result['epochs']} epochs)")

@@ -20,9 +20,9 @@ import os
 
 import torch
 
+from lcz_qgis_plugin.core.channels import SO2SAT_CHANNELS, default_scale
 from lcz_qgis_plugin.core.model.card import ModelCard
 
-from .datasets import S2_CHANNELS, S2_DN_SCALE
 from .export import export_onnx
 from .keras_weights import KerasWeightsError, load_resnet20, load_sen2lcz, read_keras_h5, sha256
 from .models import build_model
@@ -57,18 +57,19 @@ def keras_to_torch(path: str, architecture: str | None = None):
     if architecture not in LOADERS:
         raise KerasWeightsError(f"unknown architecture {architecture!r}; choose "
                                 f"{', '.join(LOADERS)}")
-    model = build_model(architecture, channels=len(S2_CHANNELS))
+    model = build_model(architecture, channels=len(SO2SAT_CHANNELS))
     return architecture, LOADERS[architecture](model, path)
 
 
 def pretrained_card(architecture: str, weights_path: str) -> ModelCard:
-    n = len(S2_CHANNELS)
+    n = len(SO2SAT_CHANNELS)
     provenance = dict(SOURCES[architecture], dataset="So2Sat LCZ42 (sen2)",
                       weights_sha256=sha256(weights_path),
                       converted_from=os.path.basename(weights_path),
                       converter="python -m training convert-keras")
-    return ModelCard(name=architecture, channels=list(S2_CHANNELS), patch_size=32,
-                     scale=[S2_DN_SCALE] * n, offset=[0.0] * n, mean=[0.0] * n, std=[1.0] * n,
+    return ModelCard(name=architecture, channels=list(SO2SAT_CHANNELS), patch_size=32,
+                     scale=[default_scale(c) for c in SO2SAT_CHANNELS], offset=[0.0] * n,
+                     mean=[0.0] * n, std=[1.0] * n,
                      pixel_size=10.0, cell_size=100.0, output_kind="probabilities",
                      version="so2sat-pretrained", provenance=provenance)
 

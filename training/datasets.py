@@ -16,8 +16,12 @@ Channel names
 
 For the model card: So2Sat stores reflectance, while a user's stack holds Sentinel-2 DN, so
 a model trained on So2Sat S2 bands gets scale 1e-4 (DN / 10000) in its metadata; S1 channels
-get scale 1. A patch file stores the stack's own values and says how to scale them; that
-scale/offset goes into the card unchanged.
+get scale 1 (:func:`lcz_qgis_plugin.core.channels.default_scale`). A patch file stores the
+stack's own values and says how to scale them; that scale/offset goes into the card unchanged.
+
+Patches are standardised as the model card says, ``(value - mean) / std`` per channel
+(:func:`lcz_qgis_plugin.core.model.card.standardise`), so a model sees in training exactly
+what the plugin gives it.
 """
 
 from __future__ import annotations
@@ -28,15 +32,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lcz_qgis_plugin.core.channels import SO2SAT_CHANNELS, default_scale
+from lcz_qgis_plugin.core.feedback import Feedback
 from lcz_qgis_plugin.core.lcz_classes import LCZ_CODES, lcz_class
+from lcz_qgis_plugin.core.model.card import standardise
+from lcz_qgis_plugin.core.training_data.extraction import split_polygons
 from lcz_qgis_plugin.core.training_data.patch_file import SPLITS, open_patch_file
 
-S2_CHANNELS = ["S2:B02", "S2:B03", "S2:B04", "S2:B05", "S2:B06", "S2:B07", "S2:B08",
-               "S2:B8A", "S2:B11", "S2:B12"]
+S2_CHANNELS = list(SO2SAT_CHANNELS)
 S1_CHANNELS = ["S1:VH_real", "S1:VH_imag", "S1:VV_real", "S1:VV_imag", "S1:VH_lee",
                "S1:VV_lee", "S1:C12_real", "S1:C12_imag"]
 SO2SAT_KEYS = {"sen2": S2_CHANNELS, "sen1": S1_CHANNELS}
-S2_DN_SCALE = 1e-4
 
 
 class DataError(ValueError):
@@ -122,7 +128,7 @@ class So2SatFile(PatchSource):
             self.codes = codes
             self.has_soft_labels = soft
         self.channels = channels
-        self.card_scale = [S2_DN_SCALE if n in S2_CHANNELS else 1.0 for n in channels]
+        self.card_scale = [default_scale(n) for n in channels]
         self.card_offset = [0.0] * len(channels)
         self._file = None
 
@@ -238,19 +244,36 @@ def open_source(spec: str, channels: list[str] | None = None):
     return source, rows
 
 
-def polygon_split(polygon_ids: np.ndarray, fraction: float, seed: int):
-    """Rows for (train, validation): whole polygons go to validation until ``fraction`` of rows."""
-    rng = np.random.default_rng(seed)
-    polygons = rng.permutation(np.unique(polygon_ids))
-    val, count, target = [], 0, fraction * len(polygon_ids)
-    sizes = {p: s for p, s in zip(*np.unique(polygon_ids, return_counts=True))}
-    for p in polygons:
-        if count >= target:
-            break
-        val.append(p)
-        count += sizes[p]
+def polygon_split(polygon_ids: np.ndarray, fraction: float, seed: int,
+                  codes: np.ndarray | None = None, feedback: Feedback | None = None):
+    """Rows for (train, validation), by whole polygons: the rule of ``lcz:extractpatches``
+    (:func:`lcz_qgis_plugin.core.training_data.extraction.split_polygons`), which picks per
+    class the polygons whose patches come closest to ``fraction`` of the class's patches
+    (one validation polygon at least once a class has two; one always stays in training).
+    A polygon counts for the class most of its patches have (``codes``: LCZ code per row;
+    None: one class)."""
+    polygons, sizes = np.unique(polygon_ids, return_counts=True)
+    classes = _polygon_classes(polygon_ids, codes, polygons)
+    by_class: dict[int, list[int]] = {}
+    for polygon, code in zip(polygons.tolist(), classes.tolist()):
+        by_class.setdefault(code, []).append(polygon)
+    split = split_polygons(by_class, fraction, 0.0, np.random.default_rng(seed),
+                           feedback or Feedback(), dict(zip(polygons.tolist(), sizes.tolist())))
+    val = [p for p, s in split.items() if s == SPLITS["validation"]]
     in_val = np.isin(polygon_ids, val)
     return np.flatnonzero(~in_val), np.flatnonzero(in_val)
+
+
+def _polygon_classes(polygon_ids: np.ndarray, codes: np.ndarray | None,
+                     polygons: np.ndarray) -> np.ndarray:
+    """The LCZ code most patches of each polygon have (ties: the lower code); with ``codes``
+    None, all polygons count as one class (the first code, named so in warnings)."""
+    if codes is None:
+        return np.full(len(polygons), LCZ_CODES[0], np.int64)
+    where = np.searchsorted(polygons, polygon_ids)
+    counts = np.zeros((len(polygons), max(LCZ_CODES) + 1), np.int64)
+    np.add.at(counts, (where, np.asarray(codes, np.int64)), 1)
+    return counts.argmax(axis=1)
 
 
 def make_split(source: PatchSource, rows, class_codes: list[int], role: str,
@@ -336,8 +359,8 @@ class BatchReader(torch.utils.data.Dataset):
     def __init__(self, source: PatchSource, split: Split, mean, std, class_codes: list[int],
                  soft_labels: bool = False, augment: bool = False, seed: int = 0):
         self.source, self.split = source, split
-        self.mean = torch.as_tensor(mean, dtype=torch.float32)[:, None, None]
-        self.std = torch.as_tensor(std, dtype=torch.float32)[:, None, None]
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
         self.class_codes = list(class_codes)
         self.n_classes = len(class_codes)
         self.soft_labels = soft_labels and source.has_soft_labels
@@ -351,7 +374,7 @@ class BatchReader(torch.utils.data.Dataset):
     def __getitem__(self, positions):
         positions = np.sort(np.asarray(positions))
         rows = self.split.rows[positions]
-        x = (torch.from_numpy(self.source.read(rows)) - self.mean) / self.std
+        x = torch.from_numpy(standardise(self.source.read(rows), self.mean, self.std))
         labels = torch.from_numpy(self.split.labels[positions])
         target = torch.nn.functional.one_hot(labels, self.n_classes).float()
         if self.soft_labels:

@@ -29,7 +29,7 @@ from lcz_qgis_plugin.core.assessment.metrics import (
 )
 from lcz_qgis_plugin.core.commit import Commit
 from lcz_qgis_plugin.core.lcz_classes import LCZ_CLASSES
-from lcz_qgis_plugin.core.model.card import TEMPERATURE_RANGE, ModelCard
+from lcz_qgis_plugin.core.model.card import TEMPERATURE_RANGE, ModelCard, softmax
 
 from . import datasets as ds
 
@@ -71,17 +71,10 @@ class Predictor:
             return self.model(t).numpy()
 
 
-def scores_of(raw: np.ndarray, card: ModelCard, temperature: float | None = None) -> np.ndarray:
-    """z: logits, or log-probabilities for a probability model (DESIGN section 7)."""
-    raw = raw.astype(np.float64)
-    return np.log(np.clip(raw, 1e-12, None)) if card.output_kind == "probabilities" else raw
-
-
-def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = z / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=1, keepdims=True)
+def scores_of(raw: np.ndarray, card: ModelCard) -> np.ndarray:
+    """z in float64: logits, or log-probabilities for a probability model; the card's rule
+    (:meth:`ModelCard.scores`), whose :func:`softmax` gives the calibrated probabilities."""
+    return card.scores(raw, np.float64)
 
 
 def predict(predictor: Predictor, data: str, batch_size: int = 256, limit: int = 0):
@@ -97,12 +90,10 @@ def predict(predictor: Predictor, data: str, batch_size: int = 256, limit: int =
     rows = np.arange(len(source)) if rows is None else np.sort(rows)
     if limit:
         rows = rows[:limit]
-    mean = np.asarray(card.mean, np.float32)[:, None, None]
-    std = np.asarray(card.std, np.float32)[:, None, None]
     z = np.empty((len(rows), card.n_classes))
     for start in range(0, len(rows), batch_size):
-        x = (source.read(rows[start:start + batch_size]) - mean) / std
-        z[start:start + len(x)] = scores_of(predictor.raw(x.astype(np.float32)), card)
+        x = card.standardise(source.read(rows[start:start + batch_size]))
+        z[start:start + len(x)] = scores_of(predictor.raw(x), card)
     return source.codes[rows], z
 
 

@@ -20,16 +20,17 @@ epoch take 393 s instead of 57-140 s on one thread: hyper-threads and other user
 compete for the same cores, and every OpenMP barrier waits for the slowest thread. Physical
 cores remove only the hyper-thread part of that; when the machine is already busy the run
 prints a note suggesting ``--threads 1`` (:func:`busy_machine_note`).
+
+Where things are: the options in :mod:`.config`, several processes in :mod:`.distributed`,
+checkpoints and resuming in :mod:`.checkpoints`, the data in :mod:`.datasets`; here the run
+itself, :class:`Trainer`, in the steps of torchgeo's trainer hooks.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
-import datetime as _dt
 import io
 import json
-import math
 import os
 import sys
 import time
@@ -40,141 +41,43 @@ import torch
 from torch.nn import functional as F
 
 from lcz_qgis_plugin.core.commit import Commit
+from lcz_qgis_plugin.core.feedback import ConsoleFeedback, Feedback
 from lcz_qgis_plugin.core.inference.engine import physical_cores
 
 from . import datasets as ds
+from .checkpoints import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    RunState,
+    check_resumable,
+    checkpoint_payload,
+    describe_model,
+    load_checkpoint,
+    model_from_checkpoint,
+    resume_training,
+    save_checkpoint,
+)
+from .config import SETUPS, TrainConfig, TrainingError, load_config_file, make_config
+from .distributed import (
+    Dist,
+    all_reduce_sum,
+    init_distributed,
+    leave_distributed,
+    process_device,
+    wrap_model,
+)
 from .models import build_model
 
-CHECKPOINT_FORMAT = "lcz-training-checkpoint"
-CHECKPOINT_VERSION = 1
+__all__ = [  # the run, and what callers have imported from here before the split
+    "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "SETUPS", "Dist", "TrainConfig", "Trainer",
+    "TrainingError", "all_reduce_sum", "busy_machine_note", "init_distributed",
+    "learning_rate", "load_checkpoint", "load_config_file", "make_config", "make_optimizer",
+    "model_from_checkpoint", "pick_device", "save_checkpoint", "soft_cross_entropy", "train",
+    "training_threads",
+]
 
 
-class TrainingError(RuntimeError):
-    """A training run that cannot go on; the message says why and what to do."""
-
-
-@dataclass
-class TrainConfig:
-    model: str = "msmla18"
-    cbam: str = "faithful"
-    train: str = ""
-    val: str = ""
-    val_fraction: float = 0.0
-    channels: list | None = None
-    classes: list | None = None
-    drop_unknown_validation: bool = False
-    """Validation samples of classes absent from the training data are dropped (with a
-    message) instead of refused; for validation areas from another city."""
-    setup: str = "paper"
-    optimizer: str = "adam"
-    lr: float = 0.002
-    decay: float = 0.004
-    schedule: str = "inverse-time"      # inverse-time (Keras 2 decay) | step | constant
-    step_every: int = 5
-    step_factor: float = 0.004
-    epochs: int = 100
-    batch_size: int = 32
-    patience: int = 15
-    bn_momentum: float = 0.99           # Keras semantics: running = m * running + (1 - m) * batch
-    class_weights: bool = False
-    soft_labels: bool = True
-    augment: bool = True
-    seed: int = 0
-    workers: int = 0
-    threads: int = 0                    # CPU threads; 0 = physical cores (training_threads)
-    amp: str = "auto"                   # auto (on CUDA) | on | off
-    device: str = "auto"
-    out: str = "runs/lcz"
-    max_steps_per_epoch: int = 0        # 0 = whole epochs; >0 for smoke tests
-    stats_samples: int = 0              # 0 = all training patches
-    version: str = "0"
-    progress: bool = True
-
-    @classmethod
-    def fields(cls) -> dict:
-        return {f.name: f for f in dataclasses.fields(cls)}
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-SETUPS = {
-    "paper": dict(optimizer="adam", lr=0.002, decay=0.004, schedule="inverse-time"),
-    "authors-code": dict(optimizer="nadam", lr=0.001, schedule="step", step_every=5,
-                         step_factor=0.004),
-}
-
-
-def load_config_file(path: str) -> dict:
-    """A JSON or TOML file of TrainConfig keys (TOML may put them under [train])."""
-    if not os.path.isfile(path):
-        raise TrainingError(f"config file not found: {path}")
-    try:
-        if path.endswith(".toml"):
-            import tomllib
-            with open(path, "rb") as f:
-                values = tomllib.load(f)
-            values = values.get("train", values)
-        else:
-            with open(path, encoding="utf-8") as f:
-                values = json.load(f)
-    except (ValueError, OSError) as exc:
-        raise TrainingError(f"config file {path} cannot be parsed: {exc}") from None
-    unknown = sorted(set(values) - set(TrainConfig.fields()))
-    if unknown:
-        raise TrainingError(f"config file {path}: unknown key(s) {', '.join(unknown)}; "
-                            f"known: {', '.join(TrainConfig.fields())}")
-    return {k.replace("-", "_"): v for k, v in values.items()}
-
-
-def make_config(file_values: dict | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Defaults < setup preset < config file < command-line overrides."""
-    values = dict(file_values or {})
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    setup = values.get("setup", "paper")
-    if setup not in SETUPS:
-        raise TrainingError(f"unknown setup {setup!r}; choose {', '.join(SETUPS)}")
-    merged = dict(SETUPS[setup])
-    merged.update(values)
-    return TrainConfig(**merged)
-
-
-# -- distributed helpers -------------------------------------------------------------------------
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-
-def init_distributed(device_name: str) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    import torch.distributed as dist
-    backend = "nccl" if device_name.startswith("cuda") else "gloo"
-    dist.init_process_group(backend)
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(),
-                local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def all_reduce_sum(values: list[float], dist_info: Dist, device) -> list[float]:
-    if not dist_info.active:
-        return values
-    import torch.distributed as dist
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
+# -- threads and device --------------------------------------------------------------------------
 def training_threads(requested: int) -> tuple[int, str]:
     """(CPU threads for torch, where the number comes from) for ``--threads requested``.
 
@@ -273,69 +176,26 @@ def make_optimizer(config: TrainConfig, params):
     raise TrainingError(f"unknown optimizer {config.optimizer!r}; use adam, nadam or sgd.")
 
 
-# -- checkpoints ---------------------------------------------------------------------------------
-def save_checkpoint(path: str, payload: dict) -> None:
-    """Written under a temporary name and moved into place (:mod:`commit`): a crash or a
-    full disk never leaves half a checkpoint, and the previous one stays until then."""
-    with Commit() as files:
-        files.save_with(path, lambda temp: torch.save(payload, temp), "checkpoint",
-                        errors=(RuntimeError,))  # torch's zip writer reports failed writes so
+# -- the data ------------------------------------------------------------------------------------
+@dataclass
+class RunData:
+    """What a run trains and validates on."""
+
+    source: ds.PatchSource
+    val_source: ds.PatchSource
+    train_split: ds.Split
+    val_split: ds.Split
+    classes: list[int]               # LCZ codes the model predicts, in output order
+    weights: np.ndarray | None       # loss weight per class (--class-weights), else None
 
 
-def load_checkpoint(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise TrainingError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrainingError(f"checkpoint {path} cannot be read ({first[:120]}): the file is "
-                            "damaged or incomplete. Resume from another checkpoint (best.pt / "
-                            "last.pt) or start a new run.") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise TrainingError(f"{path} is not a checkpoint of this training package.")
-    if payload.get("version", 0) > CHECKPOINT_VERSION:
-        raise TrainingError(f"{path} was written by a newer training package; update it.")
-    return payload
-
-
-def model_from_checkpoint(payload: dict):
-    model = build_model(payload["model"], channels=len(payload["channels"]),
-                        classes=len(payload["class_codes"]), **payload["model_options"])
-    model.load_state_dict(payload["state_dict"])
-    return model.eval()
-
-
-# -- the run -------------------------------------------------------------------------------------
-def _model_options(config: TrainConfig, patch_size: int) -> dict:
-    if config.model.startswith("msmla"):
-        return {"cbam": config.cbam}
-    if config.model == "resnet20":
-        return {"patch_size": patch_size}
-    return {}
-
-
-def _open_data(config: TrainConfig):
+def open_data(config: TrainConfig, feedback: Feedback | None = None) -> RunData:
+    """The training and validation data of ``config``; problems end in a TrainingError that
+    says what to give instead."""
     if not config.train:
         raise TrainingError("no training data: give --train FILE (So2Sat h5 or patch file).")
     try:
-        source, rows = ds.open_source(config.train, config.channels)
-        if config.val:
-            val_source, val_rows = ds.open_source(config.val, config.channels)
-        elif config.val_fraction > 0:
-            if not isinstance(source, ds.PatchFile):
-                raise ds.DataError("--val-fraction splits a patch file by polygon; for So2Sat "
-                                   "give the validation file with --val.")
-            ids = source.polygon_ids if rows is None else source.polygon_ids[rows]
-            base = np.arange(len(source)) if rows is None else rows
-            tr, va = ds.polygon_split(ids, config.val_fraction, config.seed)
-            rows, val_source, val_rows = base[tr], source, base[va]
-        else:
-            raise ds.DataError("no validation data: give --val FILE (or FILE#validation), or "
-                               "--val-fraction for a patch file.")
-        if val_source.channels != source.channels or \
-                val_source.patch_size != source.patch_size:
-            raise ds.DataError("training and validation data differ in channels or patch size.")
+        source, rows, val_source, val_rows = _sources(config, feedback or Feedback())
         train_codes = source.codes if rows is None else source.codes[rows]
         classes = ds.choose_classes(train_codes, config.classes, config.train)
         train_split = ds.make_split(source, rows, classes, "training")
@@ -347,9 +207,41 @@ def _open_data(config: TrainConfig):
             if config.class_weights else None
     except ds.DataError as exc:
         raise TrainingError(str(exc)) from None
-    return source, val_source, train_split, val_split, classes, weights
+    return RunData(source, val_source, train_split, val_split, classes, weights)
 
 
+def _sources(config: TrainConfig, feedback: Feedback):
+    """(training source, its rows, validation source, its rows); rows None: all. Without
+    ``--val``, ``--val-fraction`` holds out whole polygons of the training patch file."""
+    source, rows = ds.open_source(config.train, config.channels)
+    if config.val:
+        val_source, val_rows = ds.open_source(config.val, config.channels)
+    elif config.val_fraction > 0:
+        if not isinstance(source, ds.PatchFile):
+            raise ds.DataError("--val-fraction splits a patch file by polygon; for So2Sat "
+                               "give the validation file with --val.")
+        base = np.arange(len(source)) if rows is None else rows
+        tr, va = ds.polygon_split(source.polygon_ids[base], config.val_fraction, config.seed,
+                                  source.codes[base], feedback)
+        rows, val_source, val_rows = base[tr], source, base[va]
+    else:
+        raise ds.DataError("no validation data: give --val FILE (or FILE#validation), or "
+                           "--val-fraction for a patch file.")
+    if val_source.channels != source.channels or \
+            val_source.patch_size != source.patch_size:
+        raise ds.DataError("training and validation data differ in channels or patch size.")
+    return source, rows, val_source, val_rows
+
+
+def _model_options(config: TrainConfig, patch_size: int) -> dict:
+    if config.model.startswith("msmla"):
+        return {"cbam": config.cbam}
+    if config.model == "resnet20":
+        return {"patch_size": patch_size}
+    return {}
+
+
+# -- the run -------------------------------------------------------------------------------------
 def train(config: TrainConfig, resume: str | None = None) -> dict:
     """Run training; returns a summary (paths of best.pt / last.pt, epochs, best val loss)."""
     device_name = pick_device(config.device)
@@ -363,175 +255,200 @@ def train(config: TrainConfig, resume: str | None = None) -> dict:
         if note:
             print(note, flush=True)
     try:
-        return _train(config, resume, device_name, dist_info)
+        trainer = Trainer(config, dist_info, process_device(device_name, dist_info))
+        trainer.setup(resume)
+        trainer.loaders()
+        trainer.start_logs()
+        return trainer.fit()
     finally:
         torch.set_num_threads(before)  # a caller in the same process keeps its setting
-        if dist_info.active:
-            import torch.distributed as dist
-            dist.destroy_process_group()
+        leave_distributed(dist_info)
 
 
-def _train(config, resume, device_name, dist_info: Dist) -> dict:
-    if device_name == "cuda" and dist_info.active:
-        device_name = f"cuda:{dist_info.local_rank}"
-        torch.cuda.set_device(dist_info.local_rank)
-    device = torch.device(device_name)
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    source, val_source, train_split, val_split, classes, weights = _open_data(config)
-    payload = load_checkpoint(resume) if resume else None
-    if payload is not None:
-        mean, std = np.asarray(payload["mean"]), np.asarray(payload["std"])
-        if payload["class_codes"] != classes or payload["channels"] != source.channels:
-            raise TrainingError(f"{resume} was trained on other classes or channels than this "
-                                "data; resume with the data of its run.")
-    else:
-        mean, std = ds.channel_statistics(source, train_split.rows,
-                                          max_samples=config.stats_samples or None,
-                                          seed=config.seed)
-    options = _model_options(config, source.patch_size)
-    try:
-        model = build_model(config.model, channels=len(source.channels), classes=len(classes),
-                            **options)
-    except ValueError as exc:
-        raise TrainingError(str(exc)) from None
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.momentum = 1.0 - config.bn_momentum  # PyTorch's momentum is Keras' 1 - m
-    optimizer = make_optimizer(config, model.parameters())
-    start_epoch, step, best_loss, bad_epochs, history = 0, 0, math.inf, 0, []
-    if payload is not None:
-        model.load_state_dict(payload["state_dict"])
-        optimizer.load_state_dict(payload["optimizer"])
-        start_epoch, step = payload["epoch"] + 1, payload["step"]
-        best_loss, bad_epochs = payload["best_val_loss"], payload["bad_epochs"]
-        history = payload.get("history", [])
-    model.to(device)
-    use_amp = device.type == "cuda" and config.amp != "off"
-    if config.amp == "on" and device.type != "cuda":
-        raise TrainingError("--amp on needs a CUDA device (mixed precision runs on GPUs).")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    if payload is not None and payload.get("scaler"):
-        scaler.load_state_dict(payload["scaler"])
-    net = model
-    if dist_info.active:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    weights_t = torch.as_tensor(weights, device=device) if weights is not None else None
+class Trainer:
+    """One training run, in the steps of torchgeo's trainer hooks: :meth:`setup` (data,
+    statistics, model, optimiser, resume), :meth:`loaders`, :meth:`start_logs`, then per
+    epoch :meth:`train_one_epoch` (:meth:`training_step` per batch), :meth:`validate`,
+    :meth:`end_epoch` (log and :meth:`write_checkpoints`) and :meth:`early_stop`;
+    :meth:`fit` runs the epochs. Rank 0 of several processes writes the files."""
 
-    train_reader = ds.BatchReader(source, train_split, mean, std, classes,
-                                  soft_labels=config.soft_labels, augment=config.augment)
-    val_reader = ds.BatchReader(val_source, val_split, mean, std, classes,
-                                soft_labels=config.soft_labels, augment=False)
-    train_batches = ds.ShardedBatches(len(train_split.rows), config.batch_size, shuffle=True,
-                                      seed=config.seed, rank=dist_info.rank,
-                                      world=dist_info.world)
-    val_batches = ds.ShardedBatches(len(val_split.rows), max(config.batch_size, 256),
-                                    shuffle=False, rank=dist_info.rank, world=dist_info.world,
-                                    even=False)
-    loader_args = dict(batch_size=None, num_workers=config.workers,
-                       pin_memory=device.type == "cuda",
-                       persistent_workers=config.workers > 0,
-                       worker_init_fn=_one_thread_per_worker if config.workers > 0 else None)
-    train_loader = torch.utils.data.DataLoader(train_reader, sampler=train_batches, **loader_args)
-    val_loader = torch.utils.data.DataLoader(val_reader, sampler=val_batches, **loader_args)
+    def __init__(self, config: TrainConfig, dist_info: Dist, device: torch.device):
+        self.config, self.dist, self.device = config, dist_info, device
+        self.use_amp = device.type == "cuda" and config.amp != "off"
+        self.tb = None
 
-    out = config.out
-    if dist_info.main:
-        with Commit(inputs=[config.train, config.val]) as files:
-            files.write_text(os.path.join(out, "config.json"),
-                             json.dumps(config.to_dict(), indent=2), "run configuration")
-    log_path = os.path.join(out, "log.csv")
-    tb = _tensorboard(out) if dist_info.main else None
-    print(f"rank {dist_info.rank}/{dist_info.world}: {config.model} on {device}, "
-          f"{len(train_split.rows)} training / {len(val_split.rows)} validation patches, "
-          f"{len(train_batches)} batches per epoch on this rank", flush=True)
+    # -- setup ----------------------------------------------------------------------------------
+    def setup(self, resume: str | None) -> None:
+        """Data, normalisation statistics, model, optimiser; with ``resume``, the state of
+        that checkpoint. Seeds torch and numpy first: a seed gives the same run."""
+        config = self.config
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        self.data = open_data(config, ConsoleFeedback() if self.dist.main else Feedback())
+        payload = load_checkpoint(resume) if resume else None
+        if payload is not None:
+            check_resumable(payload, resume, self.data.classes, self.data.source.channels)
+            self.mean, self.std = np.asarray(payload["mean"]), np.asarray(payload["std"])
+        else:
+            self.mean, self.std = ds.channel_statistics(
+                self.data.source, self.data.train_split.rows,
+                max_samples=config.stats_samples or None, seed=config.seed)
+        options = _model_options(config, self.data.source.patch_size)
+        self.model = self._build_model(options)
+        self.optimizer = make_optimizer(config, self.model.parameters())
+        self.model.to(self.device)
+        if config.amp == "on" and self.device.type != "cuda":
+            raise TrainingError("--amp on needs a CUDA device (mixed precision runs on GPUs).")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.state = RunState() if payload is None else \
+            resume_training(payload, self.model, self.optimizer, self.scaler)
+        self.net = wrap_model(self.model, self.device, self.dist)
+        weights = self.data.weights
+        self.weights = None if weights is None else torch.as_tensor(weights, device=self.device)
+        self.description = describe_model(config, options, self.data.source,
+                                          self.data.classes, self.mean, self.std)
 
-    def checkpoint(epoch, val_metrics):
-        return {
-            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-            "model": config.model, "model_options": options,
-            "channels": list(source.channels), "patch_size": int(source.patch_size),
-            "class_codes": [int(c) for c in classes],
-            "mean": [float(v) for v in mean], "std": [float(v) for v in std],
-            "card_scale": list(source.card_scale), "card_offset": list(source.card_offset),
-            "pixel_size": float(source.pixel_size), "cell_size": float(source.cell_size),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "epoch": epoch, "step": step, "best_val_loss": best_loss,
-            "bad_epochs": bad_epochs, "config": config.to_dict(), "history": history,
-            "provenance": {"train": config.train, "val": config.val or
-                           f"{config.train} ({config.val_fraction:g} of polygons)",
-                           "date": _dt.datetime.now(_dt.UTC).isoformat(
-                               timespec="seconds"),
-                           "epoch": epoch, "validation": val_metrics,
-                           "setup": config.setup, "optimizer": config.optimizer,
-                           "threads": torch.get_num_threads()},
-        }
+    def _build_model(self, options: dict) -> torch.nn.Module:
+        try:
+            model = build_model(self.config.model, channels=len(self.data.source.channels),
+                                classes=len(self.data.classes), **options)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.momentum = 1.0 - self.config.bn_momentum  # PyTorch's is Keras' 1 - m
+        return model
 
-    stopped_early = False
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, config.epochs):
-        started = time.perf_counter()
-        train_batches.set_epoch(epoch)
-        net.train()
+    def loaders(self) -> None:
+        """Batches of sorted rows (one h5 read each), shared among the processes."""
+        config, data, rank, world = self.config, self.data, self.dist.rank, self.dist.world
+        train_reader = ds.BatchReader(data.source, data.train_split, self.mean, self.std,
+                                      data.classes, soft_labels=config.soft_labels,
+                                      augment=config.augment)
+        val_reader = ds.BatchReader(data.val_source, data.val_split, self.mean, self.std,
+                                    data.classes, soft_labels=config.soft_labels, augment=False)
+        self.train_batches = ds.ShardedBatches(len(data.train_split.rows), config.batch_size,
+                                               shuffle=True, seed=config.seed, rank=rank,
+                                               world=world)
+        val_batches = ds.ShardedBatches(len(data.val_split.rows), max(config.batch_size, 256),
+                                        shuffle=False, rank=rank, world=world, even=False)
+        loader_args = dict(batch_size=None, num_workers=config.workers,
+                           pin_memory=self.device.type == "cuda",
+                           persistent_workers=config.workers > 0,
+                           worker_init_fn=_one_thread_per_worker if config.workers > 0 else None)
+        self.train_loader = torch.utils.data.DataLoader(train_reader, sampler=self.train_batches,
+                                                        **loader_args)
+        self.val_loader = torch.utils.data.DataLoader(val_reader, sampler=val_batches,
+                                                      **loader_args)
+
+    def start_logs(self) -> None:
+        """config.json and TensorBoard (rank 0); one line per process on what it trains."""
+        config, data, out = self.config, self.data, self.config.out
+        if self.dist.main:
+            with Commit(inputs=[config.train, config.val]) as files:
+                files.write_text(os.path.join(out, "config.json"),
+                                 json.dumps(config.to_dict(), indent=2), "run configuration")
+            self.tb = _tensorboard(out)
+        print(f"rank {self.dist.rank}/{self.dist.world}: {config.model} on {self.device}, "
+              f"{len(data.train_split.rows)} training / {len(data.val_split.rows)} validation "
+              f"patches, {len(self.train_batches)} batches per epoch on this rank", flush=True)
+
+    # -- one epoch ------------------------------------------------------------------------------
+    def train_one_epoch(self, epoch: int) -> dict:
+        """One pass over the training batches; mean loss and OA over all processes."""
+        config = self.config
+        self.train_batches.set_epoch(epoch)
+        self.net.train()
         total, seen, correct = 0.0, 0, 0
-        progress = _progress(train_loader, len(train_batches), f"epoch {epoch + 1}",
-                             config.progress and dist_info.main)
-        for i, (x, labels, target) in enumerate(progress):
+        batches = _progress(self.train_loader, len(self.train_batches), f"epoch {epoch + 1}",
+                            config.progress and self.dist.main)
+        for i, batch in enumerate(batches):
             if config.max_steps_per_epoch and i >= config.max_steps_per_epoch:
                 break
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, step, epoch)
-            x, labels, target = (t.to(device, non_blocking=True) for t in (x, labels, target))
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = net(x)
-            loss = soft_cross_entropy(logits, target, weights_t)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            total += float(loss.detach()) * len(x)
-            seen += len(x)
+            loss, logits, labels = self.training_step(batch, epoch)
+            total += float(loss.detach()) * len(labels)
+            seen += len(labels)
             correct += int((logits.detach().argmax(1) == labels).sum())
-        total, seen, correct = all_reduce_sum([total, seen, correct], dist_info, device)
-        val = evaluate_loss(net, val_loader, device, use_amp, dist_info)
-        improved = val["loss"] < best_loss
-        if improved:
-            best_loss, bad_epochs = val["loss"], 0
-        else:
-            bad_epochs += 1
-        row = {"epoch": epoch + 1, "step": step,
-               "lr": learning_rate(config, step, epoch),
-               "train_loss": total / max(seen, 1), "train_oa": correct / max(seen, 1),
+        total, seen, correct = all_reduce_sum([total, seen, correct], self.dist, self.device)
+        return {"loss": total / max(seen, 1), "oa": correct / max(seen, 1)}
+
+    def training_step(self, batch, epoch: int):
+        """One optimiser step on one batch: (loss, logits, labels)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.config, self.state.step, epoch)
+        x, labels, target = (t.to(self.device, non_blocking=True) for t in batch)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            logits = self.net(x)
+        loss = soft_cross_entropy(logits, target, self.weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.state.step += 1
+        return loss, logits, labels
+
+    def validate(self) -> dict:
+        return evaluate_loss(self.net, self.val_loader, self.device, self.use_amp, self.dist)
+
+    def end_epoch(self, epoch: int, trained: dict, val: dict, started: float) -> None:
+        """Note the epoch: its log row, and on rank 0 the CSV log, TensorBoard, checkpoints
+        and a line on the console."""
+        improved = self.state.record(val["loss"])
+        row = {"epoch": epoch + 1, "step": self.state.step,
+               "lr": learning_rate(self.config, self.state.step, epoch),
+               "train_loss": trained["loss"], "train_oa": trained["oa"],
                "val_loss": val["loss"], "val_oa": val["oa"],
                "seconds": round(time.perf_counter() - started, 3)}
-        history.append(row)
-        if dist_info.main:
-            _append_csv(log_path, row)
-            if tb is not None:
-                for key, value in row.items():
-                    if key not in ("epoch", "step"):
-                        tb.add_scalar(key, value, epoch + 1)
-            state = checkpoint(epoch, {"loss": val["loss"], "oa": val["oa"]})
-            save_checkpoint(os.path.join(out, "last.pt"), state)
-            if improved:
-                save_checkpoint(os.path.join(out, "best.pt"), state)
-            print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} OA "
-                  f"{row['train_oa']:.3f} | val loss {val['loss']:.4f} OA {val['oa']:.3f}"
-                  f"{' (best)' if improved else ''}", flush=True)
-        if bad_epochs >= config.patience:
-            stopped_early = True
-            if dist_info.main:
-                print(f"early stop: no lower validation loss for {config.patience} epochs",
-                      flush=True)
-            break
-    if tb is not None:
-        tb.close()
-    return {"best": os.path.join(out, "best.pt"), "last": os.path.join(out, "last.pt"),
-            "epochs": epoch + 1, "best_val_loss": best_loss, "stopped_early": stopped_early,
-            "history": history, "rank": dist_info.rank, "world": dist_info.world}
+        self.state.history.append(row)
+        if not self.dist.main:
+            return
+        _append_csv(os.path.join(self.config.out, "log.csv"), row)
+        if self.tb is not None:
+            for key, value in row.items():
+                if key not in ("epoch", "step"):
+                    self.tb.add_scalar(key, value, epoch + 1)
+        self.write_checkpoints(epoch, val, improved)
+        print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} OA "
+              f"{row['train_oa']:.3f} | val loss {val['loss']:.4f} OA {val['oa']:.3f}"
+              f"{' (best)' if improved else ''}", flush=True)
+
+    def write_checkpoints(self, epoch: int, val: dict, improved: bool) -> None:
+        """last.pt after every epoch, best.pt when the validation loss is the lowest yet."""
+        payload = checkpoint_payload(self.config, self.description, self.model,
+                                     self.optimizer, self.scaler, self.state, epoch,
+                                     {"loss": val["loss"], "oa": val["oa"]})
+        save_checkpoint(os.path.join(self.config.out, "last.pt"), payload)
+        if improved:
+            save_checkpoint(os.path.join(self.config.out, "best.pt"), payload)
+
+    def early_stop(self) -> bool:
+        """True after ``patience`` epochs without a lower validation loss."""
+        if self.state.bad_epochs < self.config.patience:
+            return False
+        if self.dist.main:
+            print(f"early stop: no lower validation loss for {self.config.patience} epochs",
+                  flush=True)
+        return True
+
+    # -- the epochs -----------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Epochs from where the run stands to ``epochs`` or an early stop; the summary."""
+        stopped_early = False
+        epoch = self.state.start_epoch - 1
+        for epoch in range(self.state.start_epoch, self.config.epochs):
+            started = time.perf_counter()
+            trained = self.train_one_epoch(epoch)
+            self.end_epoch(epoch, trained, self.validate(), started)
+            if self.early_stop():
+                stopped_early = True
+                break
+        if self.tb is not None:
+            self.tb.close()
+        out = self.config.out
+        return {"best": os.path.join(out, "best.pt"), "last": os.path.join(out, "last.pt"),
+                "epochs": epoch + 1, "best_val_loss": self.state.best_val_loss,
+                "stopped_early": stopped_early, "history": self.state.history,
+                "rank": self.dist.rank, "world": self.dist.world}
 
 
 def evaluate_loss(net, loader, device, use_amp: bool, dist_info: Dist) -> dict:

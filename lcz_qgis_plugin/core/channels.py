@@ -17,6 +17,10 @@ One rule, used wherever channels are matched by name (``lcz:classify``, ``lcz:bu
 descriptions are missing or wrong: comma-separated names under the same rule, ``-`` for a
 band to skip, or a preset for the common layouts (:data:`PRESETS`). It replaces the file's
 descriptions; the values are read as they are.
+
+The Sentinel-2 band lists (:data:`S2_ALL`, :data:`SO2SAT_BANDS`, :data:`SO2SAT_CHANNELS`)
+and the default scale of a channel (:func:`default_scale`) live here too, once, for
+preprocessing, patch extraction, the training package and the tools.
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ from .feedback import Feedback
 S2_ALL = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
           "B11", "B12")
 """The 13 bands of Level-1C in the products' order (B8A after B08)."""
+SO2SAT_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+"""The ten bands of So2Sat LCZ42 (its ``sen2``), in its order: the 10 m and 20 m bands."""
+
+S2_DN_SCALE = 1e-4
+"""Default scale of ``S2:*`` channels: a stack holds Sentinel-2 reflectance x 10000 (DN with
+the processing-baseline offset removed, as :mod:`.preprocess.sentinel2` writes it), models
+read reflectance (as So2Sat stores it), so value = DN * 1e-4 + 0."""
 
 SKIP = "-"
 
@@ -56,11 +67,26 @@ def canonical_channel(name: str) -> str:
     """The contract's channel name for a band description or a user's band name: bare
     Sentinel-2 ids become ``S2:Bxx``; everything else is returned stripped but unchanged."""
     band = s2_band(name)
-    return f"S2:{band}" if band else name.strip()
+    return s2_channel(band) if band else name.strip()
+
+
+def s2_channel(band: str) -> str:
+    """The contract's channel name of a Sentinel-2 band id: ``B02`` -> ``S2:B02``."""
+    return f"S2:{band}"
 
 
 def _s2(*bands: str) -> tuple[str, ...]:
-    return tuple(f"S2:{b}" for b in bands)
+    return tuple(s2_channel(b) for b in bands)
+
+
+SO2SAT_CHANNELS = _s2(*SO2SAT_BANDS)
+"""``S2:B02`` ... ``S2:B8A``, ``S2:B11``, ``S2:B12``: the channels of an So2Sat-style model."""
+
+
+def default_scale(channel: str) -> float:
+    """Scale of a channel whose raster says none (offset 0): :data:`S2_DN_SCALE` for
+    Sentinel-2 (``S2:*``), 1 for everything else."""
+    return S2_DN_SCALE if channel.upper().startswith("S2:") else 1.0
 
 
 @dataclass(frozen=True)
@@ -71,7 +97,7 @@ class Preset:
 
 
 PRESETS = (
-    Preset("so2sat", _s2("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"),
+    Preset("so2sat", SO2SAT_CHANNELS,
            "So2Sat LCZ42 ten bands: B2, B3, B4, B5, B6, B7, B8, B8A, B11, B12"),
     Preset("s2-l1c-13", _s2(*S2_ALL),
            "Sentinel-2 Level-1C, 13 bands: B1 ... B8, B8A, B9, B10, B11, B12"),

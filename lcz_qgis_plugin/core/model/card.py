@@ -147,7 +147,7 @@ class ModelCard:
     def gain_and_bias(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel float32 ``(gain, bias)`` with model input = raw * gain + bias, i.e.
         ``((raw * scale + offset) - mean) / std`` folded into one multiply-add (cheaper on
-        every pixel of a strip than the four steps)."""
+        every pixel of a strip than the four steps; :meth:`standardise` is the last two)."""
         std = np.asarray(self.std, dtype=np.float64)
         gain = np.asarray(self.scale, dtype=np.float64) / std
         bias = (np.asarray(self.offset, dtype=np.float64) - np.asarray(self.mean)) / std
@@ -159,22 +159,28 @@ class ModelCard:
         return (np.asarray(raw, dtype=np.float32) * gain[:, None, None]
                 + bias[:, None, None]).astype(np.float32)
 
-    def probabilities(self, output: np.ndarray, temperature: float | None = None
-                      ) -> np.ndarray:
+    def standardise(self, values: np.ndarray) -> np.ndarray:
+        """Model input from values already scaled to the card's units (``raw * scale +
+        offset``, as training patches are read): ``(values - mean) / std``."""
+        return standardise(values, self.mean, self.std)
+
+    def scores(self, output: np.ndarray, dtype=np.float32) -> np.ndarray:
+        """z, what the calibrated softmax divides by the temperature: the logits, or
+        log(probabilities) (clipped at 1e-12) for a model that outputs probabilities."""
+        z = np.asarray(output, dtype=dtype)
+        return np.log(np.clip(z, 1e-12, None)) if self.output_kind == "probabilities" else z
+
+    def probabilities(self, output: np.ndarray, temperature: float | None = None,
+                      dtype=np.float32) -> np.ndarray:
         """Calibrated class probabilities ``(N, K)`` from the model's raw output:
         ``softmax(z / T)``, z = the logits, or log(probabilities) for a model that outputs
-        probabilities; T = the card's temperature unless given (calibration tries others)."""
+        probabilities; T = the card's temperature unless given (calibration tries others).
+        Computed in ``dtype`` (evaluation uses float64)."""
         t = self.temperature if temperature is None else temperature
-        z = np.asarray(output, dtype=np.float32)
-        if self.output_kind == "probabilities":
-            if t == 1.0:
-                return z / z.sum(axis=-1, keepdims=True)
-            z = np.log(np.clip(z, 1e-12, None))
-        z = z / np.float32(t)
-        z = z - z.max(axis=-1, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(axis=-1, keepdims=True)
-        return z
+        if self.output_kind == "probabilities" and t == 1.0:
+            p = np.asarray(output, dtype=dtype)
+            return p / p.sum(axis=-1, keepdims=True)
+        return softmax(self.scores(output, dtype), t)
 
     def shape_mismatch(self, input_shape, output_shape) -> str | None:
         """What contradicts the card in a graph's input and output shapes (dimensions given
@@ -360,6 +366,25 @@ class ModelCard:
                 raise bad(f"'lcz.precision_checks' entry {_brief(precision)} needs "
                           f"'same_class' (a share 0-1) and 'patches' (a count from 1 to "
                           f"{MAX_CHECK_PATCHES:,})")
+
+
+def standardise(values: np.ndarray, mean, std) -> np.ndarray:
+    """``(values - mean) / std`` per channel of ``(..., C, H, W)``, in float32: the card's
+    normalisation after scaling (:meth:`ModelCard.standardise`), also for training, which
+    standardises its patches before a card exists."""
+    mean = np.asarray(mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(std, dtype=np.float32)[:, None, None]
+    return (np.asarray(values, dtype=np.float32) - mean) / std
+
+
+def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``softmax(z / T)`` over the last axis, in z's float type; z itself is left as it is.
+    The calibrated probabilities of the contract (:meth:`ModelCard.probabilities`)."""
+    z = z / z.dtype.type(temperature)
+    z -= z.max(axis=-1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=-1, keepdims=True)
+    return z
 
 
 def _is_finite_number(value: object) -> bool:

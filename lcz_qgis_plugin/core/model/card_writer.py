@@ -62,12 +62,6 @@ def check_graph_matches_card(model, card: ModelCard) -> None:
         return [d.dim_value if d.HasField("dim_value") else None
                 for d in value_info.type.tensor_type.shape.dim]
 
-    in_dims, out_dims = dims(inputs[0]), dims(graph.output[0])
-    expected_in = [None, card.n_channels, card.patch_size, card.patch_size]
-    if len(in_dims) != 4 or any(d is not None and e is not None and d != e
-                                for d, e in zip(in_dims, expected_in)):
-        raise ModelError(f"model input shape {in_dims} does not match the card "
-                         f"(N, {card.n_channels}, {card.patch_size}, {card.patch_size})")
-    if len(out_dims) != 2 or (out_dims[1] is not None and out_dims[1] != card.n_classes):
-        raise ModelError(f"model output shape {out_dims} does not match the card "
-                         f"(N, {card.n_classes})")
+    problem = card.shape_mismatch(dims(inputs[0]), dims(graph.output[0]))
+    if problem:
+        raise ModelError(f"model {problem}")

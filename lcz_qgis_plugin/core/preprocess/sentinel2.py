@@ -35,15 +35,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from osgeo import gdal, ogr, osr
 
+from ..channels import S2_ALL, SO2SAT_BANDS, s2_channel
 from ..errors import InputError
 from ..feedback import Feedback
 from ..outputs import PendingOutputs, check_output_path
 from ..rasters import FLOAT_NODATA, TILED, bounded_cache, check_cancel, quiet_gdal
 from .reference_grid import Grid, transform_bounds
 
-ALL_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
-             "B11", "B12")
-SO2SAT_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 NATIVE_RESOLUTION = {"B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20,
                      "B07": 20, "B08": 10, "B8A": 20, "B09": 60, "B10": 60, "B11": 20,
                      "B12": 20, "SCL": 20}
@@ -69,14 +67,14 @@ def band_name(text: str) -> str:
     match = re.fullmatch(r"B?(0?[1-9]|1[0-2]|8A)", raw)
     if not match:
         raise InputError(f"'{text}' is not a Sentinel-2 band; use names such as B2, B02, B8A, "
-                         f"B11 ({', '.join(ALL_BANDS)}).")
+                         f"B11 ({', '.join(S2_ALL)}).")
     number = match.group(1)
     return "B8A" if number == "8A" else f"B{int(number):02d}"
 
 
 def channel_name(band: str) -> str:
     """The band description the model contract uses: ``S2:B02`` ... ``S2:B8A`` ... ``S2:B12``."""
-    return f"S2:{band}"
+    return s2_channel(band)
 
 
 @dataclass
@@ -115,8 +113,8 @@ def _parse_metadata(xml_bytes: bytes, source: str, product: Product) -> None:
             product.quantification = _metadata_number(text, tag, source, positive=True)
         elif tag in ("RADIO_ADD_OFFSET", "BOA_ADD_OFFSET") and text:
             band_id = _metadata_band_id(element.get("band_id", "-1"), tag, source)
-            if 0 <= band_id < len(ALL_BANDS):
-                product.offsets[ALL_BANDS[band_id]] = _metadata_number(text, tag, source)
+            if 0 <= band_id < len(S2_ALL):
+                product.offsets[S2_ALL[band_id]] = _metadata_number(text, tag, source)
 
 
 def _damaged(source: str, what: str, value: str, expected: str) -> InputError:

@@ -40,7 +40,7 @@ from osgeo import ogr
 from ..about import software_tag
 from ..areas import LabelledAreas, read_areas
 from ..cellgrid import CellGrid, make_grid
-from ..channels import PRESETS, band_channels, parse_input_bands
+from ..channels import PRESETS, band_channels, default_scale, parse_input_bands
 from ..commit import Commit
 from ..errors import Cancelled, InputError
 from ..feedback import Feedback
@@ -53,7 +53,6 @@ from ..stacks import Stack
 from .patch_file import SPLITS, PatchFileInfo, PatchWriter
 
 PATCH_EXTENSIONS = (".h5", ".hdf5")
-S2_SCALE = 1e-4
 
 
 @dataclass
@@ -69,7 +68,8 @@ class ExtractResult:
 
 
 def channel_scaling(stack: Stack, channels: list[str]) -> tuple[list[float], list[float]]:
-    """Per channel (scale, offset): the band's GDAL scale/offset, else the defaults."""
+    """Per channel (scale, offset): the band's GDAL scale/offset, else the defaults
+    (:func:`.channels.default_scale`, offset 0)."""
     scales, offsets = [], []
     for number, name in zip(stack.bands, channels):
         band = stack.dataset.GetRasterBand(number)
@@ -77,11 +77,8 @@ def channel_scaling(stack: Stack, channels: list[str]) -> tuple[list[float], lis
         if scale not in (None, 1.0) or offset not in (None, 0.0):
             scales.append(float(1.0 if scale is None else scale))
             offsets.append(float(0.0 if offset is None else offset))
-        elif name.upper().startswith("S2:"):
-            scales.append(S2_SCALE)
-            offsets.append(0.0)
         else:
-            scales.append(1.0)
+            scales.append(default_scale(name))
             offsets.append(0.0)
     return scales, offsets
 
