@@ -11,9 +11,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from lcz_qgis_plugin.core.engine import (CPU, CUDA, OPENVINO_F32, Engine, available_providers,
-                                         import_openvino)
+                                         clear_engine_cache, import_openvino,
+                                         nvidia_driver_present)
 from lcz_qgis_plugin.core.errors import EngineError, ModelError
-from lcz_testing import MessageLog, channel_names, identity_card, linear_probe_model
+from lcz_testing import (MessageLog, RecordingFeedback, channel_names, identity_card,
+                         linear_probe_model)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,9 +45,30 @@ def test_auto_names_the_provider_it_runs_on(model):
     if engine.provider == CUDA:
         assert gpu_present()
     else:
-        # OpenVINO where installed: float32 for a model without a passed bfloat16 check
-        assert engine.provider == (OPENVINO_F32 if import_openvino() else CPU)
-        assert any(f"running on the CPU ({engine.provider}" in line for line in log.lines)
+        # a float32 engine for a model without passed reduced-precision checks: the faster
+        # of onnxruntime and OpenVINO on this CPU where openvino is installed
+        assert engine.provider in ((CPU, OPENVINO_F32) if import_openvino() else (CPU,))
+        assert any(f"running on the CPU ({engine.provider}). Automatic: " in line
+                   for line in log.lines)
+
+
+def test_without_an_nvidia_driver_auto_does_not_try_cuda_and_says_so_once(model, tmp_path,
+                                                                          monkeypatch):
+    """onnxruntime-gpu on a machine without an NVIDIA GPU (issue 11, 8b): one info line, no
+    warning about a CUDA provider that could not start."""
+    if CUDA not in available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider: nothing to try")
+    if nvidia_driver_present():
+        pytest.skip("an NVIDIA driver is present: CUDA is tried for real here")
+    monkeypatch.setenv("LCZ_CACHE_DIR", str(tmp_path / "cache"))
+    clear_engine_cache()
+    said = RecordingFeedback()
+    engine = Engine(model, device="auto", feedback=said)
+    assert engine.provider != CUDA
+    assert said.warnings == []
+    (line,) = said.infos
+    assert line.startswith("No NVIDIA GPU driver on this machine, so CUDA was not tried: "
+                           f"running on the CPU ({engine.provider}).")
 
 
 def test_cuda_device_runs_on_cuda_or_says_why_not(model):
