@@ -245,3 +245,19 @@ def test_classify_offers_int8_as_the_last_device_choice(qgis_app, probe, tmp_pat
         processing.run("lcz:classify", {"INPUT": [stack], "MODEL": model, "DEVICE": 6,
                                         "OUTPUT": str(tmp_path / "none.tif")})
     assert not (tmp_path / "none.tif").exists()
+
+
+def test_an_int8_model_runs_on_one_stream_copies(probe):
+    """Two OpenVINO streams sometimes compiled an int8 model that was wrong in every run
+    (see _OpenVinoBackend); the int8 model is compiled once per core, one stream each, and a
+    quantized file is recognised as int8 whatever DEVICE asked for."""
+    folder, model, variant = probe
+    engine = Engine(variant, "openvino", threads=2)
+    assert engine.provider == OPENVINO_INT8
+    compiled = engine.backend.compiled
+    assert len(compiled) == 2
+    assert all(int(c.get_property("NUM_STREAMS")) == 1 for c in compiled)
+    x = np.random.default_rng(5).normal(size=(9, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(engine.run(x), Engine(variant, "openvino", threads=1).run(x),
+                               atol=1e-5)
+    assert len(Engine(model, "openvino").backend.compiled) == 1  # float32: one, on streams
