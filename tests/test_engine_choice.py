@@ -261,3 +261,16 @@ def test_an_int8_model_runs_on_one_stream_copies(probe):
     np.testing.assert_allclose(engine.run(x), Engine(variant, "openvino", threads=1).run(x),
                                atol=1e-5)
     assert len(Engine(model, "openvino").backend.compiled) == 1  # float32: one, on streams
+
+
+def test_a_candidate_that_cannot_run_is_left_out(probe, cache, tmp_path):
+    """An int8 variant OpenVINO cannot read (here: not an ONNX file, with its hash recorded)
+    does not stop the Automatic device; the others are measured and the log says why."""
+    folder, model, _ = probe
+    broken = tmp_path / "m.int8.onnx"
+    broken.write_bytes(b"not an onnx model" * 100)
+    copy = with_checks(probe, tmp_path / "m.onnx", int8=int8_check(str(broken)))
+    engine, line = automatic(copy)
+    assert engine.provider in (CPU, OPENVINO_F32)
+    assert "OpenVINO int8 left out: OpenVINO" in line and "cannot read the model" in line
+    assert set(next(iter(choices(cache).values()))["rates"]) == {"cpu", "openvino"}

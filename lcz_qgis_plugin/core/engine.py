@@ -601,6 +601,10 @@ class Engine:
         """(name, backend, why, rates) of the fastest candidate, timed on a few batches each
         (first use of a model on this CPU); the losers are dropped from the session cache, the
         winner stays loaded."""
+        card = read_model_card(self.model_path)
+        rng = np.random.default_rng(0)
+        batch = rng.standard_normal((engine_choice.MEASURE_PATCHES, card.n_channels,
+                                     card.patch_size, card.patch_size)).astype(np.float32)
         runners, backends, keys = {}, {}, {}
         for name, load in loaders.items():
             with _cache_lock:
@@ -608,19 +612,18 @@ class Engine:
             try:
                 backends[name] = load()
                 runners[name] = backends[name].runner()
-            except ModelError as exc:
-                notes.append(f"{ENGINE_NAMES[name]} left out: {str(exc)[:200]}")
+                runners[name](batch)  # the first inference allocates; it is not timed
+            except Exception as exc:  # a candidate that cannot run is left out, not fatal
+                notes.append(f"{ENGINE_NAMES[name]} left out: {str(exc).strip()[:200]}")
+                runners.pop(name, None)
                 continue
-            with _cache_lock:
-                keys[name] = set(_cache) - before
+            finally:
+                with _cache_lock:
+                    keys[name] = set(_cache) - before
         if not runners:
             raise ModelError(f"no CPU engine can run the model {self.model_path}: "
                              f"{'; '.join(notes)}")
-        card = read_model_card(self.model_path)
-        rng = np.random.default_rng(0)
-        batch = rng.standard_normal((engine_choice.MEASURE_PATCHES, card.n_channels,
-                                     card.patch_size, card.patch_size)).astype(np.float32)
-        rates = engine_choice.measure(runners, batch)
+        rates = engine_choice.measure(runners, batch, warm=False)
         name = engine_choice.pick(rates, REDUCED)
         with _cache_lock:
             for loser, added in keys.items():

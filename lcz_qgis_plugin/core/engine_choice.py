@@ -210,13 +210,14 @@ def store_choice(key: str, engine: str, rates: dict, note: str) -> dict:
     return entry
 
 
-def measure(runners: dict, batch) -> dict:
+def measure(runners: dict, batch, warm: bool = True) -> dict:
     """Patches per second of each runner (``{candidate: callable(batch)}``) on ``batch``: one
-    warm-up call each, then up to :data:`MEASURE_ROUNDS` interleaved timed calls; the fastest
-    call counts (the others met a busy moment)."""
+    warm-up call each (unless the caller made it), then up to :data:`MEASURE_ROUNDS`
+    interleaved timed calls; the fastest call counts (the others met a busy moment)."""
     best = {}
     for name, run in runners.items():
-        run(batch)
+        if warm:
+            run(batch)
         best[name] = float("inf")
     spent = 0.0
     for round_index in range(MEASURE_ROUNDS):
