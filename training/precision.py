@@ -15,9 +15,9 @@ Whether either keeps the map depends on the model, not on the engine: a trained 
 winning class leads by a clear margin keeps its classes (measured: 99.8-100 % of cells for the
 demo's MSMLA-18 and MSMLA-50 in bfloat16, 99.3-99.4 % of the benchmark scene's cells in
 int8), a network with random weights or near-ties does not (65 %). So each check is made per
-model, on real patches, and its result goes into the model card (``lcz.precision_checks``), where ``lcz:classify``'s Automatic device
-reads it: an engine whose check did not pass the same rule
-(:data:`lcz_qgis_plugin.core.contract.SAME_CLASS_REQUIRED`) is never chosen.
+model, on real patches, and its result goes into the model card (``lcz.precision_checks``),
+where ``lcz:classify``'s Automatic device reads it: an engine whose check did not pass the
+same rule (:data:`lcz_qgis_plugin.core.contract.SAME_CLASS_REQUIRED`) is never chosen.
 
 Both sides run through the plugin's own engine (onnxruntime float32 as the reference, OpenVINO
 for the reduced precision), exactly as ``lcz:classify`` runs them; the int8 file is compiled
