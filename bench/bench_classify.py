@@ -19,7 +19,8 @@ finished):
    (core.extract.extract_patches);
 4. MSMLA-18 and MSMLA-50 trained on the CPU (``python -m training train`` in a child
    process, ``--epochs`` epochs, the demo's options) and exported (``python -m training
-   export``), then quantized to int8 (below).
+   export``, which also writes each model's calibrated int8 variant and records the bfloat16
+   and int8 checks on the validation city's patches, as a user's export would).
 
 Then one run prints, side by side for MSMLA-18 and MSMLA-50, for each engine:
 
@@ -29,13 +30,17 @@ Then one run prints, side by side for MSMLA-18 and MSMLA-50, for each engine:
 - end to end: ``core.classify.classify`` on the scene stack (read strips, cut patches, run
   batches, write the map), with the engine opened beforehand so that both measure the same
   work (the load time is printed on its own); the ``auto`` row is lcz:classify's automatic
-  DEVICE, labelled with the engine it chose;
+  DEVICE, labelled with the engine it chose, and its decision is printed (the benchmark gives
+  it a fresh decision cache, so its first process measures the candidates: that is in its
+  load time);
 - patches/s, km²/min at 100 m cells (1 patch = 1 cell = 0.01 km²), percent of the machine's
   float32 peak, peak memory (VmHWM of the measuring process), and how far the engine's
   result is from onnxruntime float32 (same class on % of cells (end to end) or patches
   (floor); max |Δp|);
 - and, per model, the onnxruntime map's overall accuracy against the scene's generated truth,
   which shows the model is a working classifier.
+
+The header names the CPU's features that decide the engines: AMX, AVX512-BF16, VNNI.
 
 Peak float32 rate = physical cores × clock × 64 FLOP/cycle (AVX-512: 2 FMA units × 16 float32
 lanes × 2 FLOP per FMA). The clock is /proc/cpuinfo's "cpu MHz" (the nominal clock under a
@@ -50,13 +55,13 @@ inferences allocate and compile), and the whole series is repeated ``--rounds`` 
 alternating order (the build machines are shared and noisy); rates are total patches / total
 seconds over the rounds.
 
-int8: the trained models are quantized statically (onnxruntime.quantization, QDQ,
-per-channel int8 weights, uint8 activations) with patches of the scene as calibration data;
-both onnxruntime and OpenVINO run the QDQ file. They are floors only: int8 is not a DEVICE of
-lcz:classify (see the README for why).
+int8: the int8 variant ``python -m training export`` writes beside each model (static
+quantization with onnxruntime.quantization, QDQ, per-channel int8 weights, uint8 activations,
+calibrated on 256 patches of the training city): DEVICE OpenVINO int8 of lcz:classify, end to
+end like the other DEVICE rows; onnxruntime running the same file is a floor for comparison.
 
     python bench/bench_classify.py [--models msmla18,msmla50] [--scene-km 8] [--rounds 2]
-        [--epochs N] [--engines cpu,openvino,auto]
+        [--epochs N] [--engines cpu,openvino,openvino-int8,auto]
 """
 
 from __future__ import annotations
@@ -94,13 +99,13 @@ ENGINES = [
     ("OpenVINO f32", "openvino", True, True),
     ("OpenVINO f32, no prefetch", "openvino", True, False),
     ("OpenVINO bf16", "openvino-bf16", True, True),
+    ("OpenVINO int8", "openvino-int8", True, True),
     ("auto", "auto", True, True),
     ("onnxruntime int8 (QDQ)", "cpu:int8", False, True),
-    ("OpenVINO int8 (QDQ)", "openvino:int8", False, True),
     ("PyTorch eager f32", "torch", False, True),
 ]
 REFERENCE = "onnxruntime CPU f32"
-CLASSIFY_DEVICES = ("cpu", "openvino", "openvino-bf16", "auto")
+CLASSIFY_DEVICES = ("cpu", "openvino", "openvino-bf16", "openvino-int8", "auto")
 """The rows that are lcz:classify DEVICE choices (the others are for comparison)."""
 SAME_MAP = 99.0
 """Percent of cells with onnxruntime float32's class for "the same map" (the issue's bar)."""
@@ -245,41 +250,20 @@ def best_validation(run: str) -> tuple[int, float]:
     return int(best["epoch"]), float(best["val_oa"])
 
 
-def make_int8(model: str, calibration: np.ndarray, path: str) -> str:
-    """Static int8 quantization (QDQ) of ``model`` calibrated on scene patches; keeps the LCZ
-    metadata so the plugin's engine opens it."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-    if os.path.exists(path):
-        return path
-
-    class Patches(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"patches": calibration[i:i + 16]}
-                                 for i in range(0, len(calibration), 16)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    partial = path + ".partial.onnx"
-    prepared = path + ".pre.onnx"
-    quant_pre_process(model, prepared)
-    quantize_static(prepared, partial, Patches(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    per_channel=True)
-    os.remove(prepared)
-    source, quantized = onnx.load(model), onnx.load(partial)
-    del quantized.metadata_props[:]
-    quantized.metadata_props.extend(source.metadata_props)
-    onnx.save(quantized, partial)
-    os.replace(partial, path)
-    return path
+def ensure_int8(run: dict, train: dict, validation: dict, steps: Steps) -> str:
+    """The model's int8 variant, named in its card; a run exported before ``export`` wrote
+    one gets it from ``python -m training check-precision`` (the same calibration and check
+    as the export's)."""
+    from lcz_qgis_plugin.core.model.card_file import read_model_card
+    model = run["model"]
+    check = read_model_card(model).precision_checks.get("int8")
+    if check is None:
+        steps.run(f"int8 variant of {os.path.basename(model)} (check-precision)",
+                  lambda: training("check-precision", "--model", model, "--data",
+                                   validation["patches"], "--calibration-data",
+                                   train["patches"], "--precisions", "int8"))
+        check = read_model_card(model).precision_checks["int8"]
+    return os.path.join(os.path.dirname(model), check["file"])
 
 
 def scene_patches(stack: str, model: str, count: int, seed: int) -> np.ndarray:
@@ -343,7 +327,21 @@ def cpu_ghz() -> float:
 
 # --- the measuring children ------------------------------------------------------------------
 
+class EngineLog:
+    """The engine's log lines (the Automatic device's decision), returned to the parent."""
+
+    def __init__(self):
+        self.lines = []
+
+    def info(self, message):
+        self.lines.append(message)
+
+    def warning(self, message):
+        self.lines.append(f"WARNING: {message}")
+
+
 def child_floor(args) -> dict:
+    log = EngineLog()
     patches = np.load(args.patches)
     batches = [patches[i:i + args.batch] for i in range(0, len(patches), args.batch)]
     start = time.perf_counter()
@@ -369,7 +367,7 @@ def child_floor(args) -> dict:
             return session.run(None, {name: batch})[0]
     else:
         from lcz_qgis_plugin.core.inference.engine import Engine
-        engine = Engine(args.model, args.device)
+        engine = Engine(args.model, args.device, feedback=log)
         run, provider = engine.run, engine.provider
     load = time.perf_counter() - start
     outputs = [run(b) for b in batches]  # warm-up, and the result compared with the reference
@@ -382,14 +380,15 @@ def child_floor(args) -> dict:
     probs /= probs.sum(axis=1, keepdims=True)
     np.save(args.out, probs)
     return {"seconds": seconds, "patches": args.batches * args.batch, "load": load,
-            "peak_mb": peak_rss_mb(), "provider": provider}
+            "peak_mb": peak_rss_mb(), "provider": provider, "log": log.lines}
 
 
 def child_classify(args) -> dict:
     from lcz_qgis_plugin.core.inference.classify import classify
     from lcz_qgis_plugin.core.inference.engine import Engine
+    log = EngineLog()
     start = time.perf_counter()
-    engine = Engine(args.model, args.device)
+    engine = Engine(args.model, args.device, feedback=log)
     load = time.perf_counter() - start
     card = engine.card  # warm-up, as for the floor: first inferences allocate and compile
     warm = np.zeros((args.batch, len(card.channels), card.patch_size, card.patch_size),
@@ -401,7 +400,7 @@ def child_classify(args) -> dict:
                       prefetch=bool(args.prefetch))
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "patches": result.patches, "load": load,
-            "peak_mb": peak_rss_mb(), "provider": result.provider}
+            "peak_mb": peak_rss_mb(), "provider": result.provider, "log": log.lines}
 
 
 def run_child(*argv) -> dict:
@@ -416,7 +415,7 @@ def run_child(*argv) -> dict:
 # --- the run ---------------------------------------------------------------------------------
 
 def prepare(args, names: list[str], int8: bool) -> dict:
-    """Cities, stacks, patches, trained and exported models, int8 copies, floor patches."""
+    """Cities, stacks, patches, trained and exported models, int8 variants, floor patches."""
     steps = Steps()
     print("preparing (cached in build/bench):", flush=True)
     train = prepare_city("train", args.train_km, steps)
@@ -431,7 +430,7 @@ def prepare(args, names: list[str], int8: bool) -> dict:
                                  f"{name}_{PATCH}px_e{epochs}_{cities}", steps)
         runs[name]["epochs"] = epochs
     scene_key = os.path.basename(city_folder("scene", args.scene_km))
-    for name, run in runs.items():  # patches normalised as each model's card says
+    for run in runs.values():  # patches normalised as each model's card says
         run["patches"] = os.path.join(run["run"], f"floor_{args.batch * 4}_{scene_key}.npy")
         if not os.path.exists(run["patches"]):
             partial = run["patches"] + ".partial.npy"
@@ -439,12 +438,7 @@ def prepare(args, names: list[str], int8: bool) -> dict:
                                            seed=1))
             os.replace(partial, run["patches"])
         if int8:
-            run["int8"] = os.path.join(run["run"], f"{name}.int8-{scene_key}.onnx")
-            if not os.path.exists(run["int8"]):
-                calibration = scene_patches(scene["stack"], run["model"], 128, seed=2)
-                steps.run(f"quantizing {name.upper()} to int8 (calibrated on 128 scene "
-                          f"patches)", lambda run=run, calibration=calibration: make_int8(
-                              run["model"], calibration, run["int8"]))
+            run["int8"] = ensure_int8(run, train, validation, steps)
     if steps.times:
         print(f"  preparation: {time.perf_counter() - steps.start:.0f} s in all "
               f"(load average {os.getloadavg()[0]:.2f})")
@@ -495,7 +489,11 @@ def main() -> None:
         return
 
     from lcz_qgis_plugin.core.inference.engine import import_openvino, physical_cores
+    from lcz_qgis_plugin.core.inference.engine_choice import CACHE_ENV, cpu_features
     os.makedirs(os.path.join(WORK, "out"), exist_ok=True)
+    # a decision cache of this run's own: Automatic measures in its first process, as on a
+    # user's first run, whatever earlier runs decided
+    os.environ[CACHE_ENV] = os.path.join(WORK, "choices", time.strftime("%Y%m%d-%H%M%S"))
     engines = [e for e in ENGINES if args.engines == "all" or e[0] == REFERENCE
                or e[1] in args.engines.split(",")]
     if import_openvino() is None:
@@ -505,7 +503,7 @@ def main() -> None:
     unknown = [n for n in names if n not in EPOCHS]
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; use {', '.join(EPOCHS)}")
-    prepared = prepare(args, names, any(e[1].endswith(":int8") for e in engines))
+    prepared = prepare(args, names, any("int8" in e[1] for e in engines))
     scene, runs = prepared["scene"], prepared["runs"]
     macs = {name: count_macs(runs[name]["model"]) for name in names}
     batches = max(1, args.floor_patches // args.batch)
@@ -521,6 +519,7 @@ def main() -> None:
     print(f"LCZ inference benchmark: {cpu_model}, {cores} physical cores at {ghz:.2f} GHz "
           f"(float32 peak {peak / 1e9:.0f} GFLOP/s), onnxruntime {onnxruntime.__version__}, "
           f"openvino {ov.__version__.split('-')[0] if ov else '-'}, torch {torch.__version__}")
+    print(f"CPU features: {cpu_features()}")
     rows = int(round(args.scene_km * 10))
     print(f"scene: simulated city of {args.scene_km:g} x {args.scene_km:g} km (seed "
           f"{SEEDS['scene']}), {rows} x {rows} cells of 100 m; models trained on a "
@@ -590,8 +589,9 @@ def report(names, engines, results, macs, peak, runs, scene) -> None:
         ref_stem = output_stem(name, "cpu", True)
         ref_probs = np.load(ref_stem + ".npy")
         ref_map = gdal.Open(ref_stem + ".tif").ReadAsArray()
-        best_floor = best_e2e = 0.0
-        best_label = REFERENCE
+        best_floor = best_e2e = best_other_e2e = auto_e2e = 0.0
+        best_label = best_other_label = REFERENCE
+        decision = ""
         for label, device, e2e, prefetch in engines:
             entry = results[(name, label)]
             floor = rate(entry["floor"]) if prefetch else rate(
@@ -615,10 +615,17 @@ def report(names, engines, results, macs, peak, runs, scene) -> None:
             mb_e2e = max((r["peak_mb"] for r in entry["e2e"]), default=float("nan"))
             if device == "auto":
                 label = f"auto ({', '.join(sorted({r['provider'] for r in measured}))})"
+                auto_e2e = end
+                decision = next((line for r in measured for line in r.get("log", [])
+                                 if "measured on this CPU against" in line
+                                 and "the choice of" not in line), "") or next(
+                    (line for r in measured for line in r.get("log", [])), "")
             if device in CLASSIFY_DEVICES and same >= SAME_MAP:
                 if floor > best_floor:
                     best_floor, best_label = floor, label
                 best_e2e = max(best_e2e, end)
+                if device != "auto" and end > best_other_e2e:
+                    best_other_e2e, best_other_label = end, label
             print(f"{label:<27} {floor:>9.1f} {end or float('nan'):>8.1f} "
                   f"{(end / floor if end else float('nan')):>6.3f} "
                   f"{shown * KM2_PER_PATCH * 60:>8.1f} {100 * shown * flop / peak:>6.1f} "
@@ -632,6 +639,11 @@ def report(names, engines, results, macs, peak, runs, scene) -> None:
               + (f" ({best_floor / rate(whole['floor']):.2f} x onnxruntime run one call per "
                  f"batch)" if whole else "")
               + f"; best end to end / best floor {best_e2e / best_floor:.3f}")
+        if auto_e2e and best_other_e2e:
+            print(f"auto end to end = {auto_e2e / best_other_e2e:.2f} x the best same-map "
+                  f"engine's end to end ({best_other_label}, {best_other_e2e:.1f} patches/s)")
+        if decision:
+            print(f"Automatic's decision (its first process): {decision}")
         print(f"onnxruntime map: {classes} classes, OA {100 * scores['oa']:.1f} % (kappa "
               f"{scores['kappa']:.2f}) against the generated truth, {scores['samples']} "
               f"cells\n")

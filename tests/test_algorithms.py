@@ -77,8 +77,8 @@ def test_classify_through_processing_run(processing, scene_and_model, tmp_path):
         "INPUT": [stack], "MODEL": model, "OUTPUT": str(tmp_path / "out" / "lcz.tif"),
         "OUTPUT_PROBABILITIES": str(tmp_path / "out" / "p.tif"),
     })
-    # DEVICE Automatic on a machine without GPU: OpenVINO float32 where installed
-    assert results["EXECUTION_PROVIDER"] == (OPENVINO_F32 if import_openvino() else CPU)
+    # DEVICE Automatic on a machine without GPU: the faster float32 engine on this CPU
+    assert results["EXECUTION_PROVIDER"] in ((CPU, OPENVINO_F32) if import_openvino() else (CPU,))
     assert results["OUTPUT_CONFIDENCE"] is None
     expected = classify([stack], model, str(tmp_path / "core.tif"))
     np.testing.assert_array_equal(read(results["OUTPUT"]), read(expected.output))

@@ -30,6 +30,16 @@ def _add_train(sub):
     add_options(p)  # one per field of training.config.TrainConfig
 
 
+def _add_precision_options(p, calibration_default: str) -> None:
+    p.add_argument("--precisions", default="bfloat16,int8",
+                   help="comma-separated reduced precisions to check: bfloat16 (where the CPU "
+                        "runs it), int8 (writes MODEL.int8.onnx, a calibrated QDQ copy, "
+                        "beside the model); default bfloat16,int8")
+    p.add_argument("--calibration-data",
+                   help=f"patches that set the int8 activation ranges (default: "
+                        f"{calibration_default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training",
                                      description="LCZ training package (PyTorch).")
@@ -49,18 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--version")
     p.add_argument("--precision-data", default="auto",
-                   help="patches for the bfloat16 check recorded in the card (default: the "
-                        "run's validation data)")
+                   help="patches for the bfloat16 and int8 checks recorded in the card "
+                        "(default: the run's validation data)")
     p.add_argument("--no-precision-check", dest="precision_data", action="store_const",
-                   const=None, help="do not compare bfloat16 with float32")
+                   const=None, help="do not compare bfloat16 or int8 with float32 (and write "
+                                    "no int8 variant)")
+    _add_precision_options(p, "the run's training data")
 
     p = sub.add_parser("check-precision",
-                       help="measure bfloat16 against float32 on patches; record it in the "
-                            "model card (lets lcz:classify's Automatic device use bfloat16)")
+                       help="measure bfloat16 and a calibrated int8 variant against float32 "
+                            "on patches; record them in the model card (lets lcz:classify's "
+                            "Automatic device use them where they are the fastest)")
     p.add_argument("--model", required=True, help="exported .onnx")
     p.add_argument("--data", required=True, help="patches (So2Sat h5 or patch file)")
-    p.add_argument("--out", help="write the model here (default: in place)")
+    p.add_argument("--out", help="write the model here (default: in place); the int8 variant "
+                                 "goes beside it")
     p.add_argument("--limit", type=int, default=4096, help="patches compared (default 4096)")
+    _add_precision_options(p, "the training data the model card names, else --data")
 
     p = sub.add_parser("evaluate", help="LCZ metrics of a model on test patches")
     p.add_argument("--model", required=True, help=".onnx or checkpoint .pt")
@@ -116,7 +131,8 @@ def run(args) -> int:
     elif args.command == "export":
         from .export import export_checkpoint
         print(export_checkpoint(args.checkpoint, args.out, args.temperature, args.version,
-                                args.precision_data))
+                                args.precision_data, precisions=_csv_list(args.precisions),
+                                calibration_data=args.calibration_data or "auto"))
     elif args.command == "evaluate":
         from .evaluate import comparison_table, evaluate
         report = evaluate(args.model, args.data, args.out, args.name, args.bins,
@@ -139,7 +155,8 @@ def run(args) -> int:
             print(f"note: {result['note']}")
     elif args.command == "check-precision":
         from .precision import check_precision
-        print(check_precision(args.model, args.data, args.out, args.limit))
+        print(check_precision(args.model, args.data, args.out, args.limit,
+                              tuple(_csv_list(args.precisions)), args.calibration_data))
     elif args.command == "convert-keras":
         from .convert_keras import convert_keras
         path, card = convert_keras(args.weights, args.out, args.model, args.torch_out)

@@ -117,12 +117,16 @@ def card_from_checkpoint(payload: dict, temperature: float = 1.0, version: str |
 
 def export_checkpoint(checkpoint: str, path: str, temperature: float = 1.0,
                       version: str | None = None, precision_data: str | None = "auto",
-                      report=print) -> str:
+                      report=print, precisions=("bfloat16", "int8"),
+                      calibration_data: str | None = "auto") -> str:
     """``python -m training export``: a training checkpoint → plugin-ready ONNX.
 
-    ``precision_data``: patches on which bfloat16 is compared with float32 and the result
-    recorded in the card (:mod:`training.precision`); ``auto`` takes the run's validation
-    data (else its training data), ``None`` skips the check."""
+    ``precision_data``: patches on which the reduced-precision engines (``precisions``:
+    bfloat16, and the int8 variant written beside ``path``) are compared with float32 and the
+    results recorded in the card (:mod:`training.precision`); ``auto`` takes the run's
+    validation data (else its training data), ``None`` skips the checks.
+    ``calibration_data``: patches that set the int8 variant's activation ranges; ``auto``
+    takes the run's training data."""
     from .train import load_checkpoint, model_from_checkpoint
 
     payload = load_checkpoint(checkpoint)
@@ -130,28 +134,28 @@ def export_checkpoint(checkpoint: str, path: str, temperature: float = 1.0,
     card = card_from_checkpoint(payload, temperature, version,
                                 {"checkpoint": os.path.basename(checkpoint)})
     export_onnx(model, card, path)
+    config = payload.get("config", {})
     if precision_data == "auto":
-        config = payload.get("config", {})
         precision_data = config.get("val") or config.get("train")
-    if precision_data:
-        _record_bfloat16_check(path, precision_data, report)
+    if calibration_data == "auto":
+        calibration_data = config.get("train") or precision_data
+    if precision_data and precisions:
+        _record_precision_checks(path, precision_data, list(precisions), calibration_data,
+                                 report)
     return path
 
 
-def _record_bfloat16_check(path: str, data: str, report) -> None:
-    """Measure and record the bfloat16 check; a check that cannot run here only says why
-    (the model stays valid, the Automatic device then keeps float32)."""
-    from .evaluate import EvaluationError
-    from .precision import PrecisionCheckSkipped, describe, measure_bfloat16, record_check
-    if not os.path.exists(data.split("#")[0]):
-        report(f"bfloat16 check not recorded: the patches {data} are gone; run 'python -m "
-               f"training check-precision --model {path} --data PATCHES' to add it.")
+def _record_precision_checks(path: str, data: str, precisions: list[str],
+                             calibration: str | None, report) -> None:
+    """Measure and record the checks; a check that cannot run here only says why (the model
+    stays valid, the Automatic device then does not use that precision)."""
+    from .precision import record_checks, run_checks
+    missing = [p for p in (data, calibration) if p and not os.path.exists(p.split("#")[0])]
+    if missing:
+        report(f"precision checks not recorded: the patches {missing[0]} are gone; run "
+               f"'python -m training check-precision --model {path} --data PATCHES' to add "
+               f"them.")
         return
-    try:
-        check = measure_bfloat16(path, data)
-    except (PrecisionCheckSkipped, EvaluationError) as exc:
-        report(f"bfloat16 check not recorded ({exc}); lcz:classify's Automatic device will "
-               f"run this model in float32.")
-        return
-    record_check(path, "bfloat16", check)
-    report(describe(check))
+    checks = run_checks(path, data, precisions, calibration, report=report)
+    if checks:
+        record_checks(path, checks)

@@ -22,13 +22,14 @@ from ..core.inference.engine import DEVICES  # ids by enum index: auto, cuda, cp
 from ..core.outputs import sidecars
 from .base import LczAlgorithm
 
-DEVICE_LABELS = ("Automatic (CUDA GPU when available, otherwise the fastest CPU engine that "
-                 "keeps the map)",
-                 "CUDA (NVIDIA GPU, onnxruntime, float32)",
-                 "CPU (onnxruntime)",
+# by enum index, as DEVICES: new choices go at the end, so saved models and scripts keep theirs
+DEVICE_LABELS = ("Automatic (the fastest engine that keeps the map)",
+                 "NVIDIA GPU (CUDA, float32)",
+                 "CPU (onnxruntime, float32)",
                  "CPU (OpenVINO, float32)",
-                 "CPU (OpenVINO, bfloat16: about 3x faster, approximate)",
-                 "CUDA (NVIDIA GPU, onnxruntime, float16)")
+                 "CPU (OpenVINO, bfloat16, approximate)",
+                 "NVIDIA GPU (CUDA, float16)",
+                 "CPU (OpenVINO, int8 variant of the model, approximate)")
 
 
 class _ApplyLczStyle(QgsProcessingLayerPostProcessorInterface):
@@ -94,16 +95,23 @@ Parameters
   model's default (usually 100 m).
 - Extent (EXTENT): optional area to classify; every cell overlapping it is classified. Pixels
   outside the extent but inside the raster still feed the patches at its border.
-- Device (DEVICE): 0 Automatic: CUDA GPU when onnxruntime-gpu can use one, otherwise OpenVINO on
-  the CPU when it is installed (float32: the same map as onnxruntime, 1.3-1.4x faster as measured
-  on a 2-core AVX-512 CPU; bfloat16, 3x, on CPUs with AMX or AVX-512 BF16 for a model whose card
-  records a passed bfloat16 check, see python -m training check-precision), otherwise onnxruntime
-  on the CPU; the log and the EXECUTION_PROVIDER output name what ran and why. 1 CUDA (float32;
-  TensorRT first when installed; fails with an explanation when no GPU is usable). 2 CPU with
-  onnxruntime. 3 CPU with OpenVINO, float32 (fails when openvino is not installed). 4 CPU with
-  OpenVINO in bfloat16, forced even without a passed check (2.3-2.7x OpenVINO float32 on CPUs with
-  AMX or AVX-512 BF16; probabilities differ slightly, close calls may change class). 5 CUDA in
-  float16 (needs the onnx package; for large batches on recent GPUs).
+- Device (DEVICE): 0 Automatic: CUDA GPU when onnxruntime-gpu can use one (not tried on a machine
+  without an NVIDIA driver), otherwise the fastest CPU engine that keeps the map on this CPU:
+  onnxruntime or OpenVINO in float32 (the same map), and OpenVINO in bfloat16 or the model's int8
+  variant only for a model whose card records a passed check (same class as float32 on at least
+  99.5 % of real patches; python -m training export and check-precision write the checks and the
+  int8 variant). On CPUs with AMX (Xeon Sapphire Rapids and later) bfloat16 is taken; elsewhere the
+  candidates are timed on a few batches the first time a model runs on a CPU (a second or two) and
+  the choice is kept in the user's cache folder. The log names the engine, its measured speed
+  against the others and why; EXECUTION_PROVIDER names what ran. 1 CUDA (float32; TensorRT first
+  when installed; fails with an explanation when no GPU is usable). 2 CPU with onnxruntime. 3 CPU
+  with OpenVINO, float32 (fails when openvino is not installed). 4 CPU with OpenVINO in bfloat16,
+  forced even without a passed check (2.3-2.7x OpenVINO float32 with AMX; slower than float32 on
+  CPUs with AVX-512 BF16 but no AMX; probabilities differ slightly, close calls may change class).
+  5 CUDA in float16 (needs the onnx package; for large batches on recent GPUs). 6 CPU with OpenVINO
+  running the model's calibrated int8 variant (MODEL.int8.onnx beside the model, written by python
+  -m training export or check-precision; fastest on CPUs with VNNI but no AMX; approximate like
+  bfloat16; fails with an explanation when the model has none).
 - Batch size (BATCH_SIZE): patches per inference call (64 suits CPUs; 1024-4096 for GPUs).
 - Majority filter radius (MAJORITY_RADIUS): 0 = off; r > 0 replaces each class by the most frequent
   class in the (2r+1) x (2r+1) cells around it.

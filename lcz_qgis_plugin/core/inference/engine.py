@@ -5,20 +5,27 @@ Engines, all reading the same ONNX file:
 - onnxruntime's CPU provider (DEVICE ``cpu``): the reference; always there. A batch runs as
   consecutive runs of a few patches (faster than one run: the activations stay in cache).
 - the OpenVINO runtime on the CPU (``openvino``: float32; ``openvino-bf16``: bfloat16 where the
-  CPU has it, 2.3-2.7x faster again but not bit-exact). OpenVINO runs the pieces of a batch
-  on parallel streams, which onnxruntime's single-stream session cannot do; on the 2-core
-  AVX-512 machine of the README that is 1.3-1.4x onnxruntime for the same float32 map.
+  CPU has it, 2.3-2.7x float32 with AMX but slower than float32 with AVX512-BF16 alone;
+  ``openvino-int8``: the model's calibrated int8 variant, a second file beside it, fastest on
+  CPUs with VNNI but no AMX). OpenVINO runs the pieces of a batch on parallel streams, which
+  onnxruntime's single-stream session cannot do; on the 2-core AVX-512 machines of the README
+  that is 1.3-1.4x onnxruntime for the same float32 map.
 - onnxruntime's CUDA provider (``cuda``; ``cuda-fp16`` runs a float16 copy of the model made
   at load time), with the TensorRT provider first when onnxruntime has it; inputs and outputs
   go through IO binding so a batch is copied to the GPU once.
 
-``auto`` takes CUDA when it starts, otherwise OpenVINO when openvino is installed, otherwise
-onnxruntime's CPU provider, and says which. OpenVINO runs in bfloat16 when the CPU has it
-*and* the model card records a passed bfloat16 check (``lcz.precision_checks``: the same
-class as float32 on >= 99.5 % of real patches, measured by ``python -m training export`` or
-``check-precision``), in float32 (the same map as onnxruntime) otherwise. Whether bfloat16
-keeps the map is a property of the model, not of the engine: trained networks keep it
-(99.8-100 % of cells measured), random or near-tie networks do not.
+``auto`` takes CUDA when it starts (not tried where no NVIDIA driver exists: onnxruntime-gpu
+without a GPU would only print errors), otherwise the fastest CPU engine that keeps the map,
+and says which and why. The candidates are onnxruntime and OpenVINO in float32 (the same map),
+OpenVINO bfloat16 where the CPU executes it and the int8 variant, each only when the model card
+records a passed check (``lcz.precision_checks``: the same class as float32 on >= 99.5 % of
+real patches, measured by ``python -m training export`` or ``check-precision``). Whether a
+reduced precision keeps the map is a property of the model, not of the engine: trained
+networks keep it (99.2-100 % of cells measured), random or near-tie networks do not. Which
+candidate is fastest is a property of the CPU: AMX settles it for bfloat16, otherwise a few
+batches of each are timed on first use and the choice is cached
+(:mod:`.engine_choice`).
+
 onnxruntime falls back to the CPU silently when CUDA libraries are missing, so the provider
 actually used is read back from the session, never assumed; an explicit CUDA request that
 ends on the CPU is an error, not a silent fallback.
@@ -36,21 +43,30 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 import threading
 
 import numpy as np
 
 from ..errors import EngineError, ModelError
 from ..feedback import Feedback
-from ..model.card import ModelCard
+from ..model.card import PATCHES_REQUIRED, ModelCard
 from ..model.card_file import check_model_file, read_model_card
+from . import engine_choice
 
-DEVICES = ("auto", "cuda", "cpu", "openvino", "openvino-bf16", "cuda-fp16")
+DEVICES = ("auto", "cuda", "cpu", "openvino", "openvino-bf16", "cuda-fp16", "openvino-int8")
+"""lcz:classify's DEVICE ids by enum index: new ones are appended, so saved models and scripts
+keep their meaning."""
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 CPU = "CPUExecutionProvider"
 OPENVINO_F32 = "OpenVINO:CPU:f32"
 OPENVINO_BF16 = "OpenVINO:CPU:bf16"
+OPENVINO_INT8 = "OpenVINO:CPU:int8"
+ENGINE_NAMES = {"cpu": "onnxruntime f32", "openvino": "OpenVINO f32",
+                "openvino-bf16": "OpenVINO bf16", "openvino-int8": "OpenVINO int8"}
+"""The CPU engines the Automatic device chooses from, by DEVICE id."""
+REDUCED = {"openvino-bf16", "openvino-int8"}
 GPU_PROVIDERS = (TENSORRT, CUDA)
 CACHE_SIZE = 4
 
@@ -84,6 +100,27 @@ def import_openvino():
     return openvino
 
 
+_openvino_core: list = []
+_openvino_lock = threading.Lock()
+
+
+def openvino_core():
+    """The process's one OpenVINO ``Core``, made on first use and kept until the process
+    ends.
+
+    OpenVINO's CPU plugin gives the thread that loads it an alternate signal stack and, when a
+    ``Core`` is destroyed, puts back the stack that was there when that ``Core`` loaded it. Two
+    ``Core`` objects destroyed in the order they were made therefore leave a freed stack
+    registered, and the next signal handled on it (Ctrl+C, SIGTERM: Python's handlers use the
+    alternate stack) crashes the process (measured with OpenVINO 2026.4). One ``Core`` that
+    lives as long as the process never restores anything; it also saves loading the plugin
+    again for every model."""
+    with _openvino_lock:
+        if not _openvino_core:
+            _openvino_core.append(import_openvino().Core())
+        return _openvino_core[0]
+
+
 _bfloat16_cpu: list = []
 
 
@@ -91,10 +128,51 @@ def cpu_runs_bfloat16() -> bool:
     """Whether OpenVINO executes bfloat16 on this CPU (AMX or AVX512-BF16); elsewhere it
     would quietly compute in float32."""
     if not _bfloat16_cpu:
-        ov = import_openvino()
-        _bfloat16_cpu.append(ov is not None and "BF16" in ov.Core().get_property(
-            "CPU", "OPTIMIZATION_CAPABILITIES"))
+        _bfloat16_cpu.append(import_openvino() is not None and "BF16" in openvino_core(
+            ).get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     return _bfloat16_cpu[0]
+
+
+def engine_versions() -> str:
+    """The engine versions a measured choice holds for."""
+    ov = import_openvino()
+    return (f"onnxruntime {import_onnxruntime().__version__}, "
+            f"openvino {ov.__version__ if ov else '-'}")
+
+
+_nvidia: list = []
+
+
+def nvidia_driver_present() -> bool:
+    """Whether an NVIDIA GPU driver may be here (a device node, WSL's GPU device, or the
+    driver's libcuda), checked once per process. Without one, onnxruntime-gpu's CUDA provider
+    cannot start, so the Automatic device does not try it (trying costs time and prints
+    CUDA's errors)."""
+    if not _nvidia:
+        if sys.platform == "win32":
+            system = os.environ.get("SystemRoot", r"C:\Windows")
+            found = os.path.exists(os.path.join(system, "System32", "nvcuda.dll"))
+        elif sys.platform == "darwin":
+            found = False  # no CUDA on macOS
+        else:
+            import ctypes.util
+            import glob
+            found = bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/nvidiactl")
+                         or os.path.exists("/dev/dxg") or ctypes.util.find_library("cuda"))
+        _nvidia.append(found)
+    return _nvidia[0]
+
+
+def _share(check: dict) -> str:
+    return f"{100 * check['same_class']:.2f} % of {check['patches']} patches"
+
+
+def _failed(check: dict) -> str:
+    """Why a recorded precision check does not let the Automatic device use the engine."""
+    if check["patches"] < PATCHES_REQUIRED:
+        return (f"its check covered only {check['patches']} patches ({PATCHES_REQUIRED} "
+                f"needed)")
+    return f"its check kept only {_share(check)}"
 
 
 def available_providers() -> list[str]:
@@ -255,17 +333,27 @@ class _OpenVinoBackend:
     then stay in the core's cache, and a static input shape lets OpenVINO plan memory once.
     Measured on the 2-core AVX-512/AMX machine of the README (MSMLA-50, 48 px, 13 channels):
     float32 600 patches/s with 2 patches per request against 400 with 16 patches on the
-    dynamic-batch model; bfloat16 1,510 with 4 (AMX tiles want a few rows) against 910."""
+    dynamic-batch model; bfloat16 1,510 with 4 (AMX tiles want a few rows) against 910.
 
-    PATCHES_PER_REQUEST = {"f32": 2, "bf16": 4}
+    A quantized (QDQ) model runs as int8 (VNNI where the CPU has it) in float32 mode, but not
+    on OpenVINO's streams: on the 2-core AMD EPYC of the README (AVX-512, VNNI, no AMX;
+    OpenVINO 2026.4) an int8 model compiled with two streams gave wrong classes (21-64 % of
+    patches with float32's class instead of 99.6 %) in about one fresh process in five, the
+    same file and every run of that compiled model; one stream never did (40 processes). So
+    an int8 model is compiled once per core (the copies in parallel), each copy one stream of
+    one thread, and the requests alternate between the copies: as fast as two streams
+    (MSMLA-18 1,280-1,720 patches/s against 1,580-1,680), faster than one stream of two
+    threads (MSMLA-50 740 against 580-690, 4 patches per request), never wrong in the
+    processes tried."""
+
+    PATCHES_PER_REQUEST = {"f32": 2, "bf16": 4, "int8": 4}
+    PROVIDERS = {"f32": OPENVINO_F32, "bf16": OPENVINO_BF16, "int8": OPENVINO_INT8}
 
     def __init__(self, path: str, precision: str, threads: int):
+        """``precision``: f32, bf16, or int8; a quantized file runs as int8 whatever is
+        asked, and is reported so through ``provider``."""
         ov = import_openvino()
-        core = ov.Core()
-        if precision == "bf16" and not cpu_runs_bfloat16():
-            precision = "f32"  # reported through self.provider
-        config = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": precision,
-                  "INFERENCE_NUM_THREADS": threads}
+        core = openvino_core()
         try:
             model = core.read_model(path)
         except Exception as exc:  # openvino raises RuntimeError subclasses with C++ text
@@ -274,7 +362,19 @@ class _OpenVinoBackend:
                 f"ONNX model, or uses operators OpenVINO lacks. OpenVINO said: "
                 f"{_one_line(exc)}. Export it again, or download it again if it was copied; "
                 f"or set DEVICE to CPU to use onnxruntime.") from None
-        self.provider = OPENVINO_BF16 if precision == "bf16" else OPENVINO_F32
+        if any(op.get_type_name() == "FakeQuantize" for op in model.get_ops()):
+            precision = "int8"  # OpenVINO reads QDQ pairs as FakeQuantize
+        elif precision == "bf16" and not cpu_runs_bfloat16():
+            precision = "f32"  # reported through self.provider
+        config = {"PERFORMANCE_HINT": "THROUGHPUT",
+                  "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                  "INFERENCE_NUM_THREADS": threads}
+        copies = 1
+        if precision == "int8":
+            config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+                      "INFERENCE_NUM_THREADS": 1, "ENABLE_CPU_PINNING": False}
+            copies = max(1, threads)
+        self.provider = self.PROVIDERS[precision]
         # OpenVINO's ONNX reader keeps the file's metadata_props as the "framework" rt_info
         rt_info = model.get_rt_info()
         framework = rt_info["framework"] if "framework" in rt_info else {}
@@ -294,12 +394,12 @@ class _OpenVinoBackend:
                 self.piece = self.input_shape[0]
             try:
                 model.reshape([self.piece] + self.input_shape[1:])
-                self.compiled, self.static = core.compile_model(model, "CPU", config), True
+                self.compiled, self.static = _compile(core, model, config, copies), True
             except Exception:  # a graph that does not reshape runs with its dynamic batch
                 model = core.read_model(path)
         if self.compiled is None:
             try:
-                self.compiled = core.compile_model(model, "CPU", config)
+                self.compiled = _compile(core, model, config, copies)
             except Exception as exc:
                 raise ModelError(
                     f"OpenVINO {ov.__version__} cannot compile the model {path}: "
@@ -309,9 +409,21 @@ class _OpenVinoBackend:
         return _OpenVinoRun(self.compiled, self.piece, self.static)
 
 
+def _compile(core, model, config: dict, copies: int) -> list:
+    """``copies`` compiled models, compiled in parallel (OpenVINO releases the GIL while it
+    compiles: MSMLA-50 int8 1.5-1.8 s for two copies instead of 2.9-3.5 s)."""
+    if copies == 1:
+        return [core.compile_model(model, "CPU", config)]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(copies, thread_name_prefix="openvino-compile") as pool:
+        return list(pool.map(lambda _: core.compile_model(model, "CPU", config),
+                             range(copies)))
+
+
 class _OpenVinoRun:
     """A batch cut into pieces of ``piece`` patches, one infer request each, all queued at
-    once to OpenVINO's streams; outputs joined in the patches' order.
+    once to OpenVINO's streams (or alternately to the copies of an int8 model); outputs joined
+    in the patches' order.
 
     The last piece is padded with zeros when the model was compiled for a static shape. Inputs
     are read in place (no copy), and no Python callback runs on OpenVINO's threads, so they
@@ -330,7 +442,8 @@ class _OpenVinoRun:
             pieces[-1] = np.concatenate(
                 [short, np.zeros((piece - len(short),) + short.shape[1:], np.float32)])
         while len(self.requests) < len(pieces):
-            self.requests.append(self.compiled.create_infer_request())
+            copy = self.compiled[len(self.requests) % len(self.compiled)]
+            self.requests.append(copy.create_infer_request())
         running = self.requests[:len(pieces)]
         started = 0
         try:
@@ -374,8 +487,11 @@ class Engine:
         self.backend = self._open(device, feedback)
         self.provider = self.backend.provider
         self.session = getattr(self.backend, "session", None)
-        self.card = ModelCard.from_metadata_props(self.backend.metadata,
-                                                  source=f"the model {model_path}")
+        # an int8 variant carries a copy of the card; the model's own card is the one to use
+        # (a later calibrate changes the temperature there, not the variant's graph)
+        self.card = (read_model_card(model_path) if self.provider == OPENVINO_INT8 else
+                     ModelCard.from_metadata_props(self.backend.metadata,
+                                                   source=f"the model {model_path}"))
         self._check_io()
         self.input_name, self.output_name = self.backend.input_name, self.backend.output_name
         self._run = self.backend.runner()
@@ -388,16 +504,19 @@ class Engine:
         return _cached(key, lambda: _OnnxRuntimeBackend(self.model_path, providers,
                                                         self.threads, fp16, quiet))
 
-    def _openvino(self, precision: str):
-        key = _file_key(self.model_path) + ("openvino", precision, self.threads)
-        return _cached(key, lambda: _OpenVinoBackend(self.model_path, precision, self.threads))
+    def _openvino(self, precision: str, path: str | None = None):
+        path = path or self.model_path
+        key = _file_key(path) + ("openvino", precision, self.threads)
+        return _cached(key, lambda: _OpenVinoBackend(path, precision, self.threads))
 
     def _open(self, device: str, feedback: Feedback):
         if device == "cpu":
             return self._onnxruntime([CPU])
-        if device in ("openvino", "openvino-bf16"):
+        if device in ("openvino", "openvino-bf16", "openvino-int8"):
             if import_openvino() is None:
                 raise EngineError(OPENVINO_MISSING)
+            if device == "openvino-int8":
+                return self._explicit_int8(feedback)
             backend = self._openvino("bf16" if device == "openvino-bf16" else "f32")
             if device == "openvino-bf16" and backend.provider != OPENVINO_BF16:
                 feedback.warning("This CPU has no bfloat16 instructions: OpenVINO runs in "
@@ -422,7 +541,10 @@ class Engine:
                     "CPU.")
             return backend
         # auto: a GPU when one starts, else the fastest CPU engine that gives the same map
-        if gpu and tuple(gpu) not in _cuda_failed:
+        report = feedback.info
+        if gpu and tuple(gpu) not in _cuda_failed and not nvidia_driver_present():
+            why = "No NVIDIA GPU driver on this machine, so CUDA was not tried"
+        elif gpu and tuple(gpu) not in _cuda_failed:
             backend = self._onnxruntime(gpu + [CPU], quiet=True)
             if backend.provider in GPU_PROVIDERS:
                 return backend
@@ -434,40 +556,155 @@ class Engine:
                    "CUDA/cuDNN libraries)")
             report = feedback.warning
         elif gpu:
-            why, report = "CUDA could not start earlier in this session", feedback.info
+            why = "CUDA could not start earlier in this session"
         else:
-            why, report = "No CUDA provider in this onnxruntime", feedback.info
-        backend, precision_note = None, ""
-        if import_openvino() is None:
-            why += "; openvino is not installed (it is the faster CPU engine)"
-        else:
-            precision, precision_note = self._automatic_precision()
-            try:
-                backend = self._openvino(precision)
-            except ModelError as exc:
-                feedback.warning(f"{exc} Falling back to onnxruntime.")
-        if backend is None:
-            backend, precision_note = self._onnxruntime([CPU]), ""
-        report(f"{why}: running on the CPU ({backend.provider}{precision_note}).")
+            why = "No CUDA provider in this onnxruntime"
+        backend, choice = self._automatic_cpu(feedback)
+        report(f"{why}: running on the CPU ({backend.provider}). Automatic: {choice}.")
         return backend
 
-    def _automatic_precision(self) -> tuple[str, str]:
-        """OpenVINO's precision for ``auto`` and why, from the model card's bfloat16 check
-        (read from the file's protobuf, before compiling: compiling twice costs seconds)."""
-        if not cpu_runs_bfloat16():
-            return "f32", ""
+    # the CPU engine of the Automatic device ---------------------------------------------------
+
+    def _automatic_cpu(self, feedback: Feedback):
+        """(backend, why) of the fastest CPU engine that keeps the map, see
+        :mod:`.engine_choice`."""
+        if import_openvino() is None:
+            return self._onnxruntime([CPU]), ("onnxruntime f32, as openvino is not installed "
+                                              "(it is the faster CPU engine)")
         try:
-            card = read_model_card(self.model_path)
+            card = read_model_card(self.model_path)  # the card only, before compiling
         except ModelError:
-            return "f32", ""  # the full load reports what is wrong with the file
-        check = card.precision_checks.get("bfloat16")
-        if check is None:
-            return "f32", ("; float32: the model card records no bfloat16 check ('python -m "
-                           "training check-precision' adds one)")
-        share = f"{100 * check['same_class']:.2f} % of {check['patches']} patches"
-        if card.passes_precision_check("bfloat16"):
-            return "bf16", f"; bfloat16 gave float32's class on {share} in its check"
-        return "f32", f"; float32: bfloat16 gave float32's class on only {share}"
+            card = None  # the full load below reports what is wrong with the file
+        loaders, notes = self._automatic_candidates(card)
+        if len(loaders) == 1:
+            (name, load), = loaders.items()
+            backend, label = self._load_or_fall_back(name, load, feedback)
+            return backend, label + (f" ({'; '.join(notes)})" if notes else "")
+        key = engine_choice.decision_key(engine_choice.file_sha256(self.model_path),
+                                         self.threads, engine_versions())
+        cached = engine_choice.cached_choice(key)
+        if cached and cached["engine"] in loaders:
+            backend, label = self._load_or_fall_back(cached["engine"],
+                                                     loaders[cached["engine"]], feedback)
+            when = str(cached.get("date", "?"))[:10]
+            return backend, (f"{label} ({cached.get('note', '')}; the choice of {when}, kept "
+                             f"in {engine_choice.cache_path()})")
+        name, backend, note, rates = self._measure(loaders, notes)
+        engine_choice.store_choice(key, name, rates, note)
+        return backend, f"{ENGINE_NAMES[name]} ({note})"
+
+    def _automatic_candidates(self, card: ModelCard | None) -> tuple[dict, list[str]]:
+        """The engines that keep the map here, by DEVICE id, as loaders; and why the others
+        are left out. The CPU's features settle what they can: bfloat16 only where the CPU
+        executes it, and on AMX it is the fastest (2.3-2.7x float32 measured), so float32
+        is then not measured."""
+        loaders = {"cpu": lambda: self._onnxruntime([CPU]),
+                   "openvino": lambda: self._openvino("f32")}
+        notes = []
+        if card is None:
+            return {"openvino": loaders["openvino"]}, notes
+        bf16 = card.precision_checks.get("bfloat16")
+        if not cpu_runs_bfloat16():
+            pass  # nothing to say: OpenVINO would run bfloat16 as float32
+        elif bf16 is None:
+            notes.append("bf16: the model card records no bfloat16 check")
+        elif not card.passes_precision_check("bfloat16"):
+            notes.append(f"bf16: {_failed(bf16)}")
+        else:
+            loaders["openvino-bf16"] = lambda: self._openvino("bf16")
+        int8 = card.precision_checks.get("int8")
+        path, why = self._int8_variant(card)
+        if path is None:
+            notes.append(f"int8: {why}")
+        elif not card.passes_precision_check("int8"):
+            notes.append(f"int8: {_failed(int8)}")
+        else:
+            loaders["openvino-int8"] = lambda: self._openvino("int8", path)
+        if "openvino-bf16" in loaders and engine_choice.cpu_has_amx():
+            del loaders["cpu"], loaders["openvino"]
+            notes.append("float32 not measured: on AMX bfloat16 runs 2.3-2.7x float32")
+        return loaders, notes
+
+    def _measure(self, loaders: dict, notes: list[str]) -> tuple:
+        """(name, backend, why, rates) of the fastest candidate, timed on a few batches each
+        (first use of a model on this CPU); the losers are dropped from the session cache, the
+        winner stays loaded."""
+        card = read_model_card(self.model_path)
+        rng = np.random.default_rng(0)
+        batch = rng.standard_normal((engine_choice.MEASURE_PATCHES, card.n_channels,
+                                     card.patch_size, card.patch_size)).astype(np.float32)
+        runners, backends, keys = {}, {}, {}
+        for name, load in loaders.items():
+            with _cache_lock:
+                before = set(_cache)
+            try:
+                backends[name] = load()
+                runners[name] = backends[name].runner()
+                runners[name](batch)  # the first inference allocates; it is not timed
+            except Exception as exc:  # a candidate that cannot run is left out, not fatal
+                notes.append(f"{ENGINE_NAMES[name]} left out: {str(exc).strip()[:200]}")
+                runners.pop(name, None)
+                continue
+            finally:
+                with _cache_lock:
+                    keys[name] = set(_cache) - before
+        if not runners:
+            raise ModelError(f"no CPU engine can run the model {self.model_path}: "
+                             f"{'; '.join(notes)}")
+        rates = engine_choice.measure(runners, batch, warm=False)
+        name = engine_choice.pick(rates, REDUCED)
+        with _cache_lock:
+            for loser, added in keys.items():
+                if loser != name:
+                    for key in added:
+                        _cache.pop(key, None)
+        others = ", ".join(f"{ENGINE_NAMES[n]} {rates[n] / rates[name]:.2f}x"
+                           for n in sorted(rates, key=rates.get, reverse=True) if n != name)
+        note = f"measured on this CPU against {others}" if others else "the only engine"
+        if name not in REDUCED and max(rates, key=rates.get) in REDUCED:
+            note += (f"; {ENGINE_NAMES[max(rates, key=rates.get)]} is within "
+                     f"{100 * (engine_choice.REDUCED_MARGIN - 1):.0f} %, so the exact engine")
+        return name, backends[name], "; ".join([note] + notes), rates
+
+    def _load_or_fall_back(self, name: str, load, feedback: Feedback):
+        try:
+            return load(), ENGINE_NAMES[name]
+        except ModelError as exc:
+            if name == "cpu":
+                raise
+            feedback.warning(f"{exc} Falling back to onnxruntime.")
+            return self._onnxruntime([CPU]), "onnxruntime f32"
+
+    # the int8 variant -------------------------------------------------------------------------
+
+    def _int8_variant(self, card: ModelCard) -> tuple[str | None, str]:
+        """(path, "") of the model's calibrated int8 variant, the file its card lists beside
+        it with the SHA-256 recorded when it was written; (None, why not) otherwise."""
+        check = card.precision_checks.get("int8")
+        if not check:
+            return None, "the model has no int8 variant"
+        path = os.path.join(os.path.dirname(os.path.abspath(self.model_path)), check["file"])
+        if not os.path.isfile(path):
+            return None, f"its int8 variant {check['file']} is not beside it"
+        if engine_choice.file_sha256(path) != check["sha256"]:
+            return None, (f"{check['file']} beside it is not the int8 variant its card lists "
+                          f"(its SHA-256 differs)")
+        return path, ""
+
+    def _explicit_int8(self, feedback: Feedback):
+        card = read_model_card(self.model_path)
+        path, why = self._int8_variant(card)
+        if path is None:
+            raise ModelError(
+                f"DEVICE is OpenVINO int8, but {why} (model {self.model_path}). 'python -m "
+                f"training check-precision --model MODEL.onnx --data PATCHES' writes the "
+                f"calibrated int8 variant beside the model (copy both files together); or set "
+                f"DEVICE to Automatic or CPU.")
+        if not card.passes_precision_check("int8"):
+            why_not = _failed(card.precision_checks["int8"])
+            feedback.warning(f"The int8 variant is approximate and {why_not}: DEVICE forces "
+                             f"it, Automatic would not.")
+        return self._openvino("int8", path)
 
     def _check_io(self) -> None:
         card, source, backend = self.card, f"the model {self.model_path}", self.backend

@@ -30,8 +30,13 @@ lcz.precision_checks    optional JSON object: how far a reduced-precision engine
                         ``{"bfloat16": {"same_class": 0.998, "patches": 551, ...}}``
                         (written by ``python -m training export`` or
                         ``check-precision``). ``lcz:classify``'s automatic device
-                        runs bfloat16 only for a model whose check passed
-                        (:func:`ModelCard.passes_precision_check`).
+                        considers bfloat16 only for a model whose check passed
+                        (:func:`ModelCard.passes_precision_check`). The ``int8``
+                        entry also names the calibrated int8 (QDQ) variant of the
+                        model, a second ONNX file beside it: ``"file"`` (a file
+                        name, e.g. ``msmla50.int8.onnx``) and ``"sha256"`` (that
+                        file's SHA-256; a different file of that name is not
+                        used).
 ======================  ==========================================================
 
 Model files are untrusted input (downloaded, shared, possibly crafted), so every value is
@@ -366,6 +371,19 @@ class ModelCard:
                 raise bad(f"'lcz.precision_checks' entry {_brief(precision)} needs "
                           f"'same_class' (a share 0-1) and 'patches' (a count from 1 to "
                           f"{MAX_CHECK_PATCHES:,})")
+            if precision == "int8" and not _is_variant(check):
+                raise bad("'lcz.precision_checks' entry 'int8' needs 'file' (the int8 model's "
+                          "file name, beside this model) and 'sha256' (its SHA-256 in hex)")
+
+
+def _is_variant(check: dict) -> bool:
+    """An int8 check names its variant: a plain file name beside the model and its hash."""
+    name, digest = check.get("file"), check.get("sha256")
+    return (isinstance(name, str) and name.endswith(".onnx") and name == name.strip()
+            and len(name) <= MAX_TEXT and "/" not in name and "\\" not in name
+            and name not in (".", "..")
+            and isinstance(digest, str) and len(digest) == 64
+            and all(c in "0123456789abcdef" for c in digest))
 
 
 def standardise(values: np.ndarray, mean, std) -> np.ndarray:
