@@ -268,6 +268,13 @@ def test_broken_model_file_is_refused_for_every_device(files, case, device):
         with pytest.raises(EngineError, match="DEVICE is CUDA"):
             Engine(path, device=device)
         return
+    if case == "corrupt-inside-graph" and device == "openvino-int8":
+        # the int8 device runs the int8 file the card names, never this graph: the missing
+        # variant is the first problem, refused with its own fix
+        with pytest.raises(ModelError, match="has no int8 variant.*check-precision"):
+            Engine(path, device=device)
+        assert digest(path) == before
+        return
     with pytest.raises(ModelError) as info:
         Engine(path, device=device)
     assert_short_and_named(str(info.value), named, str(path))

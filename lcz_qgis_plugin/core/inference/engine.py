@@ -633,7 +633,7 @@ class Engine:
         rng = np.random.default_rng(0)
         batch = rng.standard_normal((engine_choice.MEASURE_PATCHES, card.n_channels,
                                      card.patch_size, card.patch_size)).astype(np.float32)
-        runners, backends, keys = {}, {}, {}
+        runners, backends, keys, errors = {}, {}, {}, []
         for name, load in loaders.items():
             with _cache_lock:
                 before = set(_cache)
@@ -642,13 +642,16 @@ class Engine:
                 runners[name] = backends[name].runner()
                 runners[name](batch)  # the first inference allocates; it is not timed
             except Exception as exc:  # a candidate that cannot run is left out, not fatal
+                errors.append(exc)
                 notes.append(f"{ENGINE_NAMES[name]} left out: {str(exc).strip()[:200]}")
                 runners.pop(name, None)
                 continue
             finally:
                 with _cache_lock:
                     keys[name] = set(_cache) - before
-        if not runners:
+        if not runners:  # the first candidate's own message names the problem and the fix
+            if errors and isinstance(errors[0], (ModelError, EngineError)):
+                raise errors[0]
             raise ModelError(f"no CPU engine can run the model {self.model_path}: "
                              f"{'; '.join(notes)}")
         rates = engine_choice.measure(runners, batch, warm=False)
