@@ -12,7 +12,7 @@ from lcz_qgis_plugin.core.inference.engine import Engine
 from lcz_qgis_plugin.core.model.card import (
     MAX_METADATA_CHARS,
     PREFIX,
-    SCHEMA_VERSION,
+    PATCH_SCHEMA_VERSION,
     TEMPERATURE_RANGE,
     ModelCard,
     standardise,
@@ -25,7 +25,7 @@ def test_card_round_trips_through_an_onnx_file(tmp_path):
                          class_codes=[2, 5, 11, 17], temperature=1.7)
     path, *_ = linear_probe_model(tmp_path / "m.onnx", card)
     props = {p.key: p.value for p in onnx.load(path).metadata_props}
-    assert props[PREFIX + "schema_version"] == str(SCHEMA_VERSION)
+    assert props[PREFIX + "schema_version"] == str(PATCH_SCHEMA_VERSION)
     assert json.loads(props[PREFIX + "channels"]) == card.channels
     assert props[PREFIX + "name"] == "msmla18"  # plain strings stay readable
     assert json.loads(props[PREFIX + "class_names"]) == ["Compact mid-rise", "Open mid-rise",
@@ -213,3 +213,55 @@ def test_precision_checks_round_trip_and_decide_bfloat16(tmp_path, check, passes
     assert read == card
     assert read.passes_precision_check("bfloat16") is passes
     assert not read.passes_precision_check("int8")
+
+
+def dense_card(**overrides) -> ModelCard:
+    values = dict(model_kind="dense", output_stride=1, receptive_field=44, tile_multiple=8)
+    values.update(overrides)
+    return identity_card("unet", channel_names(3), 64, **values)
+
+
+def test_a_dense_card_round_trips_as_schema_2_and_a_patch_card_stays_schema_1():
+    props = dense_card().to_metadata_props()
+    assert props[PREFIX + "schema_version"] == "2"
+    assert props[PREFIX + "model_kind"] == "dense"
+    read = ModelCard.from_metadata_props(props)
+    assert read == dense_card() and read.is_dense and read.schema_version == 2
+    assert read.input_shape == (None, 3, None, None)
+    assert read.output_shape == (None, 17, None, None)
+    patch = identity_card("p", channel_names(3), 8).to_metadata_props()
+    assert PREFIX + "model_kind" not in patch and patch[PREFIX + "schema_version"] == "1"
+    assert ModelCard.from_metadata_props(patch).model_kind == "patch"  # absent: patch
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"model_kind": "tiles"}, "'lcz.model_kind' is 'tiles'"),
+    ({"receptive_field": 0}, "'lcz.receptive_field' is 0; a dense model needs"),
+    ({"output_stride": 3, "tile_multiple": 8}, "must be a multiple of 'lcz.output_stride'"),
+    ({"tile_multiple": 10 ** 6}, "'lcz.tile_multiple' is 1000000"),
+])
+def test_dense_fields_are_bounded(change, message):
+    props = dense_card().to_metadata_props()
+    props.update({PREFIX + key: value if isinstance(value, str) else json.dumps(value)
+                  for key, value in change.items()})
+    with pytest.raises(ModelError, match=message):
+        ModelCard.from_metadata_props(props)
+
+
+def test_dense_fields_on_a_patch_card_and_a_dense_card_of_schema_1_are_refused():
+    props = identity_card("p", channel_names(3), 8).to_metadata_props()
+    with pytest.raises(ModelError, match="belong to dense models"):
+        ModelCard.from_metadata_props({**props, PREFIX + "receptive_field": "40"})
+    dense = {**dense_card().to_metadata_props(), PREFIX + "schema_version": "1"}
+    with pytest.raises(ModelError, match="dense model's card must use metadata schema 2"):
+        ModelCard.from_metadata_props(dense)
+
+
+def test_shape_check_knows_both_kinds():
+    card = dense_card()
+    assert card.shape_mismatch(["N", 3, "H", "W"], ["N", 17, "H", "W"]) is None
+    assert "output shape ['N', 17] does not match the card (N, 17, H, W)" in \
+        card.shape_mismatch(["N", 3, "H", "W"], ["N", 17])
+    patch = identity_card("p", channel_names(3), 8)
+    assert "input shape ['N', 4, 8, 8] does not match the card (N, 3, 8, 8)" in \
+        patch.shape_mismatch(["N", 4, 8, 8], ["N", 17])

@@ -8,7 +8,7 @@ stored as they are so that tools such as Netron show them readably.
 ======================  ==========================================================
 key                     meaning
 ======================  ==========================================================
-lcz.schema_version      ``1``
+lcz.schema_version      ``1`` (patch models) or ``2`` (dense models)
 lcz.name                model family/name: msmla50, msmla18, sen2lcz, resnet20, rf ...
 lcz.version             model version (free text, e.g. ``2026.11.0``)
 lcz.channels            ordered input channel names, e.g. ``["S2:B02", ...]``; matched
@@ -37,6 +37,16 @@ lcz.precision_checks    optional JSON object: how far a reduced-precision engine
                         name, e.g. ``msmla50.int8.onnx``) and ``"sha256"`` (that
                         file's SHA-256; a different file of that name is not
                         used).
+lcz.model_kind          ``patch`` (absent: patch) or ``dense``. A patch model maps
+                        ``N x C x P x P`` to ``N x K``, one patch per cell; a dense
+                        model maps ``N x C x H x W`` to ``N x K x H/s x W/s`` (any
+                        H, W that are multiples of ``lcz.tile_multiple``) and is
+                        written with schema version 2
+lcz.output_stride       dense: s, input pixels per output pixel (1-64)
+lcz.receptive_field     dense: the edge in pixels of the area one output pixel
+                        sees (1-4096); tiles overlap by at least half of it
+lcz.tile_multiple       dense: tile edges and origins are multiples of this
+                        (2^depth for a U-Net; a multiple of s)
 ======================  ==========================================================
 
 Model files are untrusted input (downloaded, shared, possibly crafted), so every value is
@@ -68,9 +78,15 @@ import numpy as np
 from ..errors import ModelError
 from ..lcz_classes import LCZ_CODES, lcz_class
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The newest schema this plugin reads. Patch models are written as schema 1 (what every
+version of the plugin reads); dense models as schema 2, so that a plugin that predates them
+asks to be updated instead of misreading them."""
+PATCH_SCHEMA_VERSION = 1
+DENSE_SCHEMA_VERSION = 2
 PREFIX = "lcz."
 OUTPUT_KINDS = ("logits", "probabilities")
+MODEL_KINDS = ("patch", "dense")
 # A reduced-precision engine may run automatically when it gave float32's class on at least
 # this share of at least this many real patches. The issue's bar for "the same map" is 99 %
 # of cells; the margin covers a scene that differs from the patches the check used.
@@ -92,6 +108,9 @@ MAX_CELL_SIZE = 100_000.0        # metres
 TEMPERATURE_RANGE = (0.05, 20.0)  # what 'python -m training calibrate' can fit
 MAX_PRECISION_CHECKS = 16
 MAX_CHECK_PATCHES = 10 ** 9
+MAX_OUTPUT_STRIDE = 64           # pixels of input per output pixel (dense models)
+MAX_RECEPTIVE_FIELD = 4096       # pixels (dense models)
+MAX_TILE_MULTIPLE = 1024         # pixels (dense models)
 
 _EXPORT_HINT = ("Export the model with 'python -m training export', or add the metadata with "
                 "lcz_qgis_plugin.core.model.card_writer.write_model_card().")
@@ -116,7 +135,23 @@ class ModelCard:
     version: str = "0"
     provenance: dict[str, Any] = field(default_factory=dict)
     precision_checks: dict[str, dict] = field(default_factory=dict)
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = PATCH_SCHEMA_VERSION
+    model_kind: str = "patch"
+    """``patch``: one prediction per patch centred on a cell (``N x C x P x P`` ->
+    ``N x K``). ``dense``: a fully convolutional model predicting every pixel of a tile
+    (``N x C x H x W`` -> ``N x K x H/s x W/s``, s = :attr:`output_stride`)."""
+    output_stride: int = 1
+    """Dense models: input pixels per output pixel."""
+    receptive_field: int = 0
+    """Dense models: the edge in input pixels of the area that one output pixel sees; tiles
+    overlap by at least half of it, so every kept pixel saw all of its context."""
+    tile_multiple: int = 1
+    """Dense models: tile edges (and tile origins) must be multiples of this (2^depth for a
+    U-Net), so that every tile sees the same pooling grid."""
+
+    def __post_init__(self):
+        if self.model_kind == "dense" and self.schema_version < DENSE_SCHEMA_VERSION:
+            self.schema_version = DENSE_SCHEMA_VERSION
 
     @property
     def n_channels(self) -> int:
@@ -140,13 +175,21 @@ class ModelCard:
 
     # -- the rules both sides apply (one definition: plugin, training, evaluation) ----------
     @property
+    def is_dense(self) -> bool:
+        return self.model_kind == "dense"
+
+    @property
     def input_shape(self) -> tuple:
-        """The model's input, ``(N, C, P, P)`` with N free (None)."""
+        """The model's input, ``(N, C, P, P)`` (dense: ``(N, C, H, W)``), free sizes None."""
+        if self.is_dense:
+            return (None, self.n_channels, None, None)
         return (None, self.n_channels, self.patch_size, self.patch_size)
 
     @property
     def output_shape(self) -> tuple:
-        """The model's output, ``(N, K)`` with N free (None)."""
+        """The model's output, ``(N, K)`` (dense: ``(N, K, H/s, W/s)``), free sizes None."""
+        if self.is_dense:
+            return (None, self.n_classes, None, None)
         return (None, self.n_classes)
 
     def gain_and_bias(self) -> tuple[np.ndarray, np.ndarray]:
@@ -191,15 +234,21 @@ class ModelCard:
         """What contradicts the card in a graph's input and output shapes (dimensions given
         as ints, or anything else where free), or None. One check for the plugin's engines
         and the training package's writer."""
-        expected_in = self.input_shape
-        if len(input_shape) != 4 or any(isinstance(d, int) and e is not None and d != e
-                                        for d, e in zip(input_shape, expected_in)):
+        def contradicts(shape, expected) -> bool:
+            return len(shape) != len(expected) or any(
+                isinstance(d, int) and e is not None and d != e for d, e in zip(shape, expected))
+
+        def described(expected) -> str:
+            return "(" + ", ".join("N" if i == 0 else "H" if i == len(expected) - 2 and e is None
+                                   else "W" if e is None else str(e)
+                                   for i, e in enumerate(expected)) + ")"
+
+        if contradicts(input_shape, self.input_shape):
             return (f"input shape {list(input_shape)} does not match the card "
-                    f"(N, {self.n_channels}, {self.patch_size}, {self.patch_size})")
-        if len(output_shape) != 2 or (isinstance(output_shape[1], int)
-                                      and output_shape[1] != self.n_classes):
+                    f"{described(self.input_shape)}")
+        if contradicts(output_shape, self.output_shape):
             return (f"output shape {list(output_shape)} does not match the card "
-                    f"(N, {self.n_classes})")
+                    f"{described(self.output_shape)}")
         return None
 
     # -- serialisation ---------------------------------------------------------------------
@@ -227,6 +276,11 @@ class ModelCard:
         }
         if self.precision_checks:
             values["precision_checks"] = self.precision_checks
+        if self.is_dense:  # patch cards stay as every plugin version reads them
+            values.update(schema_version=DENSE_SCHEMA_VERSION, model_kind=self.model_kind,
+                          output_stride=int(self.output_stride),
+                          receptive_field=int(self.receptive_field),
+                          tile_multiple=int(self.tile_multiple))
         props = {PREFIX + key: (value if isinstance(value, str) else json.dumps(value))
                  for key, value in values.items()}
         _check_metadata_size(props, "the model card")  # what the reader would refuse
@@ -267,7 +321,14 @@ class ModelCard:
             temperature=_parse(props, "temperature", float, source, default=1.0),
             provenance=_parse(props, "provenance", dict, source, default={}),
             precision_checks=_parse(props, "precision_checks", dict, source, default={}),
+            model_kind=_parse(props, "model_kind", str, source, default="patch"),
+            output_stride=_parse(props, "output_stride", int, source, default=1),
+            receptive_field=_parse(props, "receptive_field", int, source, default=0),
+            tile_multiple=_parse(props, "tile_multiple", int, source, default=1),
         )
+        if card.is_dense and version < DENSE_SCHEMA_VERSION:
+            raise ModelError(f"{source}: a dense model's card must use metadata schema "
+                             f"{DENSE_SCHEMA_VERSION}, not {version}. {_EXPORT_HINT}")
         card.validate(source)
         return card
 
@@ -289,6 +350,27 @@ class ModelCard:
         self._validate_geometry(bad)
         self._validate_classes(bad)
         self._validate_json_objects(bad)
+        self._validate_kind(bad)
+
+    def _validate_kind(self, bad) -> None:
+        if self.model_kind not in MODEL_KINDS:
+            raise bad(f"'lcz.model_kind' is {_brief(self.model_kind)}; expected one of "
+                      f"{MODEL_KINDS}")
+        dense = {"output_stride": MAX_OUTPUT_STRIDE, "receptive_field": MAX_RECEPTIVE_FIELD,
+                 "tile_multiple": MAX_TILE_MULTIPLE}
+        if not self.is_dense:
+            if (self.output_stride, self.receptive_field, self.tile_multiple) != (1, 0, 1):
+                raise bad("'lcz.output_stride', 'lcz.receptive_field' and 'lcz.tile_multiple' "
+                          "belong to dense models; this card's 'lcz.model_kind' is patch")
+            return
+        for key, high in dense.items():
+            value = getattr(self, key)
+            if not _is_whole(value) or not 1 <= value <= high:
+                raise bad(f"'lcz.{key}' is {_brief(value)}; a dense model needs a whole number "
+                          f"from 1 to {high} (pixels)")
+        if self.tile_multiple % self.output_stride:
+            raise bad(f"'lcz.tile_multiple' ({self.tile_multiple}) must be a multiple of "
+                      f"'lcz.output_stride' ({self.output_stride})")
 
     def _validate_channels(self, bad) -> None:
         channels = self.channels
