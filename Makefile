@@ -10,7 +10,7 @@ APT_PACKAGES := qgis python3-qgis qgis-providers python3-venv python3-pip
 export QT_QPA_PLATFORM := offscreen
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup test demo package bench clean
+.PHONY: setup lint test demo package bench clean
 
 setup: $(VENV)/.installed
 
@@ -24,7 +24,10 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -c "import qgis.core, osgeo.gdal, onnxruntime, torch, numpy; print('environment ok: numpy', numpy.__version__, 'onnxruntime', onnxruntime.__version__, 'torch', torch.__version__)"
 	touch $@
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup lint
 	$(PY) -m pytest
 
 demo: setup

@@ -11,8 +11,8 @@ from lcz_qgis_plugin.core.errors import ModelError
 from lcz_qgis_plugin.core.inference.engine import Engine
 from lcz_qgis_plugin.core.model.card import (
     MAX_METADATA_CHARS,
-    PREFIX,
     PATCH_SCHEMA_VERSION,
+    PREFIX,
     TEMPERATURE_RANGE,
     ModelCard,
     standardise,
