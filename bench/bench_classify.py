@@ -45,8 +45,8 @@ The header names the CPU's features that decide the engines: AMX, AVX512-BF16, V
 Peak float32 rate = physical cores × clock × 64 FLOP/cycle (AVX-512: 2 FMA units × 16 float32
 lanes × 2 FLOP per FMA). The clock is /proc/cpuinfo's "cpu MHz" (the nominal clock under a
 hypervisor; turbo would lower the percentages). FLOP per patch = 2 × the MACs of the graph's
-Conv and Gemm nodes, counted from the ONNX file (DESIGN §5 quotes ≈ 169 M MACs for MSMLA-50,
-≈ 75 M for MSMLA-18). bfloat16 and int8 engines run on other units (AVX512-BF16, AMX, VNNI)
+Conv and Gemm nodes, counted from the ONNX file (≈ 169 M MACs for MSMLA-50, ≈ 75 M for
+MSMLA-18). bfloat16 and int8 engines run on other units (AVX512-BF16, AMX, VNNI)
 whose peaks are higher; their percentages are still of the float32 peak, for comparison.
 
 Every measurement runs in a fresh process (its own peak memory, no shared warm caches); the

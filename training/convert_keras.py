@@ -1,6 +1,6 @@
 """``convert-keras``: published Keras weights → PyTorch → plugin-ready ONNX.
 
-Two pretrained So2Sat LCZ42 models are supported (download links in the README, section
+Two pretrained So2Sat LCZ42 models are supported (download links in docs/training.md, section
 "Pretrained models"):
 
 - ``sen2lcz``: Sen2LCZ-Net-MF (Qiu et al. 2020), ``sen2LCZ_drop_32_weights.best.hdf5`` from

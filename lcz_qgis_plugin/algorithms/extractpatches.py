@@ -89,7 +89,7 @@ Parameters
 Outputs
 - Patch file (OUTPUT): HDF5 (.h5) with patches (raw stack values), labels, polygon ids, split, cell
   centres, channel names and per-channel scale/offset (the band's GDAL scale/offset, else 1e-4 for
-  S2:* and 1 for others). Schema: README, "Patch files".
+  S2:* and 1 for others). Schema: docs/training-data.md, section "Patch files".
 - Summary (OUTPUT_SUMMARY, optional): JSON with patches per class and split, skipped polygons and
   cells.
 - PATCHES: number of patches written. Class counts are also printed in the log.

@@ -6,7 +6,8 @@ average pooling (doubling the channels); dropout 0.2 follows the second and thir
 merge and the last block feed a head GAP -> Dense(classes, softmax); the output is the mean of
 the four softmaxes, so the model outputs *probabilities* (``output_kind = probabilities``).
 For training, :meth:`Sen2LczNet.forward` returns the log of that mean, which works with the
-same cross-entropy as a logits model and is what temperature scaling uses (DESIGN section 7).
+same cross-entropy as a logits model and is what temperature scaling uses (docs/training.md,
+"Evaluation and calibration").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The project's training-patch file (HDF5), written by patch extraction, read by training.
 
-Schema ``lcz-patches`` version 1 (documented in the README, section "Patch files"):
+Schema ``lcz-patches`` version 1 (documented in docs/training-data.md, section "Patch files"):
 
 datasets (N = number of patches, C channels, P x P pixels)
     ``patches``      float32 (N, C, P, P)  values in the input stack's own units (e.g.
