@@ -11,9 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_FUNCTION_LINES = 80
 
 # being split in issue 13; remove as they are split
-PENDING_SPLIT = {
-    "lcz_qgis_plugin/core/inference/classify.py:classify",
-}
+PENDING_SPLIT: set[str] = set()
 
 QT_AND_QGIS = ("qgis", "PyQt4", "PyQt5", "PyQt6")
 

@@ -1,13 +1,19 @@
 """Classify Local Climate Zones: input stack(s) + ONNX model -> LCZ map (QGIS-free).
 
 The scene is processed in strips of output cell rows. For each strip and each date stack the
-pixels are read once (:mod:`.patches`), the valid cells are run through the model in batches,
+pixels are read once (:mod:`.strips`), the valid cells are run through the model in batches,
 the dates' probabilities are averaged per cell, and the strip's rows of every output are
 written. Reading and cutting patches run ahead on a prefetch thread and writing runs behind
-on a writer thread (:mod:`.pipeline`), so the engine does not wait for either; both talk to
-the engine through bounded queues. Memory therefore depends on the strip and batch sizes,
-never on the scene size. Progress and cancellation are checked per batch; outputs appear only
-when the whole run succeeded (:mod:`.outputs`).
+on a writer thread (:mod:`.threads`), so the engine does not wait for either; both talk to
+the engine through bounded queues. The reader hands the engine typed events
+(:class:`StripStarted`, :class:`Batch`, :class:`DateDone`, :class:`StripDone`). Memory
+therefore depends on the strip and batch sizes, never on the scene size. Progress and
+cancellation are checked per batch; outputs appear only when the whole run succeeded
+(:class:`.PendingOutputs`).
+
+:func:`classify` runs its steps in order: check the arguments, reserve the outputs (before the
+model loads), open the inputs (engine, stacks, grid, strips), create the outputs, run the
+scene (reader -> engine -> writer), finish (majority filter, commit), report.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import datetime as _dt
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,9 +35,10 @@ from ..commit import GdalErrors
 from ..errors import Cancelled, InputError
 from ..feedback import Feedback
 from ..lcz_classes import NODATA_CODE, lcz_class
+from ..model.card import ModelCard
 from ..outputs import PendingOutputs, check_output_path
 from ..rasters import bounded_cache
-from ..stacks import open_stacks
+from ..stacks import Stack, open_stacks
 from ..style import category_names, class_map_qml, colour_table
 from .engine import GPU_PROVIDERS, Engine
 from .majority import filter_band
@@ -96,6 +104,72 @@ def strip_bounds(total_rows: int, max_rows: int) -> list[tuple[int, int]]:
     return bounds
 
 
+# --- the events the reader hands to the engine, strip by strip and date by date -------------
+
+@dataclass(frozen=True)
+class StripStarted:
+    """A strip of output cell rows ``row_a .. row_b - 1`` begins: its sums start at zero."""
+    row_a: int
+    row_b: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Patches ``N x C x P x P`` of valid cells (``rows``, ``cols`` within the strip) of one
+    date; ``done`` of that date's ``total`` valid cells in the strip are then handed over.
+    ``step`` counts (strip, date) pairs, for the progress bar."""
+    step: int
+    rows: np.ndarray
+    cols: np.ndarray
+    patches: np.ndarray
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class DateDone:
+    """Every batch of one date in the strip was handed over. ``cell_valid``: the strip's
+    cells this date classifies; ``blamed``: :meth:`.strips.Strip.nodata_channels`, None when
+    the strip has no no-data cell."""
+    step: int
+    cell_valid: np.ndarray
+    blamed: Counter | None
+
+
+@dataclass(frozen=True)
+class StripDone:
+    """Every date of the strip starting at ``row_a`` was handed over: its rows can be written."""
+    row_a: int
+
+
+SceneEvent = StripStarted | Batch | DateDone | StripDone
+
+
+@dataclass
+class _Scene:
+    """What a run works on once its inputs are open: the engine (with its model card), the
+    date stacks, and the output grid cut into strips of at most ``strip_rows`` cell rows."""
+    engine: Engine
+    stacks: list[Stack]
+    grid: CellGrid
+    strip_rows: int
+    strips: list[tuple[int, int]]
+
+    @property
+    def card(self) -> ModelCard:
+        return self.engine.card
+
+
+@dataclass
+class _Tally:
+    """What a run counts as it goes: patches run through the model, cells per class code
+    (added to by the writer; read once it finished), no-data cells per channel responsible
+    (summed over dates)."""
+    patches: int = 0
+    histogram: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))
+    blamed: Counter = field(default_factory=Counter)
+
+
 def classify(inputs: list[str], model: str | Engine, output: str, *,
              probabilities_output: str | None = None, confidence_output: str | None = None,
              cell_size: float | None = None,
@@ -119,21 +193,61 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
     """
     started = time.perf_counter()
     feedback = feedback or Feedback()
+    _check_arguments(batch_size, majority_radius, max_nodata_fraction)
+    destinations, outputs = _reserve_outputs(inputs, model, {
+        "OUTPUT": output, "OUTPUT_PROBABILITIES": probabilities_output,
+        "OUTPUT_CONFIDENCE": confidence_output})
+    scene = _open_inputs(inputs, model, feedback, device=device, threads=threads,
+                         batch_size=batch_size, cell_size=cell_size, extent=extent,
+                         strip_memory_mb=strip_memory_mb, input_bands=input_bands)
+    stages = contextlib.ExitStack()  # the reader and writer threads, closed before cleanup
+    span = 90.0 if majority_radius else 100.0  # of the progress bar; the rest: the filter
+    try:
+        with bounded_cache():
+            class_key = _create_outputs(outputs, destinations, scene, majority_radius)
+            tally = _run_scene(scene, outputs, class_key, stages, feedback, span=span,
+                               batch_size=batch_size, prefetch=prefetch,
+                               max_nodata_fraction=max_nodata_fraction)
+            _finish(scene, outputs, destinations, tally, feedback, span=span,
+                    majority_radius=majority_radius, max_nodata_fraction=max_nodata_fraction)
+    except BaseException:
+        stages.close()  # stop and join the threads before their outputs are deleted
+        outputs.discard()
+        raise
+    return _report(scene, destinations, tally, time.perf_counter() - started, feedback)
+
+
+# --- the steps of classify, in order ---------------------------------------------------------
+
+def _check_arguments(batch_size: int, majority_radius: int, max_nodata_fraction: float) -> None:
     if batch_size < 1:
         raise InputError(f"BATCH_SIZE must be at least 1 (got {batch_size}).")
     if majority_radius < 0:
         raise InputError(f"MAJORITY_RADIUS must be 0 (off) or more (got {majority_radius}).")
     if not 0.0 <= max_nodata_fraction < 1.0:
         raise InputError("the allowed no-data fraction of a patch must be in [0, 1).")
-    destinations = {key: check_output_path(path, OUTPUT_NAMES[key]) for key, path in (
-        ("OUTPUT", output), ("OUTPUT_PROBABILITIES", probabilities_output),
-        ("OUTPUT_CONFIDENCE", confidence_output)) if path}
+
+
+def _reserve_outputs(inputs: list[str], model: str | Engine,
+                     paths: dict[str, str | None]) -> tuple[dict[str, str], PendingOutputs]:
+    """The destinations asked for, by output key, checked and reserved before any work (the
+    commit protocol): a destination that is an input, another output or unwritable is refused
+    before the model loads."""
+    destinations = {key: check_output_path(path, OUTPUT_NAMES[key])
+                    for key, path in paths.items() if path}
     model_path = model.model_path if isinstance(model, Engine) else model
-    outputs = PendingOutputs(os.path.dirname(os.path.abspath(output)),
+    outputs = PendingOutputs(os.path.dirname(os.path.abspath(paths["OUTPUT"])),
                              inputs=list(inputs) + [model_path])
     for key, path in destinations.items():
         outputs.reserve(key, path, OUTPUT_NAMES[key])
+    return destinations, outputs
 
+
+def _open_inputs(inputs: list[str], model: str | Engine, feedback: Feedback, *, device: str,
+                 threads: int, batch_size: int, cell_size: float | None, extent,
+                 strip_memory_mb: float, input_bands) -> _Scene:
+    """The engine, the date stacks matched to its card's channels, the output grid and its
+    strips (sized to ``strip_memory_mb``); says which engine runs and what the grid is."""
     engine = model if isinstance(model, Engine) else Engine(model, device, threads, feedback)
     card = engine.card
     feedback.info(f"Model: {card.describe()}; execution provider: {engine.provider}")
@@ -150,135 +264,124 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
     feedback.info(f"Output grid: {grid.cols} x {grid.rows} cells of {grid.cell_size:g} m "
                   f"({grid.stride} px), {len(stacks)} date(s), {len(strips)} strip(s) of up "
                   f"to {strip_rows} cell rows, batches of {batch_size}.")
+    return _Scene(engine, stacks, grid, strip_rows, strips)
 
-    codes = np.asarray(card.class_codes, dtype=np.uint8)
-    metadata = {
+
+def _map_metadata(scene: _Scene, majority_radius: int) -> dict[str, str]:
+    """The provenance every output carries: software, model, engine, grid, inputs."""
+    card, engine = scene.card, scene.engine
+    return {
         "LCZ_SOFTWARE": software_tag(),
         "LCZ_MODEL_NAME": card.name,
         "LCZ_MODEL_VERSION": card.version,
         "LCZ_MODEL_FILE": os.path.basename(engine.model_path),
         "LCZ_EXECUTION_PROVIDER": engine.provider,
-        "LCZ_CELL_SIZE": f"{grid.cell_size:g}",
+        "LCZ_CELL_SIZE": f"{scene.grid.cell_size:g}",
         "LCZ_PATCH_SIZE": str(card.patch_size),
         "LCZ_TEMPERATURE": f"{card.temperature:g}",
-        "LCZ_INPUTS": ";".join(os.path.basename(s.path) for s in stacks),
-        "LCZ_DATES_AVERAGED": str(len(stacks)),
+        "LCZ_INPUTS": ";".join(os.path.basename(s.path) for s in scene.stacks),
+        "LCZ_DATES_AVERAGED": str(len(scene.stacks)),
         "LCZ_MAJORITY_RADIUS": str(majority_radius),
         "LCZ_CREATED": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
+
+
+def _create_outputs(outputs: PendingOutputs, destinations: dict[str, str], scene: _Scene,
+                    majority_radius: int) -> str:
+    """Create every output under its temporary name; returns the key the strips' classes go
+    to: the class map itself, or a scratch raster the majority filter reads."""
+    card, grid = scene.card, scene.grid
+    metadata = _map_metadata(scene, majority_radius)
     common = dict(width=grid.cols, height=grid.rows, geotransform=grid.geotransform,
-                  projection=first.projection, block_rows=strip_rows)
-    stages = contextlib.ExitStack()  # the reader and writer threads, closed before cleanup
-    span = 90.0 if majority_radius else 100.0
-    patches = 0
-    histogram = np.zeros(256, dtype=np.int64)
-    blamed = Counter()  # no-data cells per channel responsible, summed over dates
-    try:
-        with bounded_cache():
-            class_key = "RAW_CLASSES" if majority_radius else "OUTPUT"
-            for key in dict.fromkeys([class_key, "OUTPUT"]):
-                outputs.create(key, destinations["OUTPUT"] if key == "OUTPUT" else None,
-                               bands=1, data_type=gdal.GDT_Byte, nodata=NODATA_CODE,
-                               descriptions=["LCZ class"], metadata=metadata,
-                               qml=class_map_qml(), colour_table=colour_table(),
-                               category_names=category_names(), **common)
-            if "OUTPUT_PROBABILITIES" in destinations:
-                outputs.create("OUTPUT_PROBABILITIES", destinations["OUTPUT_PROBABILITIES"],
-                               bands=card.n_classes, data_type=gdal.GDT_Float32,
-                               nodata=FLOAT_NODATA, metadata=metadata,
-                               descriptions=[lcz_class(c).name for c in card.class_codes],
-                               **common)
-                for number, code in enumerate(card.class_codes, start=1):
-                    outputs.set_band_metadata("OUTPUT_PROBABILITIES", number,
-                                              {"LCZ_CODE": str(code),
-                                               "LCZ_LABEL": lcz_class(code).label})
-            if "OUTPUT_CONFIDENCE" in destinations:
-                outputs.create("OUTPUT_CONFIDENCE", destinations["OUTPUT_CONFIDENCE"],
-                               bands=2, data_type=gdal.GDT_Float32, nodata=FLOAT_NODATA,
-                               descriptions=list(CONFIDENCE_BANDS), metadata=metadata,
-                               **common)
+                  projection=scene.stacks[0].projection, block_rows=scene.strip_rows)
+    class_key = "RAW_CLASSES" if majority_radius else "OUTPUT"
+    for key in dict.fromkeys([class_key, "OUTPUT"]):
+        outputs.create(key, destinations["OUTPUT"] if key == "OUTPUT" else None,
+                       bands=1, data_type=gdal.GDT_Byte, nodata=NODATA_CODE,
+                       descriptions=["LCZ class"], metadata=metadata,
+                       qml=class_map_qml(), colour_table=colour_table(),
+                       category_names=category_names(), **common)
+    if "OUTPUT_PROBABILITIES" in destinations:
+        outputs.create("OUTPUT_PROBABILITIES", destinations["OUTPUT_PROBABILITIES"],
+                       bands=card.n_classes, data_type=gdal.GDT_Float32,
+                       nodata=FLOAT_NODATA, metadata=metadata,
+                       descriptions=[lcz_class(c).name for c in card.class_codes],
+                       **common)
+        for number, code in enumerate(card.class_codes, start=1):
+            outputs.set_band_metadata("OUTPUT_PROBABILITIES", number,
+                                      {"LCZ_CODE": str(code),
+                                       "LCZ_LABEL": lcz_class(code).label})
+    if "OUTPUT_CONFIDENCE" in destinations:
+        outputs.create("OUTPUT_CONFIDENCE", destinations["OUTPUT_CONFIDENCE"],
+                       bands=2, data_type=gdal.GDT_Float32, nodata=FLOAT_NODATA,
+                       descriptions=list(CONFIDENCE_BANDS), metadata=metadata,
+                       **common)
+    return class_key
 
-            readers = [StripReader(stack, card, grid, max_nodata_fraction) for stack in stacks]
-            steps = len(strips) * len(readers)
-            batch_bytes = batch_size * card.n_channels * card.patch_size ** 2 * 4
-            depth = int(min(8, max(2, PREFETCH_BYTES // batch_bytes)))
-            source = _scene_batches(readers, strips, batch_size)
-            if prefetch:
-                source = stages.enter_context(Prefetch(source, depth, "lcz-read"))
-                writer = Background(2, "lcz-write")
-                stages.callback(writer.close)
-            else:
-                writer = Inline()
 
-            def write_strip(row_a, prob_sum, n_dates):
-                valid = n_dates > 0
-                probs = prob_sum / np.maximum(n_dates, 1)[..., None]
-                classes = np.where(valid, codes[probs.argmax(axis=2)], NODATA_CODE)
-                classes = classes.astype(np.uint8)
-                outputs.write(class_key, classes, row_a)
-                histogram[:] += np.bincount(classes.ravel(), minlength=256)
-                if "OUTPUT_PROBABILITIES" in outputs:
-                    planes = np.where(valid, probs.transpose(2, 0, 1), FLOAT_NODATA)
-                    outputs.write("OUTPUT_PROBABILITIES", planes.astype(np.float32), row_a)
-                if "OUTPUT_CONFIDENCE" in outputs:
-                    outputs.write("OUTPUT_CONFIDENCE", confidence_planes(probs, valid), row_a)
+def _run_scene(scene: _Scene, outputs: PendingOutputs, class_key: str,
+               stages: contextlib.ExitStack, feedback: Feedback, *, span: float,
+               batch_size: int, prefetch: bool, max_nodata_fraction: float) -> _Tally:
+    """Every strip and date through reader -> engine -> writer (the module's docstring): the
+    reader and writer threads are entered into ``stages``, which the caller closes on error."""
+    card = scene.card
+    readers = [StripReader(stack, card, scene.grid, max_nodata_fraction)
+               for stack in scene.stacks]
+    batch_bytes = batch_size * card.n_channels * card.patch_size ** 2 * 4
+    depth = int(min(8, max(2, PREFETCH_BYTES // batch_bytes)))
+    source = _scene_events(readers, scene.strips, batch_size)
+    if prefetch:
+        source = stages.enter_context(Prefetch(source, depth, "lcz-read"))
+        writer = Background(2, "lcz-write")
+        stages.callback(writer.close)
+    else:
+        writer = Inline()
+    engine_stage = _EngineStage(scene, outputs, class_key, writer, feedback, span)
+    for event in source:
+        _check_cancel(feedback)
+        engine_stage.handle(event)
+    writer.finish()
+    stages.close()
+    return engine_stage.tally
 
-            prob_sum = n_dates = None
-            for event in source:
-                _check_cancel(feedback)
-                kind = event[0]
-                if kind == "batch":
-                    _, step, r, c, batch, done, total = event
-                    prob_sum[r, c] += engine.probabilities(batch)
-                    feedback.progress(span * (step + done / total) / steps)
-                elif kind == "strip":
-                    _, row_a, row_b = event
-                    prob_sum = np.zeros((row_b - row_a, grid.cols, card.n_classes), np.float32)
-                    n_dates = np.zeros((row_b - row_a, grid.cols), np.int32)
-                elif kind == "date done":
-                    _, step, cell_valid, strip_blamed = event
-                    blamed.update(strip_blamed)
-                    n_dates += cell_valid
-                    patches += int(cell_valid.sum())
-                    feedback.progress(span * (step + 1) / steps)
-                else:  # "strip done"
-                    writer.submit(write_strip, event[1], prob_sum, n_dates)
-                    prob_sum = n_dates = None
-            writer.finish()
-            stages.close()
 
-            if histogram[1:].sum() == 0:
-                raise InputError(
-                    f"every cell of the output is no-data: the input stack(s) hold no valid "
-                    f"pixels in the classified area (or every patch is more than "
-                    f"{max_nodata_fraction:.0%} no-data; {describe_nodata(blamed)}). Check the "
-                    f"stacks' no-data values and the EXTENT.")
-            if majority_radius:
-                feedback.info(f"Majority filter, radius {majority_radius} cell(s).")
+def _finish(scene: _Scene, outputs: PendingOutputs, destinations: dict[str, str],
+            tally: _Tally, feedback: Feedback, *, span: float, majority_radius: int,
+            max_nodata_fraction: float) -> None:
+    """Refuse a map without a classified cell, run the majority filter pass over the written
+    classes (the filtered map's counts replace the tally's), and put the outputs in place."""
+    if tally.histogram[1:].sum() == 0:
+        raise InputError(
+            f"every cell of the output is no-data: the input stack(s) hold no valid "
+            f"pixels in the classified area (or every patch is more than "
+            f"{max_nodata_fraction:.0%} no-data; {describe_nodata(tally.blamed)}). Check the "
+            f"stacks' no-data values and the EXTENT.")
+    if majority_radius:
+        feedback.info(f"Majority filter, radius {majority_radius} cell(s).")
 
-                def on_block(done, total):
-                    _check_cancel(feedback)
-                    feedback.progress(span + (100.0 - span) * done / total)
+        def on_block(done, total):
+            _check_cancel(feedback)
+            feedback.progress(span + (100.0 - span) * done / total)
 
-                with GdalErrors() as errors:  # blocks leaving GDAL's cache are written here
-                    histogram = filter_band(outputs.band("RAW_CLASSES"),
-                                            outputs.band("OUTPUT"), majority_radius,
-                                            strip_rows, on_block)
-                errors.raise_if_any(f"class map output {destinations['OUTPUT']}")
-            outputs.commit()
-    except BaseException:
-        stages.close()  # stop and join the threads before their outputs are deleted
-        outputs.discard()
-        raise
-    seconds = time.perf_counter() - started
+        with GdalErrors() as errors:  # blocks leaving GDAL's cache are written here
+            tally.histogram = filter_band(outputs.band("RAW_CLASSES"), outputs.band("OUTPUT"),
+                                          majority_radius, scene.strip_rows, on_block)
+        errors.raise_if_any(f"class map output {destinations['OUTPUT']}")
+    outputs.commit()
+
+
+def _report(scene: _Scene, destinations: dict[str, str], tally: _Tally, seconds: float,
+            feedback: Feedback) -> ClassifyResult:
+    """The result of a run that succeeded, and the log lines that sum it up."""
+    grid, stacks, patches, engine = scene.grid, scene.stacks, tally.patches, scene.engine
     result = ClassifyResult(
         output=destinations["OUTPUT"],
         probabilities=destinations.get("OUTPUT_PROBABILITIES"),
         confidence=destinations.get("OUTPUT_CONFIDENCE"),
         provider=engine.provider, rows=grid.rows, cols=grid.cols, cell_size=grid.cell_size,
         patches=patches, seconds=seconds,
-        class_counts={int(code): int(histogram[code]) for code in range(1, 256)
-                      if histogram[code]})
+        class_counts={int(code): int(tally.histogram[code]) for code in range(1, 256)
+                      if tally.histogram[code]})
     feedback.info(f"Classified {result.classified_cells} of {grid.rows * grid.cols} cells "
                   f"({patches} patches) in {seconds:.1f} s, {result.patches_per_second:.0f} "
                   f"patches/s on {engine.provider}.")
@@ -286,32 +389,85 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
     if skipped:
         feedback.info(f"skipped {skipped} cell(s) whose patch is mostly no-data"
                       + (f" (counted per date, over {len(stacks)} dates)" if len(stacks) > 1
-                         else "") + f": {describe_nodata(blamed)}.")
+                         else "") + f": {describe_nodata(tally.blamed)}.")
     feedback.info("Cells per class: " + ", ".join(
         f"{lcz_class(code).letter}: {count}" for code, count in result.class_counts.items()))
     return result
 
 
-def _scene_batches(readers: list[StripReader], strips: list[tuple[int, int]],
-                   batch_size: int):
-    """The scene as a stream of events, strip by strip and date by date:
-    ``("strip", row_a, row_b)``, then per date ``("batch", step, rows, cols, patches, done,
-    total)`` for each batch of valid cells and ``("date done", step, cell_valid, blamed)``
-    (``blamed``: :meth:`.patches.Strip.nodata_channels`, None without no-data cells), then
-    ``("strip done", row_a)``. Runs on the prefetch thread: reading and gathering happen here."""
+# --- the three stages: reader (prefetch thread), engine (caller), writer (writer thread) -----
+
+def _scene_events(readers: list[StripReader], strips: list[tuple[int, int]],
+                  batch_size: int) -> Iterator[SceneEvent]:
+    """The scene as a stream of events, strip by strip and date by date: :class:`StripStarted`,
+    then per date a :class:`Batch` for each batch of valid cells and a :class:`DateDone`, then
+    :class:`StripDone`. Runs on the prefetch thread: reading and gathering happen here."""
     for strip_index, (row_a, row_b) in enumerate(strips):
-        yield ("strip", row_a, row_b)
+        yield StripStarted(row_a, row_b)
         for date_index, reader in enumerate(readers):
             step = strip_index * len(readers) + date_index
             strip = reader.read(row_a, row_b)
             rows, cols = np.nonzero(strip.cell_valid)
             for start in range(0, len(rows), batch_size):
                 r, c = rows[start:start + batch_size], cols[start:start + batch_size]
-                yield ("batch", step, r, c, strip.gather(r, c), start + len(r), len(rows))
+                yield Batch(step, r, c, strip.gather(r, c), start + len(r), len(rows))
             blamed = None if strip.cell_valid.all() else strip.nodata_channels()
-            yield ("date done", step, strip.cell_valid, blamed)
+            yield DateDone(step, strip.cell_valid, blamed)
             del strip
-        yield ("strip done", row_a)
+        yield StripDone(row_a)
+
+
+class _EngineStage:
+    """The engine's stage, on the calling thread: adds each batch's probabilities into the
+    strip's per-cell sums, counts the dates each cell was classified on, reports progress, and
+    hands each finished strip to the writer (:meth:`_write_strip` runs on the writer thread)."""
+
+    def __init__(self, scene: _Scene, outputs: PendingOutputs, class_key: str, writer,
+                 feedback: Feedback, span: float):
+        self.engine, self.outputs, self.class_key = scene.engine, outputs, class_key
+        self.writer, self.feedback, self.span = writer, feedback, span
+        self.cols, self.n_classes = scene.grid.cols, scene.card.n_classes
+        self.codes = np.asarray(scene.card.class_codes, dtype=np.uint8)
+        self.steps = len(scene.strips) * len(scene.stacks)
+        self.tally = _Tally()
+        self.prob_sum: np.ndarray | None = None  # the strip's rows x cols x K sums
+        self.n_dates: np.ndarray | None = None   # the strip's rows x cols dates classified
+
+    def handle(self, event: SceneEvent) -> None:
+        match event:
+            case Batch():
+                self.prob_sum[event.rows, event.cols] += self.engine.probabilities(
+                    event.patches)
+                self.feedback.progress(
+                    self.span * (event.step + event.done / event.total) / self.steps)
+            case StripStarted():
+                rows = event.row_b - event.row_a
+                self.prob_sum = np.zeros((rows, self.cols, self.n_classes), np.float32)
+                self.n_dates = np.zeros((rows, self.cols), np.int32)
+            case DateDone():
+                self.tally.blamed.update(event.blamed)
+                self.n_dates += event.cell_valid
+                self.tally.patches += int(event.cell_valid.sum())
+                self.feedback.progress(self.span * (event.step + 1) / self.steps)
+            case StripDone():
+                self.writer.submit(self._write_strip, event.row_a, self.prob_sum,
+                                   self.n_dates)
+                self.prob_sum = self.n_dates = None
+
+    def _write_strip(self, row_a: int, prob_sum: np.ndarray, n_dates: np.ndarray) -> None:
+        """Classes (and probabilities, confidence) of the strip's cells, averaged over the
+        dates; a cell no date classified is no-data."""
+        valid = n_dates > 0
+        probs = prob_sum / np.maximum(n_dates, 1)[..., None]
+        classes = np.where(valid, self.codes[probs.argmax(axis=2)], NODATA_CODE)
+        classes = classes.astype(np.uint8)
+        self.outputs.write(self.class_key, classes, row_a)
+        self.tally.histogram[:] += np.bincount(classes.ravel(), minlength=256)
+        if "OUTPUT_PROBABILITIES" in self.outputs:
+            planes = np.where(valid, probs.transpose(2, 0, 1), FLOAT_NODATA)
+            self.outputs.write("OUTPUT_PROBABILITIES", planes.astype(np.float32), row_a)
+        if "OUTPUT_CONFIDENCE" in self.outputs:
+            self.outputs.write("OUTPUT_CONFIDENCE", confidence_planes(probs, valid), row_a)
 
 
 def confidence_planes(probs: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -710,22 +710,23 @@ class Engine:
         return self._openvino("int8", path)
 
     def _check_io(self) -> None:
+        """The graph's input and output against the card (:meth:`ModelCard.shape_mismatch`):
+        one N x C x P x P float32 tensor in, N x K out. Checked one at a time (the other side
+        given as the card's own shape), input shape, input type, then output, so that each
+        message names the first problem."""
         card, source, backend = self.card, f"the model {self.model_path}", self.backend
         if backend.n_inputs != 1:
             raise ModelError(f"{source} has {backend.n_inputs} inputs; an LCZ model takes one "
                              f"N x C x H x W tensor.")
         shape = backend.input_shape
-        expected = (card.n_channels, card.patch_size, card.patch_size)
-        if len(shape) != 4 or any(isinstance(d, int) and d != e
-                                  for d, e in zip(shape[1:], expected)):
+        if card.shape_mismatch(shape, card.output_shape):
             raise ModelError(f"{source} takes input of shape {shape}, but its metadata says "
                              f"(N, {card.n_channels}, {card.patch_size}, {card.patch_size}).")
         if backend.input_type != "tensor(float)":
             raise ModelError(f"{source} takes {backend.input_type}; the contract needs float32 "
                              f"input.")
         out_shape = backend.output_shape
-        if len(out_shape) != 2 or (isinstance(out_shape[1], int)
-                                   and out_shape[1] != card.n_classes):
+        if card.shape_mismatch(card.input_shape, out_shape):
             raise ModelError(f"{source} outputs shape {out_shape}, but its metadata lists "
                              f"{card.n_classes} classes.")
 
@@ -741,19 +742,12 @@ class Engine:
 
 
 def to_probabilities(output: np.ndarray, card: ModelCard) -> np.ndarray:
-    """Apply the contract: softmax(z / T), z = logits or log(probabilities)."""
+    """The card's calibrated probabilities (:meth:`ModelCard.probabilities`, in float32) of
+    an engine's raw output, once it is checked to be N x K and finite."""
     output = np.asarray(output, dtype=np.float32)
     if output.ndim != 2 or output.shape[1] != card.n_classes:
         raise ModelError(f"the model returned shape {output.shape}, expected (N, {card.n_classes})")
     if not np.isfinite(output).all():
         raise EngineError("the model returned NaN or infinite values; the model file or its "
                           "normalisation statistics are broken.")
-    if card.output_kind == "probabilities":
-        if card.temperature == 1.0:
-            return output / output.sum(axis=1, keepdims=True)
-        output = np.log(np.clip(output, 1e-12, None))
-    z = output / np.float32(card.temperature)
-    z = z - z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
+    return card.probabilities(output, dtype=np.float32)

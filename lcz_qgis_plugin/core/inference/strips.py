@@ -118,11 +118,8 @@ class StripReader:
         self.stack, self.grid = stack, grid
         self.channels = list(card.channels)
         self.max_nodata_fraction = max_nodata_fraction
-        std = np.asarray(card.std, dtype=np.float64)
-        # value = ((raw * scale + offset) - mean) / std = raw * gain + bias
-        self.gain = (np.asarray(card.scale) / std).astype(np.float32)[:, None, None]
-        self.bias = ((np.asarray(card.offset) - np.asarray(card.mean)) / std
-                     ).astype(np.float32)[:, None, None]
+        gain, bias = card.gain_and_bias()  # the card's normalisation as one multiply-add
+        self.gain, self.bias = gain[:, None, None], bias[:, None, None]
 
     def read(self, row_a: int, row_b: int) -> Strip:
         """The strip holding the patches of output cell rows ``row_a .. row_b - 1``."""
