@@ -8,7 +8,7 @@ Engines, all reading the same ONNX file:
   CPU has it, 2.3-2.7x float32 with AMX but slower than float32 with AVX512-BF16 alone;
   ``openvino-int8``: the model's calibrated int8 variant, a second file beside it, fastest on
   CPUs with VNNI but no AMX). OpenVINO runs the pieces of a batch on parallel streams, which
-  onnxruntime's single-stream session cannot do; on the 2-core AVX-512 machines of the README
+  onnxruntime's single-stream session cannot do; on the 2-core AVX-512 machines of docs/performance.md
   that is 1.3-1.4x onnxruntime for the same float32 map.
 - onnxruntime's CUDA provider (``cuda``; ``cuda-fp16`` runs a float16 copy of the model made
   at load time), with the TensorRT provider first when onnxruntime has it; inputs and outputs
@@ -289,7 +289,7 @@ class _OnnxRuntimeBackend:
 
     # On the CPU, onnxruntime runs a batch faster in runs of a few patches, whose activations
     # stay in the cores' caches: MSMLA-50 (48 px, 13 channels, 2 cores) 428 patches/s in runs
-    # of 4 against 294 for one run of 64 (the README's machine).
+    # of 4 against 294 for one run of 64 (the machine of docs/performance.md).
     CPU_PATCHES_PER_RUN = 4
 
     def runner(self):
@@ -331,12 +331,12 @@ class _OpenVinoBackend:
     OpenVINO runs fastest here when each infer request holds only a few patches and many
     requests queue up for its streams (one per core, THROUGHPUT hint): a request's activations
     then stay in the core's cache, and a static input shape lets OpenVINO plan memory once.
-    Measured on the 2-core AVX-512/AMX machine of the README (MSMLA-50, 48 px, 13 channels):
+    Measured on the 2-core AVX-512/AMX machine of docs/performance.md (MSMLA-50, 48 px, 13 channels):
     float32 600 patches/s with 2 patches per request against 400 with 16 patches on the
     dynamic-batch model; bfloat16 1,510 with 4 (AMX tiles want a few rows) against 910.
 
     A quantized (QDQ) model runs as int8 (VNNI where the CPU has it) in float32 mode, but not
-    on OpenVINO's streams: on the 2-core AMD EPYC of the README (AVX-512, VNNI, no AMX;
+    on OpenVINO's streams: on the 2-core AMD EPYC of docs/performance.md (AVX-512, VNNI, no AMX;
     OpenVINO 2026.4) an int8 model compiled with two streams gave wrong classes (21-64 % of
     patches with float32's class instead of 99.6 %) in about one fresh process in five, the
     same file and every run of that compiled model; one stream never did (40 processes). So
