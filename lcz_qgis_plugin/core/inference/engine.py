@@ -8,8 +8,8 @@ Engines, all reading the same ONNX file:
   CPU has it, 2.3-2.7x float32 with AMX but slower than float32 with AVX512-BF16 alone;
   ``openvino-int8``: the model's calibrated int8 variant, a second file beside it, fastest on
   CPUs with VNNI but no AMX). OpenVINO runs the pieces of a batch on parallel streams, which
-  onnxruntime's single-stream session cannot do; on the 2-core AVX-512 machines of docs/performance.md
-  that is 1.3-1.4x onnxruntime for the same float32 map.
+  onnxruntime's single-stream session cannot do; on the 2-core AVX-512 machines of
+  docs/performance.md that is 1.3-1.4x onnxruntime for the same float32 map.
 - onnxruntime's CUDA provider (``cuda``; ``cuda-fp16`` runs a float16 copy of the model made
   at load time), with the TensorRT provider first when onnxruntime has it; inputs and outputs
   go through IO binding so a batch is copied to the GPU once.
@@ -331,8 +331,8 @@ class _OpenVinoBackend:
     OpenVINO runs fastest here when each infer request holds only a few patches and many
     requests queue up for its streams (one per core, THROUGHPUT hint): a request's activations
     then stay in the core's cache, and a static input shape lets OpenVINO plan memory once.
-    Measured on the 2-core AVX-512/AMX machine of docs/performance.md (MSMLA-50, 48 px, 13 channels):
-    float32 600 patches/s with 2 patches per request against 400 with 16 patches on the
+    Measured on the 2-core AVX-512/AMX machine of docs/performance.md (MSMLA-50, 48 px,
+    13 channels): float32 600 patches/s with 2 patches per request against 400 with 16 patches on the
     dynamic-batch model; bfloat16 1,510 with 4 (AMX tiles want a few rows) against 910.
 
     A quantized (QDQ) model runs as int8 (VNNI where the CPU has it) in float32 mode, but not
