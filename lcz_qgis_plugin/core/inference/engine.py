@@ -333,7 +333,8 @@ class _OpenVinoBackend:
     then stay in the core's cache, and a static input shape lets OpenVINO plan memory once.
     Measured on the 2-core AVX-512/AMX machine of docs/performance.md (MSMLA-50, 48 px,
     13 channels): float32 600 patches/s with 2 patches per request against 400 with 16
-    patches on the dynamic-batch model; bfloat16 1,510 with 4 (AMX tiles want a few rows) against 910.
+    patches on the dynamic-batch model; bfloat16 1,510 with 4 (AMX tiles want a few rows)
+    against 910.
 
     A quantized (QDQ) model runs as int8 (VNNI where the CPU has it) in float32 mode, but not
     on OpenVINO's streams: on the 2-core AMD EPYC of docs/performance.md (AVX-512, VNNI, no AMX;
