@@ -28,6 +28,7 @@ from lcz_qgis_plugin.core.assessment.metrics import (
     format_percent,
 )
 from lcz_qgis_plugin.core.commit import Commit
+from lcz_qgis_plugin.core.interrupt import stop_if_requested
 from lcz_qgis_plugin.core.lcz_classes import LCZ_CLASSES
 from lcz_qgis_plugin.core.model.card import TEMPERATURE_RANGE, ModelCard, softmax
 
@@ -92,6 +93,7 @@ def predict(predictor: Predictor, data: str, batch_size: int = 256, limit: int =
         rows = rows[:limit]
     z = np.empty((len(rows), card.n_classes))
     for start in range(0, len(rows), batch_size):
+        stop_if_requested()  # Ctrl+C / SIGTERM (training CLI), once per batch
         x = card.standardise(source.read(rows[start:start + batch_size]))
         z[start:start + len(x)] = scores_of(predictor.raw(x), card)
     return source.codes[rows], z

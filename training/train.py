@@ -43,6 +43,7 @@ from torch.nn import functional as F
 from lcz_qgis_plugin.core.commit import Commit
 from lcz_qgis_plugin.core.feedback import ConsoleFeedback, Feedback
 from lcz_qgis_plugin.core.inference.engine import physical_cores
+from lcz_qgis_plugin.core.interrupt import stop_if_requested
 
 from . import datasets as ds
 from .checkpoints import (
@@ -363,6 +364,7 @@ class Trainer:
         batches = _progress(self.train_loader, len(self.train_batches), f"epoch {epoch + 1}",
                             config.progress and self.dist.main)
         for i, batch in enumerate(batches):
+            stop_if_requested()  # Ctrl+C / SIGTERM, even when its exception was swallowed
             if config.max_steps_per_epoch and i >= config.max_steps_per_epoch:
                 break
             loss, logits, labels = self.training_step(batch, epoch)

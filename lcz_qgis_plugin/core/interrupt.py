@@ -83,6 +83,20 @@ def _ignored(signum: int, raw) -> bool:
     return signal.getsignal(signum) == signal.SIG_IGN
 
 
+_requested = threading.Event()
+
+
+def stop_if_requested() -> None:
+    """Raise ``KeyboardInterrupt`` when a stop signal came during :func:`cancel_on_signals`.
+
+    For loops that cancel by exception (the training package): Python runs a signal handler
+    at whatever bytecode comes next, and an exception raised there is lost when that is a
+    finalizer or a weakref callback ("Exception ignored in ..."); the run would then go on to
+    the end. Checked once per batch, the request is never lost."""
+    if _requested.is_set():
+        raise KeyboardInterrupt
+
+
 class _Handler:
     """The first signal cancels, the second stops the process at once."""
 
@@ -93,6 +107,7 @@ class _Handler:
     def __call__(self, signum, frame) -> None:
         self.received.append(signum)
         if len(self.received) == 1:
+            _requested.set()
             self.cancel()
             return
         signal.signal(signum, signal.SIG_DFL)
@@ -109,6 +124,7 @@ def cancel_on_signals(cancel: Callable[[], None],
         yield None
         return
     handler = _Handler(cancel)
+    _requested.clear()
     previous = {}
     try:
         for signum in signals:
@@ -124,6 +140,7 @@ def cancel_on_signals(cancel: Callable[[], None],
             signal.signal(signum, python_handler if python_handler is not None
                           else signal.SIG_DFL)
             _restore_raw(signum, raw)
+        _requested.clear()
 
 
 def raise_keyboard_interrupt() -> None:
