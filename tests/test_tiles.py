@@ -122,6 +122,7 @@ def test_masks_equal_an_independent_computation_pixel_by_pixel(tmp_path):
     found = [tile_index(c, tile) for c in arrays["centres"]]
     assert sorted(found) == sorted(wanted) and len(found) == result.patches == len(wanted)
     assert "split" not in arrays and info.sample_kind == "tiles" and info.patch_size == tile
+    assert info.grid_origin == list(ORIGIN) and info.cell_size == 100.0
     for k, (i, j) in enumerate(found):
         window = (slice(i * step, i * step + tile), slice(j * step, j * step + tile))
         mask, owners = codes_padded[window], owner_padded[window]
@@ -233,13 +234,15 @@ def test_a_version_2_tile_file_reads_back(tmp_path):
     rng = np.random.default_rng(0)
     tiles = rng.random((3, 2, 16, 16), dtype=np.float32)
     masks = rng.integers(0, 18, (3, 16, 16)).astype(np.uint8)
-    with PatchWriter(path, info(nodata=[0.0, float("nan")]), split=True, masks=True) as w:
+    with PatchWriter(path, info(nodata=[0.0, float("nan")], grid_origin=[5.0, 7.0]),
+                     split=True, masks=True) as w:
         w.append(tiles[:2], [1, 2], [7, 8], np.zeros((2, 2)), split=[0, 1], masks=masks[:2])
         w.append(tiles[2:], [17], [9], np.ones((1, 2)), split=[2], masks=masks[2:])
     f, read = open_patch_file(path)
     with f:
         assert read.sample_kind == "tiles" and read.has_masks and read.count == 3
         assert read.nodata == [0.0, None] and read.patch_size == 16
+        assert read.grid_origin == [5.0, 7.0]
         assert f.attrs["schema_version"] == 2 and f.attrs["sample_kind"] == "tiles"
         np.testing.assert_array_equal(f["masks"][:], masks)
         np.testing.assert_array_equal(f["patches"][:], tiles)
@@ -254,10 +257,11 @@ def test_version_1_files_are_written_and_read_as_before(tmp_path):
         w.append(np.zeros((2, 2, 16, 16)), [1, 2], [7, 8], np.zeros((2, 2)))
     with h5py.File(path, "r") as f:
         assert f.attrs["schema_version"] == 1
-        assert "sample_kind" not in f.attrs and "nodata" not in f.attrs and "masks" not in f
+        assert not {"sample_kind", "nodata", "grid_origin"} & set(f.attrs) and "masks" not in f
     f, read = open_patch_file(path)
     f.close()
     assert read.sample_kind == "patches" and not read.has_masks and read.nodata is None
+    assert read.grid_origin is None
     # a file as the first version of the plugin wrote it, attribute by attribute
     old = str(tmp_path / "old.h5")
     with h5py.File(old, "w") as f:

@@ -23,6 +23,9 @@ test polygon once it has three, always one left for training).
 
 Memory: the stack is read in strips of cell rows holding selected cells (about
 ``strip_memory_mb``), never whole.
+
+Tiles with per-pixel label masks for dense models (``samples="tiles"``) are written by
+:mod:`.tiles`, which shares this module's steps (stack, areas, split, summary, commit).
 """
 
 from __future__ import annotations
@@ -60,9 +63,9 @@ class ExtractResult:
     output: str
     patches: int
     counts: dict[int, dict[str, int]]
-    """Patches per LCZ code and split name."""
+    """Patches (tiles: labelled pixels, each counted once) per LCZ code and split name."""
     polygons: dict[int, int]
-    """Polygons that gave patches, per LCZ code."""
+    """Polygons that gave patches (tiles: labelled pixels), per LCZ code."""
     summary: dict = field(default_factory=dict)
     summary_path: str | None = None
 

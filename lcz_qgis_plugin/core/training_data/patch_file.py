@@ -32,8 +32,9 @@ root attributes
     such as "S2:B02"), ``scale`` / ``offset`` (JSON lists, one per channel), ``patch_size``
     (px), ``pixel_size`` (m), ``cell_size`` (m), ``crs`` (WKT), ``source`` (JSON object:
     input stack, training areas, tool version, date); version 2 adds ``sample_kind``
-    ("tiles") and ``nodata`` (JSON list, one value or null per channel: the stack's no-data
-    values, which tiles keep as stored).
+    ("tiles"), ``nodata`` (JSON list, one value or null per channel: the stack's no-data
+    values, which tiles keep as stored) and ``grid_origin`` (JSON [x, y]: the stack's
+    top-left corner, where the tile grid and the output cell lattice start).
 
 Patches are stored in chunks of whole patches so that readers can fetch random batches
 without loading the file. h5py is imported lazily: it is only needed by the algorithms that
@@ -97,6 +98,10 @@ class PatchFileInfo:
     nodata: list | None = None
     """Tiles only: the stack's no-data value per channel (None where a band has none); pixels
     holding it, NaN or an infinite value are no-data and stored as they are."""
+    grid_origin: list | None = None
+    """Tiles only: x, y of the stack's top-left corner, where both the tile grid and the
+    output cell lattice start (a tile's first pixel column is (centre x - x) / pixel_size -
+    patch_size / 2; cell boundaries lie every cell_size / pixel_size pixels from x)."""
 
     @property
     def has_masks(self) -> bool:
@@ -120,6 +125,8 @@ class PatchFileInfo:
             attrs["sample_kind"] = self.sample_kind
             attrs["nodata"] = json.dumps([json_number(v) for v in
                                           (self.nodata or [None] * len(self.channels))])
+            if self.grid_origin is not None:
+                attrs["grid_origin"] = json.dumps([float(v) for v in self.grid_origin])
         return attrs
 
 
@@ -392,7 +399,8 @@ def read_info(h5file, path: str = "") -> PatchFileInfo:
         source=_json_attr(attrs, "source", path) if "source" in attrs else {},
         count=int(n), has_soft_labels="soft_labels" in h5file, has_split="split" in h5file,
         sample_kind=sample_kind,
-        nodata=_json_attr(attrs, "nodata", path) if "nodata" in attrs else None)
+        nodata=_json_attr(attrs, "nodata", path) if "nodata" in attrs else None,
+        grid_origin=_json_attr(attrs, "grid_origin", path) if "grid_origin" in attrs else None)
 
 
 def _sample_kind(h5file, path: str, version: int) -> str:

@@ -487,7 +487,8 @@ def _tile_file_info(stack: Stack, channels: list[str], cells, grid: TileGrid, so
     info = _patch_file_info(stack, channels, cells, grid.size, source_name, class_field,
                             sampling)
     info.source.update(samples="tiles", tile_size=grid.size, tile_step=grid.step)
-    return dataclasses.replace(info, sample_kind="tiles", nodata=list(stack.nodata))
+    return dataclasses.replace(info, sample_kind="tiles", nodata=list(stack.nodata),
+                               grid_origin=[grid.origin_x, grid.origin_y])
 
 
 def _write_tile_file(output: str, info: PatchFileInfo, stack: Stack, grid: TileGrid,
