@@ -317,7 +317,7 @@ class _Tally:
 
 @dataclass
 class _Window:
-    """One window of whole tiles: tile row ``row``, tile columns ``first .. last``, its
+    """One window of whole tiles: tile row ``row``, tile columns ``first .. last - 1``, its
     pixel columns starting at ``x0``, labels with no-data already removed."""
 
     row: int
@@ -384,15 +384,16 @@ def _window_tiles(window: _Window, areas: _Areas, grid: TileGrid):
         labelled = codes > 0
         if not labelled.any():
             continue
-        split = areas.split[owner] if areas.split is not None else np.zeros(owner.shape, np.uint8)
+        split_of_pixel = (areas.split[owner] if areas.split is not None
+                          else np.zeros(owner.shape, np.uint8))
         values = np.ascontiguousarray(window.values[:, :, cols])
-        for code in np.unique(split[labelled]):
-            mine = labelled & (split == code)
+        for split in np.unique(split_of_pixel[labelled]):
+            mine = labelled & (split_of_pixel == split)
             mask = np.where(mine, codes, 0).astype(np.uint8)
             label = int(np.argmax(np.bincount(mask[mine])))
             number = int(np.argmax(np.bincount(owner[mine])))
             yield (values, mask, label, int(ids_of[number]), grid.centre(window.row, j),
-                   int(code))
+                   int(split))
 
 
 def write_tiles(writer: PatchWriter, reader: _WindowReader, grid: TileGrid, areas: _Areas,
