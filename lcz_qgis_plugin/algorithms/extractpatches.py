@@ -5,6 +5,7 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
     QgsProcessingParameterFileDestination,
@@ -23,7 +24,9 @@ class ExtractPatchesAlgorithm(LczAlgorithm):
     TRAINING_AREAS = "TRAINING_AREAS"
     CLASS_FIELD = "CLASS_FIELD"
     IGNORE_UNKNOWN_LABELS = "IGNORE_UNKNOWN_LABELS"
+    SAMPLES = "SAMPLES"
     PATCH_SIZE = "PATCH_SIZE"
+    TILE_SIZE = "TILE_SIZE"
     CELL_SIZE = "CELL_SIZE"
     MAX_PER_POLYGON = "MAX_PER_POLYGON"
     MAX_PER_CLASS = "MAX_PER_CLASS"
@@ -33,13 +36,15 @@ class ExtractPatchesAlgorithm(LczAlgorithm):
     INPUT_BANDS = "INPUT_BANDS"
     OUTPUT = "OUTPUT"
     OUTPUT_SUMMARY = "OUTPUT_SUMMARY"
+    SAMPLE_KINDS = ("patches", "tiles")
+    """Core ``samples`` value of each SAMPLES choice."""
 
     ALGORITHM_ID = "extractpatches"
     DISPLAY_NAME = "Extract training patches"
     GROUP = "Training"
     GROUP_ID = "training"
     TAGS = ("lcz,local climate zones,training areas,training data,patches,samples,wudapt,"
-            "kml,hdf5,h5,deep learning,msmla")
+            "kml,hdf5,h5,deep learning,msmla,tiles,masks,dense,u-net,segmentation")
     SHORT_DESCRIPTION = ("Extracts training patches for LCZ models from training-area "
                          "polygons and an input stack.")
     HELP = """
@@ -47,6 +52,11 @@ Cuts one patch of pixels around every output cell whose centre lies inside a tra
   writes them with their LCZ class to a patch file (HDF5) that the training package reads (python
   -m training train). Cells sit on the same grid and patches are centred exactly as in Classify
   Local Climate Zones, so training and classification see the same patches.
+
+With Samples = Tiles (for dense models such as a U-Net) it writes tiles instead: TILE_SIZE x
+  TILE_SIZE pixel tiles every TILE_SIZE / 2 pixels from the stack's origin, each with a mask
+  holding the LCZ class of every pixel whose centre lies in a training area (0 elsewhere: not
+  used by training). Only tiles holding a labelled pixel are written.
 
 Parameters
 - Input stack (INPUT): raster whose band descriptions name its channels (S2:B02 ... S2:B12,
@@ -63,19 +73,28 @@ Parameters
   are all listed.
 - Skip unknown labels (IGNORE_UNKNOWN_LABELS): instead of stopping, skip the polygons whose label
   is no LCZ class and list them in a warning.
+- Samples (SAMPLES): 0 Patches, one per cell (patch models; default); 1 Tiles with a per-pixel
+  label mask (dense models). Tiles: a pixel inside areas of two classes, or no-data in any
+  channel, is left unlabelled (0); the last row and column of tiles reach past the raster edge
+  by less than half a tile, filled by reflection as Classify does, never labelled there; each
+  tile is written once per split whose areas it touches, labelling only that split's pixels.
 - Patch size (PATCH_SIZE): patch edge in pixels (48 for MSMLA, 32 for Sen2LCZ-Net / So2Sat models).
+  Patches only.
+- Tile size (TILE_SIZE): tile edge in pixels, 16-1024 (default 128), at most the stack's width
+  and height. Tiles only.
 - Cell size (CELL_SIZE): output cell size in metres, a whole multiple of the pixel size (100 m: one
   patch every 10 pixels).
 - Maximum patches per polygon (MAX_PER_POLYGON) and per class (MAX_PER_CLASS): 0 = all; otherwise a
-  random subset (SEED) keeps large polygons and common classes from dominating.
+  random subset (SEED) keeps large polygons and common classes from dominating. Patches only:
+  leave them at 0 for tiles.
 - Validation fraction (VALIDATION_FRACTION) and test fraction (TEST_FRACTION): share of each
-  class's patches held out, as whole polygons (so overlapping neighbouring patches never cross the
-  split): per class, polygons are chosen until the held-out patches come as close to the share as
-  whole polygons allow; at least one validation polygon once a class has two polygons, one test
-  polygon once it has three, and always one left for training. The log's table gives each class's
-  split counts and shares, and warns where a class's polygons are too few or too unequal to come
-  within 10 points of the share. Stored in the patch file's split dataset. 0 and 0: no split
-  stored.
+  class's patches (tiles: labelled pixels) held out, as whole polygons (so overlapping
+  neighbouring patches never cross the split): per class, polygons are chosen until the
+  held-out patches come as close to the share as whole polygons allow; at least one validation
+  polygon once a class has two polygons, one test polygon once it has three, and always one
+  left for training. The log's table gives each class's split counts and shares, and warns
+  where a class's polygons are too few or too unequal to come within 10 points of the share.
+  Stored in the patch file's split dataset. 0 and 0: no split stored.
 - Random seed (SEED): makes sampling and split repeatable.
 - Input band names (INPUT_BANDS, optional): for a stack without band names (a GeoTIFF exported from
   Google Earth Engine, the Copernicus Browser or SNAP): its bands' names in order, separated by
@@ -89,10 +108,12 @@ Parameters
 Outputs
 - Patch file (OUTPUT): HDF5 (.h5) with patches (raw stack values), labels, polygon ids, split, cell
   centres, channel names and per-channel scale/offset (the band's GDAL scale/offset, else 1e-4 for
-  S2:* and 1 for others). Schema: docs/training-data.md, section "Patch files".
-- Summary (OUTPUT_SUMMARY, optional): JSON with patches per class and split, skipped polygons and
-  cells.
-- PATCHES: number of patches written. Class counts are also printed in the log.
+  S2:* and 1 for others). Tiles: schema version 2, with the masks, the tile size as patch size,
+  each tile's most frequent class as its label and its centre. Schema: docs/training-data.md, section "Patch files".
+- Summary (OUTPUT_SUMMARY, optional): JSON with patches (tiles: labelled pixels, each counted
+  once) per class and split, skipped polygons and cells.
+- PATCHES: number of patches (tiles: tiles) written. Class counts (tiles: labelled pixels) are
+  also printed in the log.
 """
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -108,9 +129,18 @@ Outputs
             self.IGNORE_UNKNOWN_LABELS,
             self.tr("Skip polygons whose label is no LCZ class (listed in the log)"),
             defaultValue=False))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.SAMPLES, self.tr("Samples"),
+            options=[self.tr("Patches, one per cell (patch models)"),
+                     self.tr("Tiles with a per-pixel label mask (dense models)")],
+            defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.PATCH_SIZE, self.tr("Patch size in pixels"),
+            self.PATCH_SIZE, self.tr("Patch size in pixels (patches)"),
             QgsProcessingParameterNumber.Integer, defaultValue=48, minValue=1, maxValue=1024))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.TILE_SIZE, self.tr("Tile size in pixels (tiles)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=128, minValue=16,
+            maxValue=1024))
         self.addParameter(QgsProcessingParameterNumber(
             self.CELL_SIZE, self.tr("Cell size in metres"),
             QgsProcessingParameterNumber.Double, defaultValue=100.0, minValue=0.0))
@@ -173,6 +203,8 @@ Outputs
             test_fraction=self.parameterAsDouble(parameters, self.TEST_FRACTION, context),
             seed=self.parameterAsInt(parameters, self.SEED, context),
             summary_output=summary, feedback=feedback,
-            input_bands=self.parameterAsString(parameters, self.INPUT_BANDS, context) or None)
+            input_bands=self.parameterAsString(parameters, self.INPUT_BANDS, context) or None,
+            samples=self.SAMPLE_KINDS[self.parameterAsEnum(parameters, self.SAMPLES, context)],
+            tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context))
         return {self.OUTPUT: result.output, self.OUTPUT_SUMMARY: result.summary_path,
                 "PATCHES": result.patches}

@@ -23,6 +23,9 @@ test polygon once it has three, always one left for training).
 
 Memory: the stack is read in strips of cell rows holding selected cells (about
 ``strip_memory_mb``), never whole.
+
+Tiles with per-pixel label masks for dense models (``samples="tiles"``) are written by
+:mod:`.tiles`, which shares this module's steps (stack, areas, split, summary, commit).
 """
 
 from __future__ import annotations
@@ -60,9 +63,9 @@ class ExtractResult:
     output: str
     patches: int
     counts: dict[int, dict[str, int]]
-    """Patches per LCZ code and split name."""
+    """Patches (tiles: labelled pixels, each counted once) per LCZ code and split name."""
     polygons: dict[int, int]
-    """Polygons that gave patches, per LCZ code."""
+    """Polygons that gave patches (tiles: labelled pixels), per LCZ code."""
     summary: dict = field(default_factory=dict)
     summary_path: str | None = None
 
@@ -154,7 +157,8 @@ def _describe(areas, limit: int = 15) -> str:
 
 def split_polygons(by_class: dict[int, list[int]], validation: float, test: float,
                    rng: np.random.Generator, feedback: Feedback,
-                   patches: dict[int, int] | None = None) -> dict[int, int]:
+                   patches: dict[int, int] | None = None,
+                   unit: str = "patches") -> dict[int, int]:
     """Split code (0 train, 1 validation, 2 test) per polygon id, chosen per class.
 
     Whole polygons only (neighbouring, overlapping patches never straddle a split), but aimed
@@ -163,7 +167,8 @@ def split_polygons(by_class: dict[int, list[int]], validation: float, test: floa
     to ``validation`` / ``test`` times the class's patches (see :func:`_hold_out`). Counting
     polygons instead gave one class 6 of 300 patches for validation and another 51 of 106.
     Minimum per class: one validation polygon once the class has two polygons, one test
-    polygon once it has three; at least one polygon always stays in training.
+    polygon once it has three; at least one polygon always stays in training. ``unit`` names
+    what ``patches`` counts in the warnings (tiles count labelled pixels).
     """
     patches = patches or {}
     split, short, far = {}, [], []
@@ -185,7 +190,7 @@ def split_polygons(by_class: dict[int, list[int]], validation: float, test: floa
             if not taken:
                 short.append(f"{letter} ({len(order)})")
             elif abs(held - fraction * total) > max(0.1 * total, 1.0):
-                far.append(f"{letter} {name} {held} of {total} patches "
+                far.append(f"{letter} {name} {held} of {total} {unit} "
                            f"({100.0 * held / total:.0f} %)")
         for k in np.flatnonzero(free):
             split[order[k]] = SPLITS["train"]
@@ -193,7 +198,7 @@ def split_polygons(by_class: dict[int, list[int]], validation: float, test: floa
         feedback.warning(
             "too few polygons to hold out validation/test areas for class(es) "
             f"{', '.join(dict.fromkeys(short))} (polygons in brackets); their "
-            "patches stay in the training split. Digitise more, separate training areas for "
+            f"{unit} stay in the training split. Digitise more, separate training areas for "
             "these classes.")
     if far:
         feedback.warning(
@@ -230,7 +235,8 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
                     seed: int = 0, summary_output: str | None = None,
                     feedback: Feedback | None = None, max_nodata_fraction: float = 0.5,
                     strip_memory_mb: float = 256, input_bands=None,
-                    ignore_unknown_labels: bool = False) -> ExtractResult:
+                    ignore_unknown_labels: bool = False, samples: str = "patches",
+                    tile_size: int = 128) -> ExtractResult:
     """Write the patch file ``output`` (.h5) from an input stack and training areas.
 
     ``areas``: a :class:`LabelledAreas` or the path of a vector file (``class_field`` and
@@ -239,7 +245,14 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
     (INPUT_BANDS) names the stack's bands instead of their descriptions. Raises
     :class:`~.errors.LczError` subclasses with messages meant for the user; a failed or
     cancelled run leaves no patch file.
+
+    ``samples="tiles"`` writes ``tile_size`` px tiles with per-pixel label masks for dense
+    models instead (:func:`.tiles.extract_tiles`; ``patch_size`` and
+    ``max_nodata_fraction`` do not apply).
     """
+    if samples != "patches":
+        return _extract_tiles(**{k: v for k, v in locals().items()
+                                 if k not in ("patch_size", "max_nodata_fraction")})
     feedback = feedback or Feedback()
     output = os.fspath(output)
     sampling = _Sampling(seed=seed, max_per_polygon=max_per_polygon,
@@ -283,6 +296,16 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
         counts={code: {k: v for k, v in c.items() if v} for code, c in counts.items()},
         polygons={code: len(pids) for code, pids in counts.polygons.items()},
         summary=summary, summary_path=summary_output)
+
+
+def _extract_tiles(samples: str, **arguments) -> ExtractResult:
+    """The tile mode of :func:`extract_patches`; refuses an unknown ``samples``."""
+    if samples != "tiles":
+        raise InputError(f"SAMPLES must be 'patches' (one per cell, for patch models) or "
+                         f"'tiles' (with a per-pixel label mask, for dense models), not "
+                         f"{samples!r}.")
+    from .tiles import extract_tiles  # imports this module
+    return extract_tiles(**arguments)
 
 
 @dataclass
@@ -502,8 +525,10 @@ def write_patches(writer: PatchWriter, reader: StripReader, selected, code_of, s
     return counts, invalid, blamed
 
 
-def summarise(output: str, counts: ClassCounts, feedback: Feedback) -> dict:
-    """Patches per class and split: logged as a table and returned (JSON-ready)."""
+def summarise(output: str, counts: ClassCounts, feedback: Feedback, unit: str = "patches",
+              title: str | None = None) -> dict:
+    """Patches (or, for tiles, ``unit`` "labelled_pixels") per class and split: logged as a
+    table under ``title`` and returned (JSON-ready)."""
     table = {}
     for code in LCZ_CODES:
         if code in counts and sum(counts[code].values()):
@@ -514,13 +539,13 @@ def summarise(output: str, counts: ClassCounts, feedback: Feedback) -> dict:
                                 "test": row["test"], "total": sum(row.values())}
     total = sum(row["total"] for row in table.values())
     missing = [lcz_class(c).letter for c in LCZ_CODES if str(c) not in table]
-    feedback.info(f"Wrote {total} patches to {output}:")
+    feedback.info(title or f"Wrote {total} patches to {output}:")
     for line in _table_lines(table.values()):
         feedback.info(line)
     if missing:
-        feedback.info(f"  classes without patches: {', '.join(missing)}")
-    return {"patch_file": os.path.abspath(output), "patches": total, "classes": table,
-            "classes_without_patches": missing}
+        feedback.info(f"  classes without {unit.replace('_', ' ')}: {', '.join(missing)}")
+    return {"patch_file": os.path.abspath(output), unit: total, "classes": table,
+            f"classes_without_{unit}": missing}
 
 
 def _table_lines(rows) -> list[str]:

@@ -1,6 +1,9 @@
 """The project's training-patch file (HDF5), written by patch extraction, read by training.
 
-Schema ``lcz-patches`` version 1 (documented in docs/training-data.md, section "Patch files"):
+Schema ``lcz-patches`` (documented in docs/training-data.md, section "Patch files"). Version 1 holds
+patches, one per cell, for patch models; version 2 adds tiles with a per-pixel label mask for
+dense models. A file without masks is still written as version 1, byte for byte as before,
+and both versions are read.
 
 datasets (N = number of patches, C channels, P x P pixels)
     ``patches``      float32 (N, C, P, P)  values in the input stack's own units (e.g.
@@ -14,11 +17,24 @@ datasets (N = number of patches, C channels, P x P pixels)
                      chosen by polygon at extraction time).
     ``centres``      float64 (N, 2)  x, y of the cell centre in the stack's CRS.
 
+version 2 (``sample_kind`` = "tiles"): each row is a T x T tile (P = T) instead of a patch
+    ``masks``        uint8 (N, T, T)  per-pixel LCZ code 1-17, or 0 for pixels without a
+                     label (outside every training area of the tile's split, in areas of
+                     different classes, no-data, or beyond the raster edge): ignored by the loss.
+    ``labels``       the most frequent code of the tile's mask (for counts and class weights).
+    ``polygon_ids``  the training area holding most of the tile's labelled pixels.
+    ``split``        the split of the tile's labelled pixels (a tile touching areas of two
+                     splits is stored once per split, each copy labelling only its split).
+    ``centres``      the tile's centre.
+
 root attributes
     ``schema`` = "lcz-patches", ``schema_version`` = 1, ``channels`` (JSON list of band names
     such as "S2:B02"), ``scale`` / ``offset`` (JSON lists, one per channel), ``patch_size``
     (px), ``pixel_size`` (m), ``cell_size`` (m), ``crs`` (WKT), ``source`` (JSON object:
-    input stack, training areas, tool version, date).
+    input stack, training areas, tool version, date); version 2 adds ``sample_kind``
+    ("tiles"), ``nodata`` (JSON list, one value or null per channel: the stack's no-data
+    values, which tiles keep as stored) and ``grid_origin`` (JSON [x, y]: the stack's
+    top-left corner, where the tile grid and the output cell lattice start).
 
 Patches are stored in chunks of whole patches so that readers can fetch random batches
 without loading the file. h5py is imported lazily: it is only needed by the algorithms that
@@ -27,8 +43,10 @@ read or write patch files.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -39,7 +57,11 @@ from ..errors import InputError, OutputError
 from ..lcz_classes import LCZ_CODES
 
 SCHEMA = "lcz-patches"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The newest version written and read; files without masks are written as version 1."""
+PATCHES_VERSION = 1
+TILES_VERSION = 2
+SAMPLE_KINDS = ("patches", "tiles")
 SPLITS = {"train": 0, "validation": 1, "test": 2}
 
 H5PY_MISSING = (
@@ -70,10 +92,28 @@ class PatchFileInfo:
     count: int = 0
     has_soft_labels: bool = False
     has_split: bool = False
+    sample_kind: str = "patches"
+    """"patches" (one per cell, for patch models) or "tiles" (with a ``masks`` dataset, for
+    dense models)."""
+    nodata: list | None = None
+    """Tiles only: the stack's no-data value per channel (None where a band has none); pixels
+    holding it, NaN or an infinite value are no-data and stored as they are."""
+    grid_origin: list | None = None
+    """Tiles only: x, y of the stack's top-left corner, where both the tile grid and the
+    output cell lattice start (a tile's first pixel column is (centre x - x) / pixel_size -
+    patch_size / 2; cell boundaries lie every cell_size / pixel_size pixels from x)."""
+
+    @property
+    def has_masks(self) -> bool:
+        return self.sample_kind == "tiles"
+
+    @property
+    def schema_version(self) -> int:
+        return TILES_VERSION if self.has_masks else PATCHES_VERSION
 
     def attrs(self) -> dict:
-        return {
-            "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        attrs = {
+            "schema": SCHEMA, "schema_version": self.schema_version,
             "channels": json.dumps(list(self.channels)),
             "scale": json.dumps([float(v) for v in self.scale]),
             "offset": json.dumps([float(v) for v in self.offset]),
@@ -81,6 +121,20 @@ class PatchFileInfo:
             "cell_size": float(self.cell_size), "crs": self.crs,
             "source": json.dumps(self.source),
         }
+        if self.has_masks:  # version 1 files stay exactly as they were
+            attrs["sample_kind"] = self.sample_kind
+            attrs["nodata"] = json.dumps([json_number(v) for v in
+                                          (self.nodata or [None] * len(self.channels))])
+            if self.grid_origin is not None:
+                attrs["grid_origin"] = json.dumps([float(v) for v in self.grid_origin])
+        return attrs
+
+
+def json_number(value):
+    """A no-data value as JSON: NaN (always no-data anyway) and None become null."""
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return float(value)
 
 
 class _GuardedFile(io.RawIOBase):
@@ -151,12 +205,23 @@ class PatchWriter:
     Use as a context manager: an exception inside the block removes the partial file. The
     file is written under a temporary name of ``commit`` (:class:`~.commit.Commit`; one of its
     own when none is given, committed on close); with a shared ``commit`` the caller commits.
+
+    ``masks=True`` writes a tile file (schema version 2, ``sample_kind`` "tiles"): every
+    :meth:`append` then needs ``masks``, one ``T x T`` uint8 mask per tile (T = patch_size).
     """
 
     def __init__(self, path: str, info: PatchFileInfo, soft_labels: bool = False,
-                 split: bool = False, chunk_patches: int = 64, commit: Commit | None = None):
+                 split: bool = False, chunk_patches: int = 64, commit: Commit | None = None,
+                 masks: bool = False):
         if len(info.scale) != len(info.channels) or len(info.offset) != len(info.channels):
             raise ValueError("scale and offset need one value per channel")
+        if info.sample_kind not in SAMPLE_KINDS:
+            raise ValueError(f"sample_kind must be one of {SAMPLE_KINDS}, not "
+                             f"{info.sample_kind!r}")
+        if info.sample_kind == "tiles" and not masks:
+            raise ValueError("a tile file (sample_kind 'tiles') needs masks=True")
+        if masks and info.sample_kind != "tiles":
+            info = dataclasses.replace(info, sample_kind="tiles")
         self.path = path
         self.info = info
         self._own_commit = commit is None
@@ -168,7 +233,7 @@ class PatchWriter:
         try:
             self._bytes = _GuardedFile(self._partial)
             self._file = h5py.File(self._bytes, "w")
-            self._create_datasets(info, soft_labels, split, chunk_patches)
+            self._create_datasets(info, soft_labels, split, chunk_patches, masks)
         except OSError as exc:
             self.discard()
             raise OutputError(f"cannot create the patch file {path}: "
@@ -182,12 +247,16 @@ class PatchWriter:
             raise OutputError(f"writing the patch file {self.path} failed: "
                               f"{describe_os_error(error)}. Nothing was replaced.")
 
-    def _create_datasets(self, info, soft_labels, split, chunk_patches):
+    def _create_datasets(self, info, soft_labels, split, chunk_patches, masks):
         c, p = len(info.channels), int(info.patch_size)
         chunk = (chunk_patches, c, p, p)
         f = self._file
         f.create_dataset("patches", (0, c, p, p), np.float32, maxshape=(None, c, p, p),
                          chunks=chunk, compression="gzip", compression_opts=1, shuffle=True)
+        if masks:
+            f.create_dataset("masks", (0, p, p), np.uint8, maxshape=(None, p, p),
+                             chunks=(chunk_patches, p, p), compression="gzip",
+                             compression_opts=1, shuffle=True)
         f.create_dataset("labels", (0,), np.uint8, maxshape=(None,), chunks=(4096,))
         f.create_dataset("polygon_ids", (0,), np.int64, maxshape=(None,), chunks=(4096,))
         f.create_dataset("centres", (0, 2), np.float64, maxshape=(None, 2), chunks=(4096, 2))
@@ -197,7 +266,10 @@ class PatchWriter:
         if split:
             f.create_dataset("split", (0,), np.uint8, maxshape=(None,), chunks=(4096,))
 
-    def append(self, patches, labels, polygon_ids, centres, soft_labels=None, split=None):
+    def append(self, patches, labels, polygon_ids, centres, soft_labels=None, split=None,
+               masks=None):
+        """Append N rows; ``masks`` (tile files only): uint8 (N, T, T), LCZ codes 1-17 or 0
+        (no label)."""
         patches = np.asarray(patches, dtype=np.float32)
         n = patches.shape[0]
         labels = np.asarray(labels)
@@ -216,15 +288,42 @@ class PatchWriter:
             if split is None:
                 raise ValueError("this file was opened with a split: pass split")
             columns["split"] = np.asarray(split, dtype=np.uint8)
+        if "masks" in self._file:
+            columns["masks"] = self._checked_masks(masks, n)
+        elif masks is not None:
+            raise ValueError("this file was opened without masks: pass masks=True to "
+                             "PatchWriter to write tiles")
         for name, values in columns.items():
             if len(values) != n:
                 raise ValueError(f"{name} has {len(values)} rows, patches has {n}")
-        for name, values in columns.items():
-            ds = self._file[name]
-            ds.resize(self.count + n, axis=0)
-            ds[self.count:self.count + n] = values
+        try:
+            for name, values in columns.items():
+                ds = self._file[name]
+                ds.resize(self.count + n, axis=0)
+                ds[self.count:self.count + n] = values
+        except OSError as exc:
+            # HDF5 reading back a chunk whose write was dropped (a full disk) fails here
+            # before the failed write is seen: report the write's reason, not HDF5's.
+            self._check_written()
+            raise OutputError(f"writing the patch file {self.path} failed: {exc}. Nothing "
+                              f"was replaced.") from None
         self._check_written()
         self.count += n
+
+    def _checked_masks(self, masks, n: int) -> np.ndarray:
+        """The masks as uint8 (n, T, T), refusing a wrong shape or a value that is no LCZ
+        code (0 = no label is allowed)."""
+        if masks is None:
+            raise ValueError("this file was opened with masks: pass masks")
+        masks = np.asarray(masks)
+        p = int(self.info.patch_size)
+        if masks.shape != (n, p, p):
+            raise ValueError(f"masks must have shape {(n, p, p)}, not {masks.shape}")
+        bad = (masks != 0) & ~np.isin(masks, LCZ_CODES)
+        if bad.any():
+            raise ValueError(f"masks must hold LCZ codes 1-17 or 0 (no label), got "
+                             f"{sorted(set(masks[bad].tolist()))[:10]}")
+        return masks.astype(np.uint8)
 
     def close(self) -> str:
         """Write the attributes, close the file and (with a commit of its own) move it to its
@@ -292,12 +391,41 @@ def read_info(h5file, path: str = "") -> PatchFileInfo:
     n, c, p, _ = h5file["patches"].shape
     if c != len(channels):
         raise InputError(f"{path}: patches have {c} channels but {len(channels)} channel names.")
+    sample_kind = _sample_kind(h5file, path, version)
     return PatchFileInfo(
         channels=channels, patch_size=int(p), pixel_size=float(attrs["pixel_size"]),
         cell_size=float(attrs["cell_size"]), scale=_json_attr(attrs, "scale", path),
         offset=_json_attr(attrs, "offset", path), crs=str(attrs.get("crs", "")),
         source=_json_attr(attrs, "source", path) if "source" in attrs else {},
-        count=int(n), has_soft_labels="soft_labels" in h5file, has_split="split" in h5file)
+        count=int(n), has_soft_labels="soft_labels" in h5file, has_split="split" in h5file,
+        sample_kind=sample_kind,
+        nodata=_json_attr(attrs, "nodata", path) if "nodata" in attrs else None,
+        grid_origin=_json_attr(attrs, "grid_origin", path) if "grid_origin" in attrs else None)
+
+
+def _sample_kind(h5file, path: str, version: int) -> str:
+    """"tiles" for a file with masks, "patches" otherwise; refuses a file whose masks, version
+    and ``sample_kind`` attribute disagree (a damaged or hand-made file)."""
+    declared = h5file.attrs.get("sample_kind", "patches")
+    if isinstance(declared, bytes):
+        declared = declared.decode("utf-8", "replace")
+    if declared not in SAMPLE_KINDS:
+        raise InputError(f"{path}: unknown sample_kind {declared!r} (expected one of "
+                         f"{', '.join(SAMPLE_KINDS)}); re-extract it with lcz:extractpatches.")
+    if "masks" not in h5file:
+        if declared == "tiles":
+            raise InputError(f"{path} says it holds tiles but has no masks dataset; "
+                             f"re-extract it with lcz:extractpatches (SAMPLES = tiles).")
+        return "patches"
+    n, _, p, _ = h5file["patches"].shape
+    if declared != "tiles" or version < TILES_VERSION:
+        raise InputError(f"{path} has a masks dataset but is not marked as a tile file "
+                         f"(schema_version {version}, sample_kind {declared!r}); re-extract it "
+                         f"with lcz:extractpatches (SAMPLES = tiles).")
+    if h5file["masks"].shape != (n, p, p):
+        raise InputError(f"{path}: masks have shape {h5file['masks'].shape}, but the tiles "
+                         f"need {(n, p, p)}; re-extract the tiles.")
+    return "tiles"
 
 
 def open_patch_file(path: str):
