@@ -109,7 +109,8 @@ Outputs
 - Patch file (OUTPUT): HDF5 (.h5) with patches (raw stack values), labels, polygon ids, split, cell
   centres, channel names and per-channel scale/offset (the band's GDAL scale/offset, else 1e-4 for
   S2:* and 1 for others). Tiles: schema version 2, with the masks, the tile size as patch size,
-  each tile's most frequent class as its label and its centre. Schema: docs/training-data.md, section "Patch files".
+  each tile's most frequent class as its label and its centre. Schema: docs/training-data.md,
+  section "Patch files".
 - Summary (OUTPUT_SUMMARY, optional): JSON with patches (tiles: labelled pixels, each counted
   once) per class and split, skipped polygons and cells.
 - PATCHES: number of patches (tiles: tiles) written. Class counts (tiles: labelled pixels) are

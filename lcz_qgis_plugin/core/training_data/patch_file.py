@@ -1,8 +1,8 @@
 """The project's training-patch file (HDF5), written by patch extraction, read by training.
 
-Schema ``lcz-patches`` (documented in docs/training-data.md, section "Patch files"). Version 1 holds
-patches, one per cell, for patch models; version 2 adds tiles with a per-pixel label mask for
-dense models. A file without masks is still written as version 1, byte for byte as before,
+Schema ``lcz-patches`` (documented in docs/training-data.md, section "Patch files"). Version 1
+holds patches, one per cell, for patch models; version 2 adds tiles with a per-pixel label mask
+for dense models. A file without masks is still written as version 1, byte for byte as before,
 and both versions are read.
 
 datasets (N = number of patches, C channels, P x P pixels)
