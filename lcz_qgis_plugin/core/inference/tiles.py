@@ -143,8 +143,8 @@ def make_layout(card: ModelCard, tile_size: int | None = None) -> TileLayout:
             raise InputError(
                 f"the tile size {tile} px is too small for this model: its receptive field of "
                 f"{field} px needs tiles overlapping by {overlap} px on each side, so tiles of "
-                f"at least {smallest} px; use {max(smallest, DEFAULT_TILE)} px or more, or "
-                f"leave TILE_SIZE at 0 (automatic).")
+                f"at least {smallest} px (larger tiles waste less on overlaps); use a larger "
+                f"TILE_SIZE, or leave it at 0 (automatic).")
     if tile > MAX_TILE:
         raise InputError(f"the tile size {tile} px is larger than {MAX_TILE} px, which would "
                          f"hold gigabytes per tile; use a smaller TILE_SIZE (256-1024).")
