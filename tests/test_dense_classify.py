@@ -123,7 +123,7 @@ def test_blending_weights_add_up_to_one_and_skip_what_the_edge_spoils(field, mul
 def test_default_tile_size_follows_the_receptive_field():
     assert make_layout(dense_card("a", NAMES, receptive_field=1)).tile == 256
     wide = make_layout(dense_card("b", NAMES, receptive_field=180, tile_multiple=16))
-    assert (wide.overlap, wide.tile) == (96, 384)
+    assert (wide.overlap, wide.tile) == (96, 672)  # 7 overlaps: half of every tile kept
 
 
 # --- cell by cell, pixel by pixel ----------------------------------------------------------------

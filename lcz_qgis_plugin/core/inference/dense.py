@@ -327,7 +327,8 @@ class _CellRow:
 
 class _FineBand:
     """sum(w p) and sum(w) per output pixel for the rows that rows of tiles still add to:
-    one core's height plus the blending reach below it, shifted up after each row of tiles."""
+    one core's height plus the blending reach below it, shifted up after each row of tiles.
+    Kept as class planes ``K x rows x cols``, the probabilities' own layout."""
 
     def __init__(self, plan: DensePlan, classes: int):
         layout = plan.layout
@@ -336,23 +337,24 @@ class _FineBand:
         self.top = plan.tile_rows[0] * layout.out_step - layout.reach  # output pixel row
         self.left = plan.out_cols[0]
         width = plan.out_cols[1] - plan.out_cols[0]
-        self.weighted = np.zeros((height, width, classes), np.float32)
+        self.weighted = np.zeros((classes, height, width), np.float32)
         self.weights = np.zeros((height, width), np.float32)
 
     def add(self, top: int, left: int, weighted: np.ndarray, weights: np.ndarray) -> None:
+        """Add ``weighted`` (K x rows x cols) and ``weights`` from output pixel ``top, left``."""
         y, x = top - self.top, left - self.left
         height, width = weights.shape
-        self.weighted[y:y + height, x:x + width] += weighted
+        self.weighted[:, y:y + height, x:x + width] += weighted
         self.weights[y:y + height, x:x + width] += weights
 
     def pop(self) -> tuple[int, np.ndarray, np.ndarray]:
-        """(first output pixel row, sum(w p), sum(w)) of the rows now final; the band moves
-        down by one core."""
+        """(first output pixel row, sum(w p) ``K x rows x cols``, sum(w)) of the rows now
+        final; the band moves down by one core."""
         step, top = self.step, self.top
-        rows = self.weighted[:step].copy(), self.weights[:step].copy()
-        self.weighted[:-step] = self.weighted[step:]
+        rows = self.weighted[:, :step].copy(), self.weights[:step].copy()
+        self.weighted[:, :-step] = self.weighted[:, step:]
         self.weights[:-step] = self.weights[step:]
-        self.weighted[-step:] = 0.0
+        self.weighted[:, -step:] = 0.0
         self.weights[-step:] = 0.0
         self.top += step
         return (top,) + rows
@@ -412,7 +414,8 @@ class _DenseStage(_EngineStage):
     def _add_tile(self, date: int, top: int, left: int, probs: np.ndarray,
                   weights: np.ndarray) -> None:
         """Add one tile's weighted probabilities (``L x L x K``, first output pixel at
-        ``top, left``) to the cells (and the fine map) its weighted part covers."""
+        ``top, left``) to the cells (and the fine map) its weighted part covers; summed as
+        class planes, the probabilities' own layout."""
         plan, size, border = self.plan, self.plan.layout.out_tile, self.plan.layout.border
         (first_row, end_row), (first_col, end_col) = plan.out_rows, plan.out_cols
         y_a, y_b = max(top + border, first_row), min(top + size - border, end_row)
@@ -421,8 +424,9 @@ class _DenseStage(_EngineStage):
             return
         part = (slice(y_a - top, y_b - top), slice(x_a - left, x_b - left))
         weights = weights[part]
-        weighted = probs[part] * weights[..., None]
-        sums, row, col = cell_sums(weighted, y_a, x_a, plan.per_cell, np.float64)
+        weighted = np.moveaxis(probs, -1, 0)[(slice(None),) + part] * weights
+        sums, row, col = cell_sums(weighted, y_a, x_a, plan.per_cell)
+        sums = sums.transpose(1, 2, 0)  # cell rows x cols x K
         weight_sums = cell_sums(weights, y_a, x_a, plan.per_cell, np.float64)[0]
         row, col = row - plan.grid.row0, col - plan.grid.col0
         columns = slice(col, col + sums.shape[1])
@@ -496,8 +500,8 @@ class _DenseStage(_EngineStage):
         a, b = max(top, first), min(top + len(weights), end)
         if a >= b:
             return
-        weighted, weights = weighted[a - top:b - top], weights[a - top:b - top]
-        classes = np.where(weights > 0, self.codes[weighted.argmax(axis=2)], NODATA_CODE)
+        weighted, weights = weighted[:, a - top:b - top], weights[a - top:b - top]
+        classes = np.where(weights > 0, self.codes[weighted.argmax(axis=0)], NODATA_CODE)
         grid, stride = self.plan.grid, self.plan.layout.stride
         rows_out = np.arange(a, b) * stride >= grid.raster_height
         cols_out = np.arange(*self.plan.out_cols) * stride >= grid.raster_width

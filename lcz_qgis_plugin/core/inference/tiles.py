@@ -37,8 +37,10 @@ from ..errors import InputError
 from ..model.card import ModelCard
 
 DEFAULT_TILE = 256
-"""Tile edge in input pixels when none is asked for (raised for models that need more
-overlap, see :func:`make_layout`)."""
+"""Tile edge in input pixels when none is asked for, raised for models that need more
+overlap: to :data:`DEFAULT_OVERLAPS` times the overlap, so that at least half of every tile's
+pixels are kept (a core of 5 overlaps: (5/7)^2 = 51 %)."""
+DEFAULT_OVERLAPS = 7
 MAX_TILE = 4096
 PATCHES_PER_TILE = 16
 """BATCH_SIZE counts patches; a dense batch holds BATCH_SIZE / 16 tiles (at least one), so
@@ -122,15 +124,16 @@ def minimum_tile(overlap: int, border_px: int, multiple: int) -> int:
 
 
 def make_layout(card: ModelCard, tile_size: int | None = None) -> TileLayout:
-    """The tile layout of a dense model for ``tile_size`` (None or 0: the default, 256 px
-    or what the model's receptive field needs); refuses tile sizes that cannot work."""
+    """The tile layout of a dense model for ``tile_size`` (None or 0: the default, 256 px or
+    7 overlaps, whichever is larger); refuses tile sizes that cannot work."""
     multiple, stride = card.tile_multiple, card.output_stride
     field = card.receptive_field
     overlap = round_up(math.ceil(field / 2), multiple)
     border = max(0, -(-(field - stride) // (2 * stride)))
     smallest = minimum_tile(overlap, border * stride, multiple)
     if not tile_size:
-        tile = max(round_up(DEFAULT_TILE, multiple), 4 * overlap, smallest)
+        tile = max(round_up(DEFAULT_TILE, multiple),
+                   round_up(DEFAULT_OVERLAPS * overlap, multiple), smallest)
     else:
         tile = tile_size
         if not isinstance(tile, int) or tile % multiple:
@@ -178,9 +181,9 @@ def block_sums(values: np.ndarray, first: int, size: int, axis: int,
 
 def cell_sums(values: np.ndarray, top: int, left: int, size: int,
               dtype=None) -> tuple[np.ndarray, int, int]:
-    """Sums of ``values`` (``H x W`` or ``H x W x K``, first pixel at ``(top, left)``) over
-    cells of ``size`` x ``size`` pixels anchored at pixel 0; returns the sums and the first
-    cell's (row, column)."""
-    rows, row = block_sums(values, top, size, 0, dtype)
-    sums, col = block_sums(rows, left, size, 1, dtype)
+    """Sums of ``values`` (``H x W``, or ``K x H x W`` planes, first pixel at ``(top,
+    left)``) over cells of ``size`` x ``size`` pixels anchored at pixel 0; returns the sums
+    and the first cell's (row, column)."""
+    rows, row = block_sums(values, top, size, values.ndim - 2, dtype)
+    sums, col = block_sums(rows, left, size, values.ndim - 1, dtype)
     return sums, row, col
