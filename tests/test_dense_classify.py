@@ -36,7 +36,7 @@ from lcz_testing import (
 )
 from osgeo import gdal
 
-from lcz_qgis_plugin.core.errors import Cancelled
+from lcz_qgis_plugin.core.errors import Cancelled, ModelError
 from lcz_qgis_plugin.core.inference.classify import FLOAT_NODATA, classify
 from lcz_qgis_plugin.core.inference.engine import OPENVINO_F32, import_openvino
 from lcz_qgis_plugin.core.inference.tiles import TileLayout, make_layout
@@ -270,7 +270,42 @@ BAD_DENSE_INPUT = [
      r"tiles of at least 32 px"),
     ("tile size too large", lambda tmp, f: {"tile_size": 8192},
      r"tile size 8192 px is larger than 4096 px"),
+    ("output stride not the card's", lambda tmp, f: {"model": wrong_stride(tmp, f)},
+     r"the model returned shape \(\d+, 8, 16, 16\) for tiles of 32 px, expected \(N, 8, 32, "
+     r"32\) \(its card says 8 classes and output stride 1\)", ModelError),
+    ("patch-shaped graph with a dense card", lambda tmp, f: {"model": patch_graph(tmp)},
+     r"outputs shape \['N', 8\], but its metadata lists a dense model's \(N, 8, H/s, W/s\)",
+     ModelError),
 ]
+
+
+def wrong_stride(tmp_path, context) -> str:
+    """The strided model (output stride 2) with a card that says 1."""
+    card = dense_card("net", NAMES, receptive_field=4, tile_multiple=8, cell_size=40.0,
+                      classes=CLASSES)
+    return strided_model(tmp_path / "wrong.onnx", card, seed=1)
+
+
+def patch_graph(tmp_path) -> str:
+    """A patch model's graph (N x C x 8 x 8 -> N x K) whose card says dense."""
+    from onnx import TensorProto, helper
+    from onnx import numpy_helper as nh
+    card = dense_card("net", NAMES, receptive_field=4, cell_size=40.0, classes=CLASSES)
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "w", "b"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "patch", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        [nh.from_array(np.ones((3, 8), np.float32), "w"),
+         nh.from_array(np.zeros(8, np.float32), "b")])
+    import onnx
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    for key, value in card.to_metadata_props().items():  # past the writer, which refuses it
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, tmp_path / "patch-graph.onnx")
+    return str(tmp_path / "patch-graph.onnx")
 
 
 @pytest.mark.parametrize("case", bad_input_cases(BAD_DENSE_INPUT))
@@ -278,6 +313,15 @@ def test_bad_input_is_refused_before_any_output(strided, tmp_path, case: BadInpu
     good = {"inputs": [strided[2]], "model": strided[1], "output": str(tmp_path / "out" / "l.tif"),
             "fine_output": str(tmp_path / "out" / "f.tif"), "tile_size": 32}
     assert_refused(case, classify, good, tmp_path, strided)
+
+
+def test_tile_size_is_ignored_for_patch_models_with_a_warning(strided, tmp_path):
+    folder, _, stack, patch_model = strided
+    log = RecordingFeedback()
+    tiled = classify([stack], patch_model, str(tmp_path / "a.tif"), tile_size=64, feedback=log)
+    plain = classify([stack], patch_model, str(tmp_path / "b.tif"))
+    assert "TILE_SIZE (64 px) applies to dense models only" in " ".join(log.warnings)
+    np.testing.assert_array_equal(read(tiled.output), read(plain.output))
 
 
 def lcz_threads() -> list[str]:
@@ -369,10 +413,10 @@ def dense_inputs(tmp_path_factory):
 def test_processing_run_with_a_dense_model_and_the_fine_map(processing, dense_inputs, tmp_path):
     stack, model = dense_inputs
     results = processing.run("lcz:classify", {
-        "INPUT": [stack], "MODEL": model, "DEVICE": 2, "TILE_SIZE": 24,
+        "INPUT": [stack], "MODEL": model, "DEVICE": 2, "TILE_SIZE": 24, "MAJORITY_RADIUS": 1,
         "OUTPUT": str(tmp_path / "lcz.tif"), "OUTPUT_FINE": str(tmp_path / "fine.tif")})
     expected = classify([stack], model, str(tmp_path / "core.tif"), tile_size=24,
-                        fine_output=str(tmp_path / "core-fine.tif"))
+                        majority_radius=1, fine_output=str(tmp_path / "core-fine.tif"))
     assert results["OUTPUT_FINE"] == str(tmp_path / "fine.tif")
     np.testing.assert_array_equal(read(results["OUTPUT"]), read(expected.output))
     np.testing.assert_array_equal(read(results["OUTPUT_FINE"]), read(expected.fine))

@@ -760,8 +760,10 @@ class Engine:
                              f"input.")
         out_shape = backend.output_shape
         if card.shape_mismatch(card.input_shape, out_shape):
+            expected = (f"a dense model's (N, {card.n_classes}, H/s, W/s)" if card.is_dense
+                        else f"{card.n_classes} classes")
             raise ModelError(f"{source} outputs shape {out_shape}, but its metadata lists "
-                             f"{card.n_classes} classes.")
+                             f"{expected}.")
 
     # running ------------------------------------------------------------------------------------
 

@@ -135,9 +135,9 @@ def make_layout(card: ModelCard, tile_size: int | None = None) -> TileLayout:
         tile = max(round_up(DEFAULT_TILE, multiple),
                    round_up(DEFAULT_OVERLAPS * overlap, multiple), smallest)
     else:
-        tile = tile_size
-        if not isinstance(tile, int) or tile % multiple:
-            lower = max(multiple, int(tile) // multiple * multiple)
+        tile = int(tile_size)
+        if tile != tile_size or tile % multiple:
+            lower = max(multiple, tile // multiple * multiple)
             raise InputError(
                 f"the tile size {tile} px is not a multiple of the model's tile multiple "
                 f"{multiple} px (its pooling levels need tiles of whole multiples); use "
