@@ -54,9 +54,11 @@ class ClassifyAlgorithm(LczAlgorithm):
     BATCH_SIZE = "BATCH_SIZE"
     MAJORITY_RADIUS = "MAJORITY_RADIUS"
     THREADS = "THREADS"
+    TILE_SIZE = "TILE_SIZE"
     OUTPUT = "OUTPUT"
     OUTPUT_PROBABILITIES = "OUTPUT_PROBABILITIES"
     OUTPUT_CONFIDENCE = "OUTPUT_CONFIDENCE"
+    OUTPUT_FINE = "OUTPUT_FINE"
 
     ALGORITHM_ID = "classify"
     DISPLAY_NAME = "Classify Local Climate Zones"
@@ -66,12 +68,15 @@ class ClassifyAlgorithm(LczAlgorithm):
     TAGS = ("lcz,local climate zones,urban climate,urban heat island,classification,"
             "deep learning,cnn,msmla,onnx,sentinel-2,wudapt,land cover")
     SHORT_DESCRIPTION = ("Classifies Local Climate Zones from input stacks with an ONNX "
-                         "model, one patch per output cell.")
+                         "model: one patch per output cell, or a dense model's per-pixel "
+                         "classes averaged over each cell.")
     HELP = """
 Classifies Local Climate Zones (LCZ 1-10 built types, A-G land cover) from one or more raster
   stacks with a deep-learning model in ONNX format (MSMLA, Sen2LCZ-Net, ResNet ... exported by the
   lcz training package). For every output cell a patch of pixels centred on the cell is cut from
-  the stack and classified; the map gets the WUDAPT colours and a class legend.
+  the stack and classified; the map gets the WUDAPT colours and a class legend. A dense model
+  (U-Net, lcz.model_kind dense) instead classifies every pixel of overlapping tiles; the per-pixel
+  probabilities are blended across the tiles' overlaps and averaged over each cell's pixels.
 
 Parameters
 - Input stacks (INPUT): one or more rasters whose band descriptions name the model's channels (e.g.
@@ -112,10 +117,15 @@ Parameters
   running the model's calibrated int8 variant (MODEL.int8.onnx beside the model, written by python
   -m training export or check-precision; fastest on CPUs with VNNI but no AMX; approximate like
   bfloat16; fails with an explanation when the model has none).
-- Batch size (BATCH_SIZE): patches per inference call (64 suits CPUs; 1024-4096 for GPUs).
+- Batch size (BATCH_SIZE): patches per inference call (64 suits CPUs; 1024-4096 for GPUs). Dense
+  models run BATCH_SIZE / 16 tiles per call (at least one).
 - Majority filter radius (MAJORITY_RADIUS): 0 = off; r > 0 replaces each class by the most frequent
   class in the (2r+1) x (2r+1) cells around it.
 - CPU threads (THREADS, advanced): 0 = one per physical core.
+- Tile size (TILE_SIZE, advanced, dense models only): tile edge in pixels, a multiple of the
+  model's tile multiple; 0 = automatic (256 px, more for models that see further). Tiles overlap by
+  at least half the model's receptive field on each side; larger tiles waste less on overlaps but
+  need more memory.
 
 Outputs
 - LCZ map (OUTPUT): Byte GeoTIFF, codes 1-17 (A-G = 11-17), 0 = no data, with a colour table,
@@ -124,10 +134,16 @@ Outputs
   descriptions = class names, -9999 = no data.
 - Confidence (OUTPUT_CONFIDENCE, optional): band 1 top-1 probability, band 2 normalised entropy (0
   certain, 1 uniform).
+- Fine class map (OUTPUT_FINE, optional, dense models only): the class of every pixel at the
+  model's output resolution (10 m for a stride-1 model), Byte, same codes, colours and legend as the
+  LCZ map; 0 = no data. Refused for patch models.
 
 No data: a cell is no data when its centre pixel is no data or more than half of its patch is; the
   log counts such cells and names the channel(s) responsible. Patches reaching past the raster edge
-  are filled by reflection. A failed or cancelled run leaves no output behind.
+  are filled by reflection. A failed or cancelled run leaves no output behind. Dense models: a cell
+  is no data when its centre pixel is or more than half of its pixels are; its probabilities are
+  the mean over its valid pixels. CELL_SIZE must then be a whole multiple of the model's output
+  pixel.
 """
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -161,6 +177,11 @@ No data: a cell is no data when its centre pixel is no data or more than half of
             QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=1024)
         threads.setFlags(threads.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(threads)
+        tile = QgsProcessingParameterNumber(
+            self.TILE_SIZE, self.tr("Tile size in pixels, dense models (0: automatic)"),
+            QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0, maxValue=4096)
+        tile.setFlags(tile.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(tile)
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.OUTPUT, self.tr("LCZ map")))
         self.addParameter(QgsProcessingParameterRasterDestination(
@@ -168,6 +189,9 @@ No data: a cell is no data when its centre pixel is no data or more than half of
             createByDefault=False))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.OUTPUT_CONFIDENCE, self.tr("Confidence (top-1 probability, entropy)"),
+            optional=True, createByDefault=False))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_FINE, self.tr("Fine class map (dense models: the class of every pixel)"),
             optional=True, createByDefault=False))
         self.addOutput(QgsProcessingOutputString(
             "EXECUTION_PROVIDER", self.tr("Engine and execution provider used")))
@@ -195,6 +219,7 @@ No data: a cell is no data when its centre pixel is no data or more than half of
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         probabilities = self._optional_output(parameters, self.OUTPUT_PROBABILITIES, context)
         confidence = self._optional_output(parameters, self.OUTPUT_CONFIDENCE, context)
+        fine = self._optional_output(parameters, self.OUTPUT_FINE, context)
         result = classify(
             [layer.source() for layer in layers],
             self.parameterAsFile(parameters, self.MODEL, context),
@@ -209,14 +234,18 @@ No data: a cell is no data when its centre pixel is no data or more than half of
             threads=self.parameterAsInt(parameters, self.THREADS, context),
             feedback=feedback,
             input_bands=self.parameterAsString(parameters, self.INPUT_BANDS, context) or None,
+            fine_output=fine,
+            tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context) or None,
         )
-        if context.willLoadLayerOnCompletion(output):
-            details = context.layerToLoadOnCompletionDetails(output)
-            details.setPostProcessor(_STYLE_POST_PROCESSOR)
+        for styled in (output, fine):
+            if styled and context.willLoadLayerOnCompletion(styled):
+                details = context.layerToLoadOnCompletionDetails(styled)
+                details.setPostProcessor(_STYLE_POST_PROCESSOR)
         return {
             self.OUTPUT: result.output,
             self.OUTPUT_PROBABILITIES: result.probabilities,
             self.OUTPUT_CONFIDENCE: result.confidence,
+            self.OUTPUT_FINE: result.fine,
             "EXECUTION_PROVIDER": result.provider,
             "CLASSIFIED_CELLS": result.classified_cells,
         }

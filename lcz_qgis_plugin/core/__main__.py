@@ -49,12 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--output", required=True, help="LCZ map (.tif)")
     run.add_argument("--probabilities", help="optional class probabilities (.tif)")
     run.add_argument("--confidence", help="optional confidence (.tif)")
+    run.add_argument("--fine", help="optional fine class map (.tif): every pixel's class, "
+                                    "dense models only")
     run.add_argument("--cell-size", type=float, help="metres (default: the model's)")
     run.add_argument("--extent", type=_extent, help="xmin,ymin,xmax,ymax in the stack's CRS")
     run.add_argument("--device", choices=DEVICES, default="auto")
     run.add_argument("--batch-size", type=int, default=64)
     run.add_argument("--majority-radius", type=int, default=0)
     run.add_argument("--threads", type=int, default=0)
+    run.add_argument("--tile-size", type=int, default=0,
+                     help="dense models: tile edge in pixels (default 0: automatic)")
     info = commands.add_parser("model-info", help="print a model's LCZ metadata as JSON")
     info.add_argument("model")
     clean = commands.add_parser(
@@ -128,9 +132,11 @@ def _run(args, feedback: ConsoleFeedback) -> int:
                       confidence_output=args.confidence, cell_size=args.cell_size,
                       extent=args.extent, device=args.device, batch_size=args.batch_size,
                       majority_radius=args.majority_radius, threads=args.threads,
-                      feedback=feedback, input_bands=args.input_bands)
+                      feedback=feedback, input_bands=args.input_bands,
+                      fine_output=args.fine, tile_size=args.tile_size or None)
     print(json.dumps({"output": result.output, "probabilities": result.probabilities,
-                      "confidence": result.confidence, "provider": result.provider,
+                      "confidence": result.confidence, "fine": result.fine,
+                      "provider": result.provider,
                       "classified_cells": result.classified_cells,
                       "patches_per_second": round(result.patches_per_second, 1)}))
     return 0

@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from osgeo import gdal
@@ -45,9 +46,12 @@ from .majority import filter_band
 from .strips import StripReader, describe_nodata
 from .threads import Background, Inline, Prefetch
 
+if TYPE_CHECKING:
+    from .dense import DensePlan
+
 FLOAT_NODATA = -9999.0
 OUTPUT_NAMES = {"OUTPUT": "class map output", "OUTPUT_PROBABILITIES": "probabilities output",
-                "OUTPUT_CONFIDENCE": "confidence output"}
+                "OUTPUT_CONFIDENCE": "confidence output", "OUTPUT_FINE": "fine class map output"}
 CONFIDENCE_BANDS = ("top-1 probability", "normalised entropy")
 GPU_BATCH_HINT = 1024
 PREFETCH_BYTES = 64 * 1024 * 1024
@@ -67,6 +71,12 @@ class ClassifyResult:
     """Patches run through the model (valid cells x dates)."""
     seconds: float
     class_counts: dict[int, int] = field(default_factory=dict)
+    fine: str | None = None
+    """The fine class map (dense models' OUTPUT_FINE), when asked for."""
+    tiles: int = 0
+    """Dense models: tiles run through the model (all dates)."""
+    pixels: int = 0
+    """Dense models: input pixels run through the model (tiles x tile area)."""
 
     @property
     def classified_cells(self) -> int:
@@ -75,6 +85,10 @@ class ClassifyResult:
     @property
     def patches_per_second(self) -> float:
         return self.patches / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def pixels_per_second(self) -> float:
+        return self.pixels / self.seconds if self.seconds > 0 else float("nan")
 
 
 
@@ -154,6 +168,8 @@ class _Scene:
     grid: CellGrid
     strip_rows: int
     strips: list[tuple[int, int]]
+    dense: DensePlan | None = None
+    """Dense models: the tiles (:mod:`.dense`); None for patch models."""
 
     @property
     def card(self) -> ModelCard:
@@ -168,6 +184,8 @@ class _Tally:
     patches: int = 0
     histogram: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))
     blamed: Counter = field(default_factory=Counter)
+    tiles: int = 0
+    pixels: int = 0
 
 
 def classify(inputs: list[str], model: str | Engine, output: str, *,
@@ -177,7 +195,8 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
              device: str = "auto", batch_size: int = 64, majority_radius: int = 0,
              threads: int = 0, feedback: Feedback | None = None,
              max_nodata_fraction: float = 0.5, strip_memory_mb: float = 256,
-             prefetch: bool = True, input_bands=None) -> ClassifyResult:
+             prefetch: bool = True, input_bands=None, fine_output: str | None = None,
+             tile_size: int | None = None) -> ClassifyResult:
     """Classify the input stack(s) into an LCZ map.
 
     ``inputs``: paths of one or more stacks of the same area and grid (several dates: their
@@ -187,7 +206,10 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
     with inference (same result as ``False``, which runs every stage in turn).
     ``input_bands`` (INPUT_BANDS) names the bands of every input in order instead of their
     descriptions: a preset such as ``'so2sat'`` or comma-separated names, see
-    :func:`.bandnames.parse_input_bands`. Raises
+    :func:`.bandnames.parse_input_bands`. A dense model (``lcz.model_kind`` dense) is run
+    in overlapping tiles of ``tile_size`` px (None: automatic, see :func:`.tiles.make_layout`)
+    by :mod:`.dense`; ``fine_output`` (dense models only) is its per-pixel class map at the
+    model's output resolution. Raises
     :class:`~.errors.LczError` subclasses with messages meant for the user; nothing is left on
     disk after an error or a cancel.
     """
@@ -196,10 +218,11 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
     _check_arguments(batch_size, majority_radius, max_nodata_fraction)
     destinations, outputs = _reserve_outputs(inputs, model, {
         "OUTPUT": output, "OUTPUT_PROBABILITIES": probabilities_output,
-        "OUTPUT_CONFIDENCE": confidence_output})
+        "OUTPUT_CONFIDENCE": confidence_output, "OUTPUT_FINE": fine_output})
     scene = _open_inputs(inputs, model, feedback, device=device, threads=threads,
                          batch_size=batch_size, cell_size=cell_size, extent=extent,
-                         strip_memory_mb=strip_memory_mb, input_bands=input_bands)
+                         strip_memory_mb=strip_memory_mb, input_bands=input_bands,
+                         tile_size=tile_size, fine="OUTPUT_FINE" in destinations)
     stages = contextlib.ExitStack()  # the reader and writer threads, closed before cleanup
     span = 90.0 if majority_radius else 100.0  # of the progress bar; the rest: the filter
     try:
@@ -245,17 +268,32 @@ def _reserve_outputs(inputs: list[str], model: str | Engine,
 
 def _open_inputs(inputs: list[str], model: str | Engine, feedback: Feedback, *, device: str,
                  threads: int, batch_size: int, cell_size: float | None, extent,
-                 strip_memory_mb: float, input_bands) -> _Scene:
+                 strip_memory_mb: float, input_bands, tile_size: int | None = None,
+                 fine: bool = False) -> _Scene:
     """The engine, the date stacks matched to its card's channels, the output grid and its
-    strips (sized to ``strip_memory_mb``); says which engine runs and what the grid is."""
+    strips (sized to ``strip_memory_mb``; a dense model's: :func:`.dense.open_dense_scene`);
+    says which engine runs and what the grid is."""
     engine = model if isinstance(model, Engine) else Engine(model, device, threads, feedback)
     card = engine.card
     feedback.info(f"Model: {card.describe()}; execution provider: {engine.provider}")
+    if fine and not card.is_dense:
+        raise InputError(
+            f"OUTPUT_FINE (the fine class map) needs a dense model, but {card.name} is a patch "
+            f"model (one class per cell); leave OUTPUT_FINE empty, or choose a dense model "
+            f"(lcz.model_kind dense, e.g. trained with 'python -m training train --model "
+            f"unet').")
     if engine.provider in GPU_PROVIDERS and batch_size < GPU_BATCH_HINT:
         feedback.info(f"BATCH_SIZE is {batch_size}: a GPU is only filled by batches of "
                       f"{GPU_BATCH_HINT}-4096 patches; raise it for speed.")
     stacks = open_stacks(list(inputs), card.channels, card.pixel_size, feedback,
                          input_bands=input_bands, scale=card.scale)
+    if tile_size and not card.is_dense:
+        feedback.warning(f"TILE_SIZE ({tile_size} px) applies to dense models only; "
+                         f"{card.name} is a patch model, so it is not used.")
+    if card.is_dense:
+        from .dense import open_dense_scene  # imports this module: loaded on first use
+        return open_dense_scene(engine, stacks, feedback, cell_size=cell_size, extent=extent,
+                                tile_size=tile_size, batch_size=batch_size)
     first = stacks[0]
     grid = make_grid(first.geotransform, first.width, first.height,
                      cell_size if cell_size else card.cell_size, card.patch_size, extent)
@@ -283,7 +321,11 @@ def _map_metadata(scene: _Scene, majority_radius: int) -> dict[str, str]:
         "LCZ_DATES_AVERAGED": str(len(scene.stacks)),
         "LCZ_MAJORITY_RADIUS": str(majority_radius),
         "LCZ_CREATED": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    }
+    } | ({} if scene.dense is None else {
+        "LCZ_MODEL_KIND": "dense",
+        "LCZ_TILE_SIZE": str(scene.dense.layout.tile),
+        "LCZ_TILE_OVERLAP": str(scene.dense.layout.overlap),
+    })
 
 
 def _create_outputs(outputs: PendingOutputs, destinations: dict[str, str], scene: _Scene,
@@ -316,6 +358,9 @@ def _create_outputs(outputs: PendingOutputs, destinations: dict[str, str], scene
                        bands=2, data_type=gdal.GDT_Float32, nodata=FLOAT_NODATA,
                        descriptions=list(CONFIDENCE_BANDS), metadata=metadata,
                        **common)
+    if "OUTPUT_FINE" in destinations:
+        from .dense import create_fine_output
+        create_fine_output(outputs, destinations["OUTPUT_FINE"], scene, metadata)
     return class_key
 
 
@@ -324,6 +369,10 @@ def _run_scene(scene: _Scene, outputs: PendingOutputs, class_key: str,
                batch_size: int, prefetch: bool, max_nodata_fraction: float) -> _Tally:
     """Every strip and date through reader -> engine -> writer (the module's docstring): the
     reader and writer threads are entered into ``stages``, which the caller closes on error."""
+    if scene.dense is not None:
+        from .dense import run_dense_scene
+        return run_dense_scene(scene, outputs, class_key, stages, feedback, span=span,
+                               prefetch=prefetch, max_nodata_fraction=max_nodata_fraction)
     card = scene.card
     readers = [StripReader(stack, card, scene.grid, max_nodata_fraction)
                for stack in scene.stacks]
@@ -381,13 +430,21 @@ def _report(scene: _Scene, destinations: dict[str, str], tally: _Tally, seconds:
         provider=engine.provider, rows=grid.rows, cols=grid.cols, cell_size=grid.cell_size,
         patches=patches, seconds=seconds,
         class_counts={int(code): int(tally.histogram[code]) for code in range(1, 256)
-                      if tally.histogram[code]})
-    feedback.info(f"Classified {result.classified_cells} of {grid.rows * grid.cols} cells "
-                  f"({patches} patches) in {seconds:.1f} s, {result.patches_per_second:.0f} "
-                  f"patches/s on {engine.provider}.")
+                      if tally.histogram[code]},
+        fine=destinations.get("OUTPUT_FINE"), tiles=tally.tiles, pixels=tally.pixels)
+    if scene.dense is None:
+        feedback.info(f"Classified {result.classified_cells} of {grid.rows * grid.cols} cells "
+                      f"({patches} patches) in {seconds:.1f} s, "
+                      f"{result.patches_per_second:.0f} patches/s on {engine.provider}.")
+    else:
+        feedback.info(f"Classified {result.classified_cells} of {grid.rows * grid.cols} cells "
+                      f"from {result.tiles} tiles of {scene.dense.layout.tile} px in "
+                      f"{seconds:.1f} s, {result.pixels_per_second / 1e6:.2f} million input "
+                      f"pixels/s on {engine.provider}.")
     skipped = grid.rows * grid.cols * len(stacks) - patches
     if skipped:
-        feedback.info(f"skipped {skipped} cell(s) whose patch is mostly no-data"
+        feedback.info(f"skipped {skipped} cell(s) whose "
+                      f"{'patch' if scene.dense is None else 'cell'} is mostly no-data"
                       + (f" (counted per date, over {len(stacks)} dates)" if len(stacks) > 1
                          else "") + f": {describe_nodata(tally.blamed)}.")
     feedback.info("Cells per class: " + ", ".join(

@@ -43,6 +43,7 @@ engine is kept."""
 # timing: a few batches per candidate, interleaved so that a busy moment of a shared machine
 # does not fall on one candidate only; the best batch counts
 MEASURE_PATCHES = 32
+MEASURE_TILES = 2  # dense models: tiles of the default tile size (256 px: 64 patches of 32 px)
 MEASURE_ROUNDS = 3
 MEASURE_SECONDS = 1.5  # rounds stop early once the timed batches took this long in all
 
