@@ -30,6 +30,15 @@ def _add_train(sub):
     add_options(p)  # one per field of training.config.TrainConfig
 
 
+def _add_config_options(p, names) -> None:
+    """Options of :class:`training.config.TrainConfig` (help, type, default from there)."""
+    from .config import TrainConfig
+    for name in names:
+        f = TrainConfig.fields()[name]
+        p.add_argument("--" + name.replace("_", "-"), type=type(f.default), default=f.default,
+                       help=f.metadata["help"])
+
+
 def _add_precision_options(p, calibration_default: str) -> None:
     p.add_argument("--precisions", default="bfloat16,int8",
                    help="comma-separated reduced precisions to check: bfloat16 (where the CPU "
@@ -48,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="parameter counts of a model")
     p.add_argument("--model", required=True)
     p.add_argument("--channels", type=int, default=10)
-    p.add_argument("--patch", type=int, default=48)
+    p.add_argument("--patch", type=int, default=48, help="patch (unet: tile) edge in pixels")
     p.add_argument("--cbam", default="faithful", choices=["faithful", "paper"])
+    _add_config_options(p, ("depth", "width"))
 
     _add_train(sub)
 
@@ -117,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> int:
     if args.command == "summary":
         from .summary import summary
-        print(summary(args.model, args.channels, args.patch, args.cbam))
+        print(summary(args.model, args.channels, args.patch, args.cbam, args.depth, args.width))
     elif args.command == "train":
         from .config import given_options
         from .train import load_checkpoint, load_config_file, make_config, train
@@ -149,7 +159,8 @@ def run(args) -> int:
         from .evaluate import calibrate
         result = calibrate(args.model, args.data, args.out, args.bins)
         print(f"temperature {result['temperature']:.4f}: ECE {100 * result['ece_before']:.2f} % "
-              f"-> {100 * result['ece_after']:.2f} % on {result['samples']} patches; "
+              f"-> {100 * result['ece_after']:.2f} % on {result['samples']} "
+              f"{result.get('unit', 'patches')}; "
               f"written {args.out}")
         if result.get("note"):
             print(f"note: {result['note']}")

@@ -36,9 +36,18 @@ def option(default, help: str | None = None, *, choices: tuple | None = None,
 
 @dataclass
 class TrainConfig:
-    model: str = option("msmla18", "msmla18 | msmla50 | sen2lcz | resnet20")
+    model: str = option("msmla18", "msmla18 | msmla50 | sen2lcz | resnet20 (patch models, "
+                        "trained on patches) | unet (a dense model, trained on tiles with "
+                        "label masks)")
     cbam: str = option("faithful", "MSMLA attention block: the authors' code (needed for "
                        "their weights) or the paper's CBAM", choices=("faithful", "paper"))
+    depth: int = option(3, "unet: levels (each halves the resolution once; tiles must be "
+                        "multiples of 2^depth px)")
+    width: int = option(16, "unet: channels of the first level (doubled at every level)")
+    loss: str = option("ce", "unet: per-pixel loss, cross-entropy or focal loss (both "
+                       "weighted by --class-weights)", choices=("ce", "focal"))
+    focal_gamma: float = option(2.0, "unet, --loss focal: the focusing exponent gamma (0 is "
+                                "cross-entropy)")
     train: str = option("", "So2Sat h5 or patch file (path or path#train)")
     val: str = option("", "validation file (path or path#validation)")
     val_fraction: float = option(
@@ -62,14 +71,17 @@ class TrainConfig:
     step_every: int = option(5, "step schedule: epochs between steps", cli=False)
     step_factor: float = option(0.004, "step schedule: factor at each step", cli=False)
     epochs: int = option(100, "maximum number of epochs")
-    batch_size: int = option(32, "patches per batch (per process under torchrun)")
+    batch_size: int = option(32, "patches (tiles for unet) per batch (per process under "
+                             "torchrun)")
     patience: int = option(15, "early stopping patience (epochs)")
     bn_momentum: float = option(
         0.99, "BatchNorm momentum, Keras semantics (default 0.99; lower adapts the running "
         "statistics faster on small data sets)")
-    class_weights: bool = option(False, "weight the loss by inverse class frequency")
+    class_weights: bool = option(False, "weight the loss by inverse class frequency (unet: "
+                                 "of labelled pixels)")
     soft_labels: bool = option(True, "train on label distributions where the data has them")
-    augment: bool = option(True, "random flips and 90-degree rotations of training patches")
+    augment: bool = option(True, "random flips and 90-degree rotations of training patches "
+                           "(tiles with their masks)")
     seed: int = option(0, "random seed (weights, batches, augmentation, polygon split)")
     workers: int = option(0, "DataLoader worker processes")
     threads: int = option(
