@@ -154,6 +154,29 @@ def test_class_weights_are_the_inverse_labelled_pixel_frequency(tmp_path):
     np.testing.assert_allclose(data.weights, counts.sum() / (3 * counts), rtol=1e-6)
 
 
+def test_dense_defaults_give_small_batches_and_quick_batchnorm():
+    dense = make_config(overrides={"model": "unet"})
+    assert (dense.batch_size, dense.bn_momentum, dense.depth, dense.width) == (4, 0.9, 3, 16)
+    assert (dense.loss, dense.focal_gamma) == ("ce", 2.0)
+    chosen = make_config({"bn_momentum": 0.5}, {"model": "unet", "batch_size": 16})
+    assert (chosen.batch_size, chosen.bn_momentum) == (16, 0.5)
+    patch = make_config(overrides={"model": "msmla18"})
+    assert (patch.batch_size, patch.bn_momentum) == (32, 0.99)
+
+
+def test_focal_loss_trains_through_the_command_line(dense, tmp_path, capsys):
+    out = tmp_path / "focal"
+    assert main(["train", *UNET, "--train", dense["tiles"] + "#train", "--val",
+                 dense["tiles"] + "#validation", "--epochs", "1", "--loss", "focal",
+                 "--focal-gamma", "1.5", "--out", str(out), *FAST]) == 0
+    payload = load_checkpoint(str(out / "best.pt"))
+    assert payload["config"]["loss"] == "focal" and payload["config"]["focal_gamma"] == 1.5
+    assert main(["train", *UNET, "--train", dense["tiles"] + "#train", "--val",
+                 dense["tiles"] + "#validation", "--loss", "focal", "--focal-gamma", "-1",
+                 "--out", str(out), *FAST]) == 2
+    assert "--focal-gamma -1" in one_line_error(capsys)
+
+
 def test_augmentation_turns_a_tile_and_its_mask_together():
     torch.manual_seed(3)
     x = torch.randn(16, 2, 8, 8)

@@ -4,7 +4,8 @@ Each field carries its command-line help (and type, choices, switch style) as fi
 metadata, so that ``python -m training train``'s options (:func:`add_options`,
 :func:`given_options`), the config file (:func:`load_config_file`) and the run itself all
 read the one list: adding an option is one field here. Values are merged as
-defaults < ``--setup`` preset < config file < command-line options (:func:`make_config`).
+defaults < dense-model defaults (:data:`DENSE_DEFAULTS`, for ``--model unet``) < ``--setup``
+preset < config file < command-line options (:func:`make_config`).
 
 Imports neither torch nor numpy: the command line builds its parser from here, and
 ``--help`` stays fast.
@@ -71,12 +72,12 @@ class TrainConfig:
     step_every: int = option(5, "step schedule: epochs between steps", cli=False)
     step_factor: float = option(0.004, "step schedule: factor at each step", cli=False)
     epochs: int = option(100, "maximum number of epochs")
-    batch_size: int = option(32, "patches (tiles for unet) per batch (per process under "
-                             "torchrun)")
+    batch_size: int = option(32, "patches per batch (per process under torchrun); unet: "
+                             "tiles per batch, default 4")
     patience: int = option(15, "early stopping patience (epochs)")
     bn_momentum: float = option(
-        0.99, "BatchNorm momentum, Keras semantics (default 0.99; lower adapts the running "
-        "statistics faster on small data sets)")
+        0.99, "BatchNorm momentum, Keras semantics (default 0.99, unet 0.9; lower adapts the "
+        "running statistics faster on small data sets)")
     class_weights: bool = option(False, "weight the loss by inverse class frequency (unet: "
                                  "of labelled pixels)")
     soft_labels: bool = option(True, "train on label distributions where the data has them")
@@ -105,6 +106,14 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+
+DENSE_MODEL_NAMES = ("unet",)
+"""Dense models (class scores per pixel, trained on tiles); :mod:`training.models` names them
+too, but this module stays free of torch."""
+DENSE_DEFAULTS = {"batch_size": 4, "bn_momentum": 0.9}
+"""A dense model's own defaults. A tile holds the pixels of hundreds of patches, so a small
+tile file (a 3 km demo city: 9 tiles of 128 px) gives few batches: 4 tiles per batch give
+enough optimiser steps, and BatchNorm statistics that settle within them (momentum 0.9)."""
 
 SETUPS = {
     "paper": dict(optimizer="adam", lr=0.002, decay=0.004, schedule="inverse-time"),
@@ -185,6 +194,7 @@ def make_config(file_values: dict | None = None, overrides: dict | None = None) 
     setup = values.get("setup", "paper")
     if setup not in SETUPS:
         raise TrainingError(f"unknown setup {setup!r}; choose {', '.join(SETUPS)}")
-    merged = dict(SETUPS[setup])
+    merged = dict(DENSE_DEFAULTS) if values.get("model") in DENSE_MODEL_NAMES else {}
+    merged.update(SETUPS[setup])
     merged.update(values)
     return TrainConfig(**merged)

@@ -7,6 +7,7 @@ every pixel of a tile (:mod:`training.models.unet`). The random-forest baseline 
 torch model: see :mod:`training.forest`.
 """
 
+from ..config import DENSE_MODEL_NAMES
 from .msmla import MSMLA, count_parameters, msmla18, msmla50
 from .resnet20 import resnet20
 from .sen2lcz import sen2lcz
@@ -14,7 +15,7 @@ from .unet import UNet, unet
 
 MODELS = {"msmla18": msmla18, "msmla50": msmla50, "sen2lcz": sen2lcz, "resnet20": resnet20,
           "unet": unet}
-DENSE_MODELS = frozenset({"unet"})
+DENSE_MODELS = frozenset(DENSE_MODEL_NAMES)
 """Models that predict every pixel of a tile (trained on tiles with label masks); the others
 predict one class vector per patch (trained on patches)."""
 
