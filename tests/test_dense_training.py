@@ -294,3 +294,15 @@ def test_models_refuse_data_of_the_other_kind(dense, tmp_path, capsys):
     assert "evaluated on tiles" in one_line_error(capsys)
     assert main(["check-precision", "--model", dense["onnx"], "--data", tiles]) == 2
     assert "dense model" in one_line_error(capsys)
+
+
+def test_a_dense_run_resumes_from_its_last_checkpoint(dense, tmp_path):
+    run = tmp_path / "run"
+    common = [*UNET, "--train", dense["tiles"] + "#train", "--val",
+              dense["tiles"] + "#validation", "--out", str(run), *FAST]
+    assert main(["train", *common, "--epochs", "1"]) == 0
+    assert main(["train", "--resume", str(run / "last.pt"), "--epochs", "2"]) == 0
+    payload = load_checkpoint(str(run / "last.pt"))
+    assert payload["epoch"] == 1 and payload["model_options"] == {"depth": DEPTH,
+                                                                 "width": WIDTH}
+    assert [row["epoch"] for row in payload["history"]] == [1, 2]

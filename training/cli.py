@@ -87,22 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=4096, help="patches compared (default 4096)")
     _add_precision_options(p, "the training data the model card names, else --data")
 
-    p = sub.add_parser("evaluate", help="LCZ metrics of a model on test patches")
+    p = sub.add_parser("evaluate", help="LCZ metrics of a model on test patches (a dense "
+                                        "model: on tiles, per cell and per pixel)")
     p.add_argument("--model", required=True, help=".onnx or checkpoint .pt")
-    p.add_argument("--data", required=True, help="So2Sat h5 or patch file (path#test)")
+    p.add_argument("--data", required=True, help="So2Sat h5 or patch file (path#test); a "
+                                                 "tile file for a dense model")
     p.add_argument("--out", required=True, help="folder for the report, CSV and PNGs")
     p.add_argument("--name")
     p.add_argument("--bins", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--limit", type=int, default=0, help="evaluate the first N patches only")
+    p.add_argument("--limit", type=int, default=0, help="evaluate the first N patches (dense: "
+                                                        "tiles) only")
 
     p = sub.add_parser("compare", help="markdown table of several evaluate reports")
     p.add_argument("reports", nargs="+", help="report.json files or evaluate folders")
     p.add_argument("--out", help="write the table here (default: print)")
 
-    p = sub.add_parser("calibrate", help="fit temperature scaling on validation patches")
+    p = sub.add_parser("calibrate", help="fit temperature scaling on validation patches (a "
+                                         "dense model: on the logits of labelled pixels)")
     p.add_argument("--model", required=True, help="exported .onnx")
-    p.add_argument("--data", required=True, help="validation patches")
+    p.add_argument("--data", required=True, help="validation patches (dense: tiles)")
     p.add_argument("--out", required=True, help="calibrated .onnx (may equal --model)")
     p.add_argument("--bins", type=int, default=15)
 
