@@ -294,6 +294,14 @@ def test_models_refuse_data_of_the_other_kind(dense, tmp_path, capsys):
     assert "evaluated on tiles" in one_line_error(capsys)
     assert main(["check-precision", "--model", dense["onnx"], "--data", tiles]) == 2
     assert "dense model" in one_line_error(capsys)
+    assert main(["train", "--train", patches, "--val-fraction", "0.2", "--epochs", "1",
+                 "--out", out, *FAST]) == 0
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", out + "/best.pt", "--out", out + "/m.onnx",
+                 "--no-precision-check"]) == 0
+    assert main(["evaluate", "--model", out + "/m.onnx", "--data", tiles, "--out",
+                 str(tmp_path / "e")]) == 2
+    assert "is a patch model: evaluate it on patches" in one_line_error(capsys)
 
 
 def test_a_dense_run_resumes_from_its_last_checkpoint(dense, tmp_path):

@@ -105,6 +105,10 @@ def predict(predictor: Predictor, data: str, batch_size: int = 256, limit: int =
         source, rows = ds.open_source(data, card.channels)
     except ds.DataError as exc:
         raise EvaluationError(str(exc)) from None
+    if source.sample_kind == "tiles":
+        raise EvaluationError(f"{data.partition('#')[0]} is a tile file (for dense models); "
+                              f"{card.name} is a patch model: evaluate it on patches "
+                              f"(lcz:extractpatches with SAMPLES patches).")
     if source.patch_size != card.patch_size:
         raise EvaluationError(f"{data} holds {source.patch_size}px patches, the model takes "
                               f"{card.patch_size}px.")

@@ -305,6 +305,8 @@ def check_model_options(config: TrainConfig) -> None:
         raise TrainingError(f"--depth {config.depth}: a U-Net has 1 to {MAX_DEPTH} levels.")
     if config.width < 1:
         raise TrainingError(f"--width {config.width}: give at least 1 channel.")
+    if config.loss not in ("ce", "focal"):
+        raise TrainingError(f"unknown loss {config.loss!r}; use ce or focal.")
     if not config.focal_gamma >= 0:
         raise TrainingError(f"--focal-gamma {config.focal_gamma}: give 0 or more (0 is "
                             "cross-entropy, 2 the usual choice).")
