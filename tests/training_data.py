@@ -63,6 +63,69 @@ def write_patch_file(path, n: int = 96, codes=TOY_CODES, patch: int = 16, seed: 
     return os.fspath(path)
 
 
+def toy_scene(size: int = 96, block: int = 32, codes=TOY_CODES, inset: int = 3, seed: int = 0):
+    """A simulated stack with clear class blocks: (DN (10, size, size), masks (size, size) of
+    LCZ codes with 0 outside the training areas, polygon id per pixel (-1 outside)). Block
+    (i, j) has class codes[(i + j) % 3], which raises band 2 k of all its pixels by 0.15
+    reflectance; its training area is the block less ``inset`` pixels on every side."""
+    rng = np.random.default_rng(seed)
+    refl = 0.05 + 0.03 * rng.random((10, size, size), dtype=np.float32)
+    masks = np.zeros((size, size), np.uint8)
+    polygons = np.full((size, size), -1, np.int64)
+    n = size // block
+    for i in range(n):
+        for j in range(n):
+            k = (i + j) % len(codes)
+            rows, cols = slice(i * block, (i + 1) * block), slice(j * block, (j + 1) * block)
+            refl[(2 * k) % 10, rows, cols] += 0.15
+            inner = (slice(i * block + inset, (i + 1) * block - inset),
+                     slice(j * block + inset, (j + 1) * block - inset))
+            masks[inner] = codes[k]
+            polygons[inner] = i * n + j
+    return np.round(refl * 10000).astype(np.float32), masks, polygons
+
+
+def write_tile_file(path, tile: int = 32, size: int = 96, split: bool = True, seed: int = 0,
+                    origin=(500000.0, 5000000.0), pixel: float = 10.0) -> str:
+    """A tile file (patch-file schema 2, ``sample_kind`` "tiles") of :func:`toy_scene`,
+    written with h5py as ``PatchWriter(..., masks=True)`` writes it: tiles on a grid of step
+    tile / 2 from the scene's origin that hold a labelled pixel, ``masks`` (N, T, T) uint8
+    (LCZ code, 0 = no label), ``labels`` the tile's most frequent label, ``centres`` the tile
+    centre; with ``split``, polygons 1 and 5 are validation and a tile is written once per
+    split of its labelled pixels, with only that split's pixels labelled."""
+    dn, masks, polygons = toy_scene(size, seed=seed)
+    split_of = np.where(np.isin(polygons, [1, 5]), 1, 0)
+    rows = {name: [] for name in ("patches", "labels", "polygon_ids", "centres", "split",
+                                  "masks")}
+    for r in range(0, size - tile + 1, tile // 2):
+        for c in range(0, size - tile + 1, tile // 2):
+            window = (slice(r, r + tile), slice(c, c + tile))
+            labelled = masks[window] > 0
+            for part in sorted(set(split_of[window][labelled].tolist())):
+                mask = np.where(labelled & (split_of[window] == part), masks[window], 0)
+                rows["patches"].append(dn[(slice(None), *window)])
+                rows["masks"].append(mask.astype(np.uint8))
+                rows["labels"].append(np.bincount(mask[mask > 0]).argmax())
+                polygon = polygons[window][mask > 0]
+                rows["polygon_ids"].append(np.bincount(polygon).argmax())
+                rows["centres"].append((origin[0] + (c + tile / 2) * pixel,
+                                        origin[1] - (r + tile / 2) * pixel))
+                rows["split"].append(part)
+    info = PatchFileInfo(channels=S2_NAMES, patch_size=tile, pixel_size=pixel,
+                         cell_size=100.0, scale=[1e-4] * 10, offset=[0.0] * 10,
+                         crs="EPSG:32633", source={"tool": "tests"})
+    types = {"patches": np.float32, "labels": np.uint8, "polygon_ids": np.int64,
+             "centres": np.float64, "split": np.uint8, "masks": np.uint8}
+    with h5py.File(path, "w") as f:
+        for name, values in rows.items():
+            if name != "split" or split:
+                f.create_dataset(name, data=np.asarray(values, dtype=types[name]))
+        f.attrs.update(info.attrs())
+        f.attrs["schema_version"] = 2
+        f.attrs["sample_kind"] = "tiles"
+    return os.fspath(path)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
     """Training tests run torch on one thread: on a shared 2-core machine (CI, development)

@@ -30,6 +30,15 @@ def _add_train(sub):
     add_options(p)  # one per field of training.config.TrainConfig
 
 
+def _add_config_options(p, names) -> None:
+    """Options of :class:`training.config.TrainConfig` (help, type, default from there)."""
+    from .config import TrainConfig
+    for name in names:
+        f = TrainConfig.fields()[name]
+        p.add_argument("--" + name.replace("_", "-"), type=type(f.default), default=f.default,
+                       help=f.metadata["help"])
+
+
 def _add_precision_options(p, calibration_default: str) -> None:
     p.add_argument("--precisions", default="bfloat16,int8",
                    help="comma-separated reduced precisions to check: bfloat16 (where the CPU "
@@ -48,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="parameter counts of a model")
     p.add_argument("--model", required=True)
     p.add_argument("--channels", type=int, default=10)
-    p.add_argument("--patch", type=int, default=48)
+    p.add_argument("--patch", type=int, default=48, help="patch (unet: tile) edge in pixels")
     p.add_argument("--cbam", default="faithful", choices=["faithful", "paper"])
+    _add_config_options(p, ("depth", "width"))
 
     _add_train(sub)
 
@@ -77,22 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=4096, help="patches compared (default 4096)")
     _add_precision_options(p, "the training data the model card names, else --data")
 
-    p = sub.add_parser("evaluate", help="LCZ metrics of a model on test patches")
+    p = sub.add_parser("evaluate", help="LCZ metrics of a model on test patches (a dense "
+                                        "model: on tiles, per cell and per pixel)")
     p.add_argument("--model", required=True, help=".onnx or checkpoint .pt")
-    p.add_argument("--data", required=True, help="So2Sat h5 or patch file (path#test)")
+    p.add_argument("--data", required=True, help="So2Sat h5 or patch file (path#test); a "
+                                                 "tile file for a dense model")
     p.add_argument("--out", required=True, help="folder for the report, CSV and PNGs")
     p.add_argument("--name")
     p.add_argument("--bins", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--limit", type=int, default=0, help="evaluate the first N patches only")
+    p.add_argument("--limit", type=int, default=0, help="evaluate the first N patches (dense: "
+                                                        "tiles) only")
 
     p = sub.add_parser("compare", help="markdown table of several evaluate reports")
     p.add_argument("reports", nargs="+", help="report.json files or evaluate folders")
     p.add_argument("--out", help="write the table here (default: print)")
 
-    p = sub.add_parser("calibrate", help="fit temperature scaling on validation patches")
+    p = sub.add_parser("calibrate", help="fit temperature scaling on validation patches (a "
+                                         "dense model: on the logits of labelled pixels)")
     p.add_argument("--model", required=True, help="exported .onnx")
-    p.add_argument("--data", required=True, help="validation patches")
+    p.add_argument("--data", required=True, help="validation patches (dense: tiles)")
     p.add_argument("--out", required=True, help="calibrated .onnx (may equal --model)")
     p.add_argument("--bins", type=int, default=15)
 
@@ -117,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> int:
     if args.command == "summary":
         from .summary import summary
-        print(summary(args.model, args.channels, args.patch, args.cbam))
+        print(summary(args.model, args.channels, args.patch, args.cbam, args.depth, args.width))
     elif args.command == "train":
         from .config import given_options
         from .train import load_checkpoint, load_config_file, make_config, train
@@ -149,7 +163,8 @@ def run(args) -> int:
         from .evaluate import calibrate
         result = calibrate(args.model, args.data, args.out, args.bins)
         print(f"temperature {result['temperature']:.4f}: ECE {100 * result['ece_before']:.2f} % "
-              f"-> {100 * result['ece_after']:.2f} % on {result['samples']} patches; "
+              f"-> {100 * result['ece_after']:.2f} % on {result['samples']} "
+              f"{result.get('unit', 'patches')}; "
               f"written {args.out}")
         if result.get("note"):
             print(f"note: {result['note']}")

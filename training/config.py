@@ -4,7 +4,8 @@ Each field carries its command-line help (and type, choices, switch style) as fi
 metadata, so that ``python -m training train``'s options (:func:`add_options`,
 :func:`given_options`), the config file (:func:`load_config_file`) and the run itself all
 read the one list: adding an option is one field here. Values are merged as
-defaults < ``--setup`` preset < config file < command-line options (:func:`make_config`).
+defaults < dense-model defaults (:data:`DENSE_DEFAULTS`, for ``--model unet``) < ``--setup``
+preset < config file < command-line options (:func:`make_config`).
 
 Imports neither torch nor numpy: the command line builds its parser from here, and
 ``--help`` stays fast.
@@ -36,9 +37,18 @@ def option(default, help: str | None = None, *, choices: tuple | None = None,
 
 @dataclass
 class TrainConfig:
-    model: str = option("msmla18", "msmla18 | msmla50 | sen2lcz | resnet20")
+    model: str = option("msmla18", "msmla18 | msmla50 | sen2lcz | resnet20 (patch models, "
+                        "trained on patches) | unet (a dense model, trained on tiles with "
+                        "label masks)")
     cbam: str = option("faithful", "MSMLA attention block: the authors' code (needed for "
                        "their weights) or the paper's CBAM", choices=("faithful", "paper"))
+    depth: int = option(3, "unet: levels (each halves the resolution once; tiles must be "
+                        "multiples of 2^depth px)")
+    width: int = option(16, "unet: channels of the first level (doubled at every level)")
+    loss: str = option("ce", "unet: per-pixel loss, cross-entropy or focal loss (both "
+                       "weighted by --class-weights)", choices=("ce", "focal"))
+    focal_gamma: float = option(2.0, "unet, --loss focal: the focusing exponent gamma (0 is "
+                                "cross-entropy)")
     train: str = option("", "So2Sat h5 or patch file (path or path#train)")
     val: str = option("", "validation file (path or path#validation)")
     val_fraction: float = option(
@@ -62,14 +72,17 @@ class TrainConfig:
     step_every: int = option(5, "step schedule: epochs between steps", cli=False)
     step_factor: float = option(0.004, "step schedule: factor at each step", cli=False)
     epochs: int = option(100, "maximum number of epochs")
-    batch_size: int = option(32, "patches per batch (per process under torchrun)")
+    batch_size: int = option(32, "patches per batch (per process under torchrun); unet: "
+                             "tiles per batch, default 4")
     patience: int = option(15, "early stopping patience (epochs)")
     bn_momentum: float = option(
-        0.99, "BatchNorm momentum, Keras semantics (default 0.99; lower adapts the running "
-        "statistics faster on small data sets)")
-    class_weights: bool = option(False, "weight the loss by inverse class frequency")
+        0.99, "BatchNorm momentum, Keras semantics (default 0.99, unet 0.9; lower adapts the "
+        "running statistics faster on small data sets)")
+    class_weights: bool = option(False, "weight the loss by inverse class frequency (unet: "
+                                 "of labelled pixels)")
     soft_labels: bool = option(True, "train on label distributions where the data has them")
-    augment: bool = option(True, "random flips and 90-degree rotations of training patches")
+    augment: bool = option(True, "random flips and 90-degree rotations of training patches "
+                           "(tiles with their masks)")
     seed: int = option(0, "random seed (weights, batches, augmentation, polygon split)")
     workers: int = option(0, "DataLoader worker processes")
     threads: int = option(
@@ -93,6 +106,14 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+
+DENSE_MODEL_NAMES = ("unet",)
+"""Dense models (class scores per pixel, trained on tiles); :mod:`training.models` names them
+too, but this module stays free of torch."""
+DENSE_DEFAULTS = {"batch_size": 4, "bn_momentum": 0.9}
+"""A dense model's own defaults. A tile holds the pixels of hundreds of patches, so a small
+tile file (a 3 km demo city: 9 tiles of 128 px) gives few batches: 4 tiles per batch give
+enough optimiser steps, and BatchNorm statistics that settle within them (momentum 0.9)."""
 
 SETUPS = {
     "paper": dict(optimizer="adam", lr=0.002, decay=0.004, schedule="inverse-time"),
@@ -173,6 +194,7 @@ def make_config(file_values: dict | None = None, overrides: dict | None = None) 
     setup = values.get("setup", "paper")
     if setup not in SETUPS:
         raise TrainingError(f"unknown setup {setup!r}; choose {', '.join(SETUPS)}")
-    merged = dict(SETUPS[setup])
+    merged = dict(DENSE_DEFAULTS) if values.get("model") in DENSE_MODEL_NAMES else {}
+    merged.update(SETUPS[setup])
     merged.update(values)
     return TrainConfig(**merged)

@@ -22,6 +22,15 @@ stack's own values and says how to scale them; that scale/offset goes into the c
 Patches are standardised as the model card says, ``(value - mean) / std`` per channel
 (:func:`lcz_qgis_plugin.core.model.card.standardise`), so a model sees in training exactly
 what the plugin gives it.
+
+Tiles (dense models)
+    A *tile file* (a patch file of schema 2 with ``sample_kind`` "tiles", written by
+    ``lcz:extractpatches`` in tile mode) holds tiles ``N x C x T x T`` and a label mask per tile,
+    ``masks`` (N, T, T) uint8: the LCZ code of every pixel in a training area, 0 for the pixels
+    outside every area, which the loss ignores. :class:`TileReader` gives batches of
+    standardised tiles and their masks as class indices, :data:`IGNORE` where a pixel has no
+    label; augmentation flips and turns a tile and its mask together. A dense model trains
+    only on tile files and a patch model never does (:func:`sample_kind_problem`).
 """
 
 from __future__ import annotations
@@ -43,6 +52,9 @@ S2_CHANNELS = list(SO2SAT_CHANNELS)
 S1_CHANNELS = ["S1:VH_real", "S1:VH_imag", "S1:VV_real", "S1:VV_imag", "S1:VH_lee",
                "S1:VV_lee", "S1:C12_real", "S1:C12_imag"]
 SO2SAT_KEYS = {"sen2": S2_CHANNELS, "sen1": S1_CHANNELS}
+IGNORE = -100
+"""The class index of a pixel without a label (mask 0, or a class the model leaves out): the
+per-pixel loss and the metrics skip it (PyTorch's ``ignore_index`` default)."""
 
 
 class DataError(ValueError):
@@ -68,6 +80,8 @@ class PatchSource:
     pixel_size: float = 10.0
     cell_size: float = 100.0
     has_soft_labels: bool = False
+    sample_kind: str = "patches"   # "tiles": a tile file, with a label mask per tile
+    has_masks: bool = False
 
     def __len__(self):
         return len(self.codes)
@@ -170,10 +184,12 @@ class PatchFile(PatchSource):
 
         self.path = os.fspath(path)
         try:
-            f, info = open_patch_file(self.path)
+            f, info = _open_patch_file(self.path)
         except LczError as exc:
             raise DataError(str(exc)) from None
         with f:
+            self.sample_kind = getattr(info, "sample_kind", "patches")
+            self.has_masks = "masks" in f
             channels = list(channels or info.channels)
             missing = [c for c in channels if c not in info.channels]
             if missing:
@@ -210,10 +226,54 @@ class PatchFile(PatchSource):
             return None
         return np.asarray(self._open()["soft_labels"][np.asarray(rows)], dtype=np.float32)
 
+    def centres(self, rows) -> np.ndarray:
+        """x, y (n, 2) of the patch (tile) centres at ``rows``, in the file's CRS."""
+        return np.asarray(self._open()["centres"][np.asarray(rows)], dtype=np.float64)
+
+    def masks(self, rows) -> np.ndarray:
+        """The label masks (n, T, T) of the tiles at ``rows`` (LCZ codes, 0: no label)."""
+        return np.asarray(self._open()["masks"][np.asarray(rows)], dtype=np.uint8)
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_file"] = None
         return state
+
+
+def _open_patch_file(path: str):
+    """:func:`open_patch_file`, which reads tile files (schema 2) once the patch-file schema
+    2 is in place. Until then a schema-2 file is read through the schema-1 reader, with
+    ``sample_kind`` taken from the file (TODO(issue 14): drop this once patch_file.py reads
+    schema 2; it then never runs)."""
+    from lcz_qgis_plugin.core.training_data import patch_file
+    if patch_file.SCHEMA_VERSION >= 2:
+        return open_patch_file(path)
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            version = int(f.attrs.get("schema_version", 0))
+    except OSError:
+        version = 0
+    if version != 2:
+        return open_patch_file(path)
+    f = h5py.File(path, "r")
+
+    class _AsSchema1:
+        attrs = {**f.attrs, "schema_version": 1}
+        filename = f.filename
+
+        def __contains__(self, key):
+            return key in f
+
+        def __getitem__(self, key):
+            return f[key]
+    try:
+        info = patch_file.read_info(_AsSchema1(), path)
+    except Exception:
+        f.close()
+        raise
+    info.sample_kind = str(f.attrs.get("sample_kind", "patches"))
+    return f, info
 
 
 def open_source(spec: str, channels: list[str] | None = None):
@@ -322,7 +382,13 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Inverse class frequency, normalised so a balanced data set gets weight 1 everywhere:
     w_c = N / (K * n_c). (The authors' code built the weights from per-sample weights by
     mistake; this is the intended inverse frequency.)"""
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    return weights_from_counts(np.bincount(labels, minlength=n_classes))
+
+
+def weights_from_counts(counts: np.ndarray) -> np.ndarray:
+    """:func:`class_weights` from the samples (or labelled pixels) per class index."""
+    counts = np.asarray(counts).astype(np.float64)
+    n_classes = len(counts)
     if (counts == 0).any():
         raise DataError(f"class index(es) {np.flatnonzero(counts == 0).tolist()} have no "
                         "training sample; inverse-frequency weights are undefined.")
@@ -394,10 +460,19 @@ class BatchReader(torch.utils.data.Dataset):
         return self._class_columns
 
 
-def flip_rotate(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random horizontal flip and 0/90/180/270 degree rotation per patch (the dihedral group)."""
+def flip_rotate(x: torch.Tensor, generator: torch.Generator | None = None,
+                masks: torch.Tensor | None = None):
+    """Random horizontal flip and 0/90/180/270 degree rotation per patch (the dihedral group).
+    With ``masks`` (n, T, T), each tile's mask gets its tile's flip and turn: (x, masks)."""
     flip = torch.rand(x.shape[0], generator=generator) < 0.5
     turns = torch.randint(0, 4, (x.shape[0],), generator=generator)
+    x = _flipped_and_turned(x, flip, turns)
+    if masks is None:
+        return x
+    return x, _flipped_and_turned(masks, flip, turns)
+
+
+def _flipped_and_turned(x: torch.Tensor, flip: torch.Tensor, turns: torch.Tensor):
     x = x.clone()
     x[flip] = x[flip].flip(-1)
     for k in (1, 2, 3):
@@ -405,6 +480,87 @@ def flip_rotate(x: torch.Tensor, generator: torch.Generator | None = None) -> to
         if pick.any():
             x[pick] = torch.rot90(x[pick], k, dims=(-2, -1))
     return x
+
+
+# -- tiles and label masks (dense models) --------------------------------------------------------
+def sample_kind_problem(model: str, dense: bool, source: PatchSource, spec: str) -> str | None:
+    """Why ``model`` (dense or not) cannot train on ``source``, or None: a dense model learns
+    from tiles with label masks, a patch model from patches centred on labelled cells."""
+    path = spec.partition("#")[0]
+    tiles = source.sample_kind == "tiles"
+    if dense and not tiles:
+        return (f"--model {model} is a dense model: it learns from tiles with a label mask per "
+                f"pixel, and {path} holds patches. Extract tiles (lcz:extractpatches with "
+                f"SAMPLES tiles) and train on that file, or train a patch model such as "
+                f"msmla18 on this one.")
+    if tiles and not dense:
+        return (f"{path} is a tile file (tiles with per-pixel label masks, for dense models); "
+                f"--model {model} is a patch model. Train --model unet on it, or extract "
+                f"patches (lcz:extractpatches with SAMPLES patches) for {model}.")
+    if tiles and not source.has_masks:
+        return (f"{path} says it holds tiles but has no 'masks' dataset: it is incomplete. "
+                f"Extract the tiles again with lcz:extractpatches.")
+    return None
+
+
+def label_lookup(class_codes: list[int]) -> np.ndarray:
+    """Mask value (LCZ code 0-17) -> class index of the model; :data:`IGNORE` for 0 (no
+    label) and for codes the model does not predict."""
+    lookup = np.full(max(LCZ_CODES) + 1, IGNORE, np.int64)
+    lookup[np.asarray(class_codes)] = np.arange(len(class_codes))
+    return lookup
+
+
+def pixel_counts(source: PatchSource, rows: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Labelled pixels per LCZ code in the masks of ``rows`` (index = code, 0: unlabelled)."""
+    rows = np.sort(np.asarray(rows))
+    counts = np.zeros(max(LCZ_CODES) + 1, np.int64)
+    for start in range(0, len(rows), chunk):
+        masks = source.masks(rows[start:start + chunk])
+        counts += np.bincount(masks.ravel(), minlength=len(counts))[:len(counts)]
+    return counts
+
+
+def check_mask_classes(counts: np.ndarray, class_codes: list[int], role: str, path: str,
+                       drop_unknown: bool = False) -> None:
+    """Refuse masks with labels outside ``class_codes`` (as :func:`make_split` refuses
+    patches), or with ``drop_unknown`` say that those pixels are left out (ignored)."""
+    extra = [c for c in LCZ_CODES if counts[c] and c not in class_codes]
+    if not extra:
+        return
+    names = ", ".join(f"{c} ({lcz_class(c).name})" for c in extra)
+    if drop_unknown:
+        print(f"{role} data: {int(sum(counts[c] for c in extra))} labelled pixel(s) of "
+              f"class(es) {names} left out: the training data has none.", flush=True)
+        return
+    raise DataError(f"the {role} data ({path}) holds pixels of class(es) {names} that the "
+                    f"model does not predict ({class_codes}); add them to --classes, remove "
+                    "those training areas or pass --drop-unknown-validation.")
+
+
+class TileReader(torch.utils.data.Dataset):
+    """Map-style dataset whose items are whole batches of tiles, like :class:`BatchReader`:
+    ``reader[positions]`` -> (standardised tiles (n, C, T, T) float32, class index per pixel
+    (n, T, T) int64, :data:`IGNORE` where the mask has no label the model predicts)."""
+
+    def __init__(self, source: PatchSource, rows: np.ndarray, mean, std,
+                 class_codes: list[int], augment: bool = False):
+        self.source, self.rows = source, np.asarray(rows)
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+        self.lookup = label_lookup(class_codes)
+        self.augment = augment
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, positions):
+        rows = self.rows[np.sort(np.asarray(positions))]
+        x = torch.from_numpy(standardise(self.source.read(rows), self.mean, self.std))
+        target = torch.from_numpy(self.lookup[self.source.masks(rows)])
+        if self.augment:
+            x, target = flip_rotate(x, masks=target)
+        return x, target
 
 
 class ShardedBatches(torch.utils.data.Sampler):

@@ -9,6 +9,11 @@ Temperature scaling (Guo et al. 2017) fits one scalar T > 0 on the validation se
 minimising the cross-entropy of softmax(z / T); z are the logits, or for a model that outputs
 averaged probabilities (Sen2LCZ-Net) the log of those probabilities. T is searched on log T
 (bounded 1-D minimisation), then stored in the ONNX model card, where the plugin applies it.
+
+A dense model (``lcz.model_kind`` dense) is evaluated on a tile file, per labelled pixel and
+per output cell, the cell figures being the headline (:mod:`training.dense_evaluation`), and
+calibrated on the logits of labelled pixels. Until the plugin's engine runs dense models, an
+exported dense model runs in onnxruntime on the CPU here.
 """
 
 from __future__ import annotations
@@ -47,11 +52,14 @@ class Predictor:
         if path.endswith(".onnx"):
             from lcz_qgis_plugin.core.errors import LczError
             from lcz_qgis_plugin.core.inference.engine import Engine
+            from lcz_qgis_plugin.core.model.card_file import check_model_file
             try:
-                self.engine = Engine(path, device=device)
+                card = check_model_file(path)
+                self.engine = _DenseSession(path) if card.is_dense else \
+                    Engine(path, device=device)
             except LczError as exc:
                 raise EvaluationError(str(exc)) from None
-            self.card: ModelCard = self.engine.card
+            self.card: ModelCard = card if card.is_dense else self.engine.card
             self.model = None
         else:
             from .export import card_from_checkpoint
@@ -72,6 +80,19 @@ class Predictor:
             return self.model(t).numpy()
 
 
+class _DenseSession:
+    """A dense model in onnxruntime on the CPU: raw output ``N x K x H x W`` for a batch of
+    normalised tiles (the plugin's engine takes patch models only so far)."""
+
+    def __init__(self, path: str):
+        import onnxruntime as ort
+        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
+
+
 def scores_of(raw: np.ndarray, card: ModelCard) -> np.ndarray:
     """z in float64: logits, or log-probabilities for a probability model; the card's rule
     (:meth:`ModelCard.scores`), whose :func:`softmax` gives the calibrated probabilities."""
@@ -85,6 +106,10 @@ def predict(predictor: Predictor, data: str, batch_size: int = 256, limit: int =
         source, rows = ds.open_source(data, card.channels)
     except ds.DataError as exc:
         raise EvaluationError(str(exc)) from None
+    if source.sample_kind == "tiles":
+        raise EvaluationError(f"{data.partition('#')[0]} is a tile file (for dense models); "
+                              f"{card.name} is a patch model: evaluate it on patches "
+                              f"(lcz:extractpatches with SAMPLES patches).")
     if source.patch_size != card.patch_size:
         raise EvaluationError(f"{data} holds {source.patch_size}px patches, the model takes "
                               f"{card.patch_size}px.")
@@ -99,9 +124,9 @@ def predict(predictor: Predictor, data: str, batch_size: int = 256, limit: int =
     return source.codes[rows], z
 
 
-def evaluate(model: str, data: str, out: str, name: str | None = None, bins: int = 15,
-             batch_size: int = 256, limit: int = 0) -> dict:
-    predictor = Predictor(model)
+def _patch_report(predictor: Predictor, data: str, bins: int, batch_size: int,
+                  limit: int) -> tuple[dict, np.ndarray, dict]:
+    """(figures, confusion matrix, calibration) of a patch model, one sample per patch."""
     card = predictor.card
     reference, z = predict(predictor, data, batch_size, limit)
     probs = softmax(z, card.temperature)
@@ -110,13 +135,31 @@ def evaluate(model: str, data: str, out: str, name: str | None = None, bins: int
     cm = confusion_matrix(reference, predicted)
     scores = accuracy_scores(cm)
     cal = calibration(probs.max(axis=1), predicted == reference, bins)
+    return ({**scores, "ece": cal["ece"], "mce": cal["mce"], "calibration": cal,
+             "confusion_matrix": cm.tolist()}, cm, cal)
+
+
+def evaluate(model: str, data: str, out: str, name: str | None = None, bins: int = 15,
+             batch_size: int = 256, limit: int = 0) -> dict:
+    """The LCZ figures of ``model`` on ``data``, written to ``out``: report.json, report.md,
+    confusion_matrix.csv/.png, reliability.png (a dense model: per cell, with the per-pixel
+    figures in the report and confusion_matrix_pixels.csv)."""
+    predictor = Predictor(model)
+    card = predictor.card
+    if card.is_dense:
+        from .dense_evaluation import dense_report
+        figures, cm, cal = dense_report(predictor, data, bins, batch_size, limit)
+    else:
+        figures, cm, cal = _patch_report(predictor, data, bins, batch_size, limit)
     report = {"name": name or os.path.splitext(os.path.basename(model))[0], "model": model,
-              "data": data, "temperature": card.temperature, **scores,
-              "ece": cal["ece"], "mce": cal["mce"], "calibration": cal,
-              "confusion_matrix": cm.tolist()}
-    with Commit(inputs=[model, data.split("#")[0]]) as files:  # all five files, or none
+              "data": data, "temperature": card.temperature, **figures}
+    with Commit(inputs=[model, data.split("#")[0]]) as files:  # all the files, or none
         files.write_text(os.path.join(out, "confusion_matrix.csv"), confusion_csv(cm),
                          "confusion matrix")
+        if card.is_dense:
+            files.write_text(os.path.join(out, "confusion_matrix_pixels.csv"),
+                             confusion_csv(np.asarray(figures["pixels"]["confusion_matrix"])),
+                             "confusion matrix per pixel")
         _save_figure(files, os.path.join(out, "confusion_matrix.png"),
                      confusion_figure(cm, report["name"]))
         _save_figure(files, os.path.join(out, "reliability.png"),
@@ -291,7 +334,11 @@ def calibrate(model: str, data: str, out: str, bins: int = 15, batch_size: int =
                               "export first); the temperature goes into its model card.")
     predictor = Predictor(model)
     card = predictor.card
-    reference, z = predict(predictor, data, batch_size)
+    if card.is_dense:  # the logits of labelled pixels
+        from .dense_evaluation import calibration_pixels
+        reference, z = calibration_pixels(predictor, data, batch_size)
+    else:
+        reference, z = predict(predictor, data, batch_size)
     lookup = {c: i for i, c in enumerate(card.class_codes)}
     keep = np.array([c in lookup for c in reference])
     if not keep.any():
@@ -306,7 +353,8 @@ def calibrate(model: str, data: str, out: str, bins: int = 15, batch_size: int =
 
     before, after = ece(card.temperature), ece(temperature)
     summary = {"temperature": temperature, "fitted_on": data, "samples": int(keep.sum()),
-               "bins": bins, "ece_before": before["ece"], "ece_after": after["ece"],
+               **({"unit": "pixels"} if card.is_dense else {}), "bins": bins,
+               "ece_before": before["ece"], "ece_after": after["ece"],
                "mce_before": before["mce"], "mce_after": after["mce"],
                "nll_before": nll(z, labels, card.temperature),
                "nll_after": nll(z, labels, temperature)}

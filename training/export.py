@@ -4,6 +4,12 @@ The exported file has a dynamic batch dimension, opset 17, and the contract's me
 (:class:`lcz_qgis_plugin.core.model.card.ModelCard`). After writing, the file is run with
 onnxruntime on random normalised patches and compared with PyTorch; an export that does not
 reproduce the model is deleted and refused.
+
+A dense model (``model_kind`` dense, e.g. the U-Net) is exported with dynamic height and
+width too: input ``N x C x H x W``, output logits ``N x K x H x W`` (output stride 1), H and W
+any multiples of the card's ``tile_multiple``; its parity is checked on a square tile and on
+a non-square one of other sizes, so the axes are proved dynamic. Its card carries the model
+kind, output stride, receptive field and tile multiple of the architecture (schema 2).
 """
 
 from __future__ import annotations
@@ -55,33 +61,51 @@ def export_onnx(model: torch.nn.Module, card: ModelCard, path: str | os.PathLike
     graph_model = (_Probabilities(model) if probabilities else model).eval()
     output_name = PROBABILITIES_NAME if probabilities else OUTPUT_NAME
     example = torch.zeros(1, card.n_channels, card.patch_size, card.patch_size)
+    free = {0: "N", 2: "H", 3: "W"} if card.is_dense else {0: "N"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(graph_model, example, path, input_names=[INPUT_NAME],
                           output_names=[output_name], opset_version=OPSET, dynamo=False,
-                          dynamic_axes={INPUT_NAME: {0: "N"}, output_name: {0: "N"}})
+                          dynamic_axes={INPUT_NAME: free, output_name: free})
     write_model_card(path, card, path)
     try:
-        check_parity(model, path, card, parity_batch, parity_tolerance, seed)
+        for size in parity_sizes(card):
+            check_parity(model, path, card, parity_batch, parity_tolerance, seed, size)
     except ExportError:
         os.remove(path)
         raise
     return path
 
 
+def parity_sizes(card: ModelCard) -> list[tuple[int, int]]:
+    """(height, width) of the random input that parity is checked on: the patch; for a dense
+    model a square tile of about 64 px and a non-square one of other sizes (48 x 80 for a
+    tile multiple of 8), all multiples of the tile multiple."""
+    if not card.is_dense:
+        return [(card.patch_size, card.patch_size)]
+    m = card.tile_multiple
+    square = max(1, round(64 / m)) * m
+    return [(square, square), (max(1, round(48 / m)) * m, max(2, round(80 / m)) * m)]
+
+
 def check_parity(model, path: str, card: ModelCard, batch: int, tolerance: float,
-                 seed: int) -> float:
-    """Max difference of onnxruntime's and PyTorch's probabilities on random patches
-    (before any calibration temperature, which the plugin applies on top)."""
+                 seed: int, size: tuple[int, int] | None = None) -> float:
+    """Max difference of onnxruntime's and PyTorch's probabilities on random patches (tiles
+    of ``size`` for a dense model) before any calibration temperature, which the plugin
+    applies on top."""
     import onnxruntime as ort
 
+    height, width = size or (card.patch_size, card.patch_size)
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(batch, card.n_channels, card.patch_size, card.patch_size))
+    x = rng.normal(size=(batch, card.n_channels, height, width))
     x = x.astype(np.float32)
     with torch.no_grad():
         expected = _torch_probabilities(model, torch.from_numpy(x)).numpy()
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     output = session.run(None, {INPUT_NAME: x})[0]
+    if output.shape != expected.shape:
+        raise ExportError(f"the ONNX export of {card.name} gives shape {output.shape} for "
+                          f"input {x.shape}, PyTorch {expected.shape}; not written.")
     if card.output_kind == "probabilities":
         got = output
     else:
@@ -100,9 +124,15 @@ def card_from_checkpoint(payload: dict, temperature: float = 1.0, version: str |
     from .models import outputs_probabilities
     from .train import model_from_checkpoint
 
-    probabilities = outputs_probabilities(model_from_checkpoint(payload))
+    model = model_from_checkpoint(payload)
+    probabilities = outputs_probabilities(model)
     provenance = dict(payload.get("provenance", {}))
     provenance.update(extra_provenance or {})
+    dense = {}
+    if getattr(model, "kind", "patch") == "dense":
+        dense = dict(model_kind="dense", output_stride=int(model.output_stride),
+                     receptive_field=int(model.receptive_field),
+                     tile_multiple=int(model.tile_multiple))
     return ModelCard(
         name=payload["model"], channels=list(payload["channels"]),
         patch_size=int(payload["patch_size"]), scale=list(payload["card_scale"]),
@@ -112,7 +142,7 @@ def card_from_checkpoint(payload: dict, temperature: float = 1.0, version: str |
         output_kind="probabilities" if probabilities else "logits",
         temperature=float(temperature),
         version=version or str(payload.get("config", {}).get("version", "0")),
-        provenance=provenance)
+        provenance=provenance, **dense)
 
 
 def export_checkpoint(checkpoint: str, path: str, temperature: float = 1.0,
@@ -139,6 +169,10 @@ def export_checkpoint(checkpoint: str, path: str, temperature: float = 1.0,
         precision_data = config.get("val") or config.get("train")
     if calibration_data == "auto":
         calibration_data = config.get("train") or precision_data
+    if precision_data and precisions and card.is_dense:
+        from .precision import DENSE_PRECISION_NOTE
+        report(f"precision checks not made: {DENSE_PRECISION_NOTE}")
+        return path
     if precision_data and precisions:
         _record_precision_checks(path, precision_data, list(precisions), calibration_data,
                                  report)

@@ -44,6 +44,9 @@ from .evaluate import EvaluationError, Predictor, predict, softmax
 DEFAULT_LIMIT = 4096
 CALIBRATION_PATCHES = 256
 PRECISIONS = ("bfloat16", "int8")
+DENSE_PRECISION_NOTE = (
+    "bfloat16 and int8 are checked on patch models only so far; a dense model's card records "
+    "no check, so lcz:classify's Automatic device runs it in float32.")
 
 
 class PrecisionCheckSkipped(RuntimeError):
@@ -315,12 +318,14 @@ def check_precision(model: str, data: str, out: str | None = None,
     the card's provenance names (when they are still there), else ``data``."""
     if not model.endswith(".onnx"):
         raise EvaluationError("check-precision works on an exported .onnx model.")
+    from lcz_qgis_plugin.core.model.card_file import read_model_card
+    if read_model_card(model).is_dense:
+        raise EvaluationError(f"{model} is a dense model: {DENSE_PRECISION_NOTE}")
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
         raise EvaluationError(f"unknown precision {', '.join(unknown)}; use "
                               f"{', '.join(PRECISIONS)}.")
     if "int8" in precisions and calibration is None:
-        from lcz_qgis_plugin.core.model.card_file import read_model_card
         train = str(read_model_card(model).provenance.get("train") or "")
         calibration = train if train and os.path.isfile(train.split("#")[0]) else data
         report(f"int8 calibration patches: {calibration}")

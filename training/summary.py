@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .models import build_model
+from .config import TrainingError
+from .models import build_model, model_kind
 
 
 def counts(model) -> dict:
@@ -15,17 +16,35 @@ def counts(model) -> dict:
             "total": trainable + statistics}
 
 
-def summary(name: str, channels: int, patch: int, cbam: str = "faithful") -> str:
+def summary(name: str, channels: int, patch: int, cbam: str = "faithful", depth: int = 3,
+            width: int = 16) -> str:
+    """Parameter counts and output shape of ``name`` on a ``patch`` px input (a tile for a
+    dense model, whose output stride, receptive field and tile multiple follow)."""
     options = {"cbam": cbam} if name.startswith("msmla") else {}
     if name == "resnet20":
         options["patch_size"] = patch
-    model = build_model(name, channels=channels, **options).eval()
+    dense = model_kind(name) == "dense"
+    if dense:
+        options.update(depth=depth, width=width)
+    try:
+        model = build_model(name, channels=channels, **options).eval()
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+    if dense and patch % model.tile_multiple:
+        raise TrainingError(f"--patch {patch}: a U-Net of depth {depth} takes tiles of a "
+                            f"multiple of {model.tile_multiple} px.")
     c = counts(model)
     with torch.no_grad():
         out = model(torch.zeros(1, channels, patch, patch))
-    return (f"{name} ({channels} channels, {patch}x{patch} px"
-            f"{', CBAM ' + cbam if name.startswith('msmla') else ''})\n"
+    described = (f", CBAM {cbam}" if name.startswith("msmla") else
+                 f", depth {depth}, width {width}" if dense else "")
+    text = (f"{name} ({channels} channels, {patch}x{patch} px{described})\n"
             f"  trainable parameters      {c['trainable']:>10,}\n"
             f"  BatchNorm statistics      {c['bn_statistics']:>10,}\n"
             f"  total (Keras count)       {c['total']:>10,}\n"
             f"  output                    {tuple(out.shape)}")
+    if dense:
+        text += (f"\n  output stride             {model.output_stride:>10} px"
+                 f"\n  receptive field           {model.receptive_field:>10} px"
+                 f"\n  tile multiple             {model.tile_multiple:>10} px")
+    return text

@@ -21,6 +21,12 @@ compete for the same cores, and every OpenMP barrier waits for the slowest threa
 cores remove only the hyper-thread part of that; when the machine is already busy the run
 prints a note suggesting ``--threads 1`` (:func:`busy_machine_note`).
 
+Dense models (``--model unet``) train on tile files: the same run, with a per-pixel loss over
+the labelled pixels of each tile's mask (:func:`pixel_loss`: cross-entropy or focal loss,
+weighted by inverse labelled-pixel frequency with ``--class-weights``), statistics, loss and
+OA per labelled pixel; the model kind decides (:func:`training.models.model_kind`), and the
+patch path is unchanged.
+
 Where things are: the options in :mod:`.config`, several processes in :mod:`.distributed`,
 checkpoints and resuming in :mod:`.checkpoints`, the data in :mod:`.datasets`; here the run
 itself, :class:`Trainer`, in the steps of torchgeo's trainer hooks.
@@ -67,14 +73,15 @@ from .distributed import (
     process_device,
     wrap_model,
 )
-from .models import build_model
+from .models import MODELS, build_model, model_kind
+from .models.unet import MAX_DEPTH
 
 __all__ = [  # the run, and what callers have imported from here before the split
     "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "SETUPS", "Dist", "TrainConfig", "Trainer",
     "TrainingError", "all_reduce_sum", "busy_machine_note", "init_distributed",
     "learning_rate", "load_checkpoint", "load_config_file", "make_config", "make_optimizer",
-    "model_from_checkpoint", "pick_device", "save_checkpoint", "soft_cross_entropy", "train",
-    "training_threads",
+    "model_from_checkpoint", "pick_device", "pixel_loss", "save_checkpoint",
+    "soft_cross_entropy", "train", "training_threads",
 ]
 
 
@@ -155,6 +162,40 @@ def soft_cross_entropy(logits, target, weights=None):
     return (s * per_sample).sum() / s.sum().clamp_min(1e-12)
 
 
+def pixel_loss(logits, target, weights=None, kind: str = "ce", gamma: float = 2.0):
+    """Mean loss over the labelled pixels of ``logits`` (N, K, H, W) against class indices
+    ``target`` (N, H, W), :data:`~training.datasets.IGNORE` where a pixel has no label (it
+    adds nothing, not even a gradient; a batch without a labelled pixel has loss 0).
+
+    ``kind`` "ce": cross-entropy; "focal": focal loss (Lin et al. 2017),
+    -(1 - p_t)^gamma log p_t, which at gamma 0 is the cross-entropy. With class weights w a
+    pixel of class c weighs w_c and the loss is sum_i w_i l_i / sum_i w_i: for "ce" exactly
+    PyTorch's weighted cross-entropy with ``ignore_index``."""
+    log_p = F.log_softmax(logits.float(), dim=1)
+    labelled = target != ds.IGNORE
+    index = torch.where(labelled, target, torch.zeros_like(target))
+    log_pt = log_p.gather(1, index[:, None]).squeeze(1)
+    per_pixel = -log_pt
+    if kind == "focal":
+        per_pixel = per_pixel * (1.0 - log_pt.exp()).clamp_min(1e-6).pow(gamma)
+    elif kind != "ce":
+        raise TrainingError(f"unknown loss {kind!r}; use ce or focal.")
+    s = labelled.float() if weights is None else weights[index] * labelled
+    return (s * per_pixel).sum() / s.sum().clamp_min(1e-12)
+
+
+def tally(loss, logits, labels, dense: bool) -> tuple[float, int, int]:
+    """(loss x samples, samples, correct) of one batch; a dense model's samples are its
+    labelled pixels."""
+    if not dense:
+        return (float(loss.detach()) * len(labels), len(labels),
+                int((logits.detach().argmax(1) == labels).sum()))
+    labelled = labels != ds.IGNORE
+    n = int(labelled.sum())
+    correct = int(((logits.detach().argmax(1) == labels) & labelled).sum())
+    return float(loss.detach()) * n, n, correct
+
+
 def learning_rate(config: TrainConfig, step: int, epoch: int) -> float:
     if config.schedule == "inverse-time":
         return config.lr / (1.0 + config.decay * step)
@@ -195,8 +236,11 @@ def open_data(config: TrainConfig, feedback: Feedback | None = None) -> RunData:
     says what to give instead."""
     if not config.train:
         raise TrainingError("no training data: give --train FILE (So2Sat h5 or patch file).")
+    check_model_options(config)
     try:
         source, rows, val_source, val_rows = _sources(config, feedback or Feedback())
+        if model_kind(config.model) == "dense":
+            return _dense_data(config, source, rows, val_source, val_rows)
         train_codes = source.codes if rows is None else source.codes[rows]
         classes = ds.choose_classes(train_codes, config.classes, config.train)
         train_split = ds.make_split(source, rows, classes, "training")
@@ -214,13 +258,19 @@ def open_data(config: TrainConfig, feedback: Feedback | None = None) -> RunData:
 def _sources(config: TrainConfig, feedback: Feedback):
     """(training source, its rows, validation source, its rows); rows None: all. Without
     ``--val``, ``--val-fraction`` holds out whole polygons of the training patch file."""
-    source, rows = ds.open_source(config.train, config.channels)
+    source, rows = _open_for_model(config, config.train)
     if config.val:
-        val_source, val_rows = ds.open_source(config.val, config.channels)
+        val_source, val_rows = _open_for_model(config, config.val)
     elif config.val_fraction > 0:
         if not isinstance(source, ds.PatchFile):
             raise ds.DataError("--val-fraction splits a patch file by polygon; for So2Sat "
                                "give the validation file with --val.")
+        if source.sample_kind == "tiles":
+            raise ds.DataError(
+                f"--val-fraction holds out whole polygons of a patch file, but "
+                f"{config.train} holds tiles, which overlap and cover several polygons each. "
+                f"Extract the tiles with a validation share (lcz:extractpatches) and give "
+                f"FILE#train and --val FILE#validation, or give --val FILE.")
         base = np.arange(len(source)) if rows is None else rows
         tr, va = ds.polygon_split(source.polygon_ids[base], config.val_fraction, config.seed,
                                   source.codes[base], feedback)
@@ -234,11 +284,69 @@ def _sources(config: TrainConfig, feedback: Feedback):
     return source, rows, val_source, val_rows
 
 
+def _open_for_model(config: TrainConfig, spec: str):
+    """``ds.open_source``, refusing data of the other kind (tiles for a patch model,
+    patches for a dense one) by name."""
+    source, rows = ds.open_source(spec, config.channels)
+    problem = ds.sample_kind_problem(config.model, model_kind(config.model) == "dense",
+                                     source, spec)
+    if problem:
+        raise ds.DataError(problem)
+    return source, rows
+
+
+def check_model_options(config: TrainConfig) -> None:
+    """Refuse an unknown model and impossible U-Net or loss options before any data is read."""
+    if config.model not in MODELS:
+        raise TrainingError(f"unknown model {config.model!r}; choose one of "
+                            f"{', '.join(MODELS)}")
+    if model_kind(config.model) != "dense":
+        return
+    if not 1 <= config.depth <= MAX_DEPTH:
+        raise TrainingError(f"--depth {config.depth}: a U-Net has 1 to {MAX_DEPTH} levels.")
+    if config.width < 1:
+        raise TrainingError(f"--width {config.width}: give at least 1 channel.")
+    if config.loss not in ("ce", "focal"):
+        raise TrainingError(f"unknown loss {config.loss!r}; use ce or focal.")
+    if not config.focal_gamma >= 0:
+        raise TrainingError(f"--focal-gamma {config.focal_gamma}: give 0 or more (0 is "
+                            "cross-entropy, 2 the usual choice).")
+
+
+def _dense_data(config: TrainConfig, source, rows, val_source, val_rows) -> RunData:
+    """A dense model's data: tiles whose size suits the U-Net, the classes present in the
+    training masks (or --classes), and weights by inverse labelled-pixel frequency."""
+    multiple = 2 ** config.depth
+    if source.patch_size % multiple:
+        raise ds.DataError(f"{config.train} holds tiles of {source.patch_size} px, not a "
+                           f"multiple of {multiple} (2^depth for --depth {config.depth}): "
+                           f"extract tiles of a multiple of {multiple} px or lower --depth.")
+    rows = np.arange(len(source)) if rows is None else np.sort(rows)
+    val_rows = np.arange(len(val_source)) if val_rows is None else np.sort(val_rows)
+    counts = ds.pixel_counts(source, rows)
+    present = np.flatnonzero(counts[1:]) + 1
+    classes = ds.choose_classes(present, config.classes, config.train)
+    ds.check_mask_classes(counts, classes, "training", config.train)
+    val_counts = ds.pixel_counts(val_source, val_rows)
+    ds.check_mask_classes(val_counts, classes, "validation", config.val or config.train,
+                          drop_unknown=config.drop_unknown_validation)
+    if not val_counts[classes].any():
+        raise ds.DataError("the validation tiles hold no labelled pixel of the model's "
+                           "classes.")
+    weights = ds.weights_from_counts(counts[classes]) if config.class_weights else None
+    lookup = ds.label_lookup(classes)
+    return RunData(source, val_source,
+                   ds.Split(rows, lookup[source.codes[rows]]),
+                   ds.Split(val_rows, lookup[val_source.codes[val_rows]]), classes, weights)
+
+
 def _model_options(config: TrainConfig, patch_size: int) -> dict:
     if config.model.startswith("msmla"):
         return {"cbam": config.cbam}
     if config.model == "resnet20":
         return {"patch_size": patch_size}
+    if model_kind(config.model) == "dense":
+        return {"depth": config.depth, "width": config.width}
     return {}
 
 
@@ -275,6 +383,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, dist_info: Dist, device: torch.device):
         self.config, self.dist, self.device = config, dist_info, device
+        self.dense = model_kind(config.model) == "dense"
         self.use_amp = device.type == "cuda" and config.amp != "off"
         self.tb = None
 
@@ -291,9 +400,11 @@ class Trainer:
             check_resumable(payload, resume, self.data.classes, self.data.source.channels)
             self.mean, self.std = np.asarray(payload["mean"]), np.asarray(payload["std"])
         else:
+            tile = self.data.source.patch_size  # tiles: chunks of about 2^20 pixels
+            chunk = {"chunk": max(1, 2 ** 20 // (tile * tile))} if self.dense else {}
             self.mean, self.std = ds.channel_statistics(
                 self.data.source, self.data.train_split.rows,
-                max_samples=config.stats_samples or None, seed=config.seed)
+                max_samples=config.stats_samples or None, seed=config.seed, **chunk)
         options = _model_options(config, self.data.source.patch_size)
         self.model = self._build_model(options)
         self.optimizer = make_optimizer(config, self.model.parameters())
@@ -320,18 +431,29 @@ class Trainer:
                 module.momentum = 1.0 - self.config.bn_momentum  # PyTorch's is Keras' 1 - m
         return model
 
+    def _readers(self) -> tuple:
+        """(training, validation) datasets: patches with labels, or tiles with masks."""
+        config, data = self.config, self.data
+        if self.dense:
+            return (ds.TileReader(data.source, data.train_split.rows, self.mean, self.std,
+                                  data.classes, augment=config.augment),
+                    ds.TileReader(data.val_source, data.val_split.rows, self.mean, self.std,
+                                  data.classes))
+        return (ds.BatchReader(data.source, data.train_split, self.mean, self.std,
+                               data.classes, soft_labels=config.soft_labels,
+                               augment=config.augment),
+                ds.BatchReader(data.val_source, data.val_split, self.mean, self.std,
+                               data.classes, soft_labels=config.soft_labels, augment=False))
+
     def loaders(self) -> None:
         """Batches of sorted rows (one h5 read each), shared among the processes."""
         config, data, rank, world = self.config, self.data, self.dist.rank, self.dist.world
-        train_reader = ds.BatchReader(data.source, data.train_split, self.mean, self.std,
-                                      data.classes, soft_labels=config.soft_labels,
-                                      augment=config.augment)
-        val_reader = ds.BatchReader(data.val_source, data.val_split, self.mean, self.std,
-                                    data.classes, soft_labels=config.soft_labels, augment=False)
+        train_reader, val_reader = self._readers()
         self.train_batches = ds.ShardedBatches(len(data.train_split.rows), config.batch_size,
                                                shuffle=True, seed=config.seed, rank=rank,
                                                world=world)
-        val_batches = ds.ShardedBatches(len(data.val_split.rows), max(config.batch_size, 256),
+        val_size = config.batch_size if self.dense else max(config.batch_size, 256)
+        val_batches = ds.ShardedBatches(len(data.val_split.rows), val_size,
                                         shuffle=False, rank=rank, world=world, even=False)
         loader_args = dict(batch_size=None, num_workers=config.workers,
                            pin_memory=self.device.type == "cuda",
@@ -352,7 +474,8 @@ class Trainer:
             self.tb = _tensorboard(out)
         print(f"rank {self.dist.rank}/{self.dist.world}: {config.model} on {self.device}, "
               f"{len(data.train_split.rows)} training / {len(data.val_split.rows)} validation "
-              f"patches, {len(self.train_batches)} batches per epoch on this rank", flush=True)
+              f"{'tiles' if self.dense else 'patches'}, {len(self.train_batches)} batches per "
+              f"epoch on this rank", flush=True)
 
     # -- one epoch ------------------------------------------------------------------------------
     def train_one_epoch(self, epoch: int) -> dict:
@@ -368,9 +491,10 @@ class Trainer:
             if config.max_steps_per_epoch and i >= config.max_steps_per_epoch:
                 break
             loss, logits, labels = self.training_step(batch, epoch)
-            total += float(loss.detach()) * len(labels)
-            seen += len(labels)
-            correct += int((logits.detach().argmax(1) == labels).sum())
+            batch_total, batch_seen, batch_correct = tally(loss, logits, labels, self.dense)
+            total += batch_total
+            seen += batch_seen
+            correct += batch_correct
         total, seen, correct = all_reduce_sum([total, seen, correct], self.dist, self.device)
         return {"loss": total / max(seen, 1), "oa": correct / max(seen, 1)}
 
@@ -378,10 +502,14 @@ class Trainer:
         """One optimiser step on one batch: (loss, logits, labels)."""
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.state.step, epoch)
-        x, labels, target = (t.to(self.device, non_blocking=True) for t in batch)
+        x, labels, *target = (t.to(self.device, non_blocking=True) for t in batch)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
             logits = self.net(x)
-        loss = soft_cross_entropy(logits, target, self.weights)
+        if self.dense:  # labels: class index per pixel
+            loss = pixel_loss(logits, labels, self.weights, self.config.loss,
+                              self.config.focal_gamma)
+        else:
+            loss = soft_cross_entropy(logits, target[0], self.weights)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -390,7 +518,8 @@ class Trainer:
         return loss, logits, labels
 
     def validate(self) -> dict:
-        return evaluate_loss(self.net, self.val_loader, self.device, self.use_amp, self.dist)
+        return evaluate_loss(self.net, self.val_loader, self.device, self.use_amp, self.dist,
+                             self.dense)
 
     def end_epoch(self, epoch: int, trained: dict, val: dict, started: float) -> None:
         """Note the epoch: its log row, and on rank 0 the CSV log, TensorBoard, checkpoints
@@ -453,16 +582,22 @@ class Trainer:
                 "rank": self.dist.rank, "world": self.dist.world}
 
 
-def evaluate_loss(net, loader, device, use_amp: bool, dist_info: Dist) -> dict:
-    """Mean (unweighted) validation loss and OA, summed over all ranks."""
+def evaluate_loss(net, loader, device, use_amp: bool, dist_info: Dist,
+                  dense: bool = False) -> dict:
+    """Mean (unweighted) validation loss and OA, summed over all ranks (a dense model's:
+    cross-entropy and OA per labelled pixel)."""
     net.eval()
     total, seen, correct = 0.0, 0, 0
     with torch.no_grad():
-        for x, labels, target in loader:
-            x, labels, target = x.to(device), labels.to(device), target.to(device)
+        for x, labels, *target in loader:
+            x, labels = x.to(device), labels.to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 logits = net(x)
-            total += float(soft_cross_entropy(logits, target)) * len(x)
+            if dense:
+                part = tally(pixel_loss(logits, labels), logits, labels, dense=True)
+                total, seen, correct = total + part[0], seen + part[1], correct + part[2]
+                continue
+            total += float(soft_cross_entropy(logits, target[0].to(device))) * len(x)
             seen += len(x)
             correct += int((logits.argmax(1) == labels).sum())
     total, seen, correct = all_reduce_sum([total, seen, correct], dist_info, device)
