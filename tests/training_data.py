@@ -88,7 +88,7 @@ def toy_scene(size: int = 96, block: int = 32, codes=TOY_CODES, inset: int = 3, 
 def write_tile_file(path, tile: int = 32, size: int = 96, split: bool = True, seed: int = 0,
                     origin=(500000.0, 5000000.0), pixel: float = 10.0) -> str:
     """A tile file (patch-file schema 2, ``sample_kind`` "tiles") of :func:`toy_scene`,
-    written with h5py as ``PatchWriter(..., masks=True)`` writes it: tiles on a grid of step
+    written by ``PatchWriter(..., masks=True)``: tiles on a grid of step
     tile / 2 from the scene's origin that hold a labelled pixel, ``masks`` (N, T, T) uint8
     (LCZ code, 0 = no label), ``labels`` the tile's most frequent label, ``centres`` the tile
     centre; with ``split``, polygons 1 and 5 are validation and a tile is written once per
@@ -113,16 +113,15 @@ def write_tile_file(path, tile: int = 32, size: int = 96, split: bool = True, se
                 rows["split"].append(part)
     info = PatchFileInfo(channels=S2_NAMES, patch_size=tile, pixel_size=pixel,
                          cell_size=100.0, scale=[1e-4] * 10, offset=[0.0] * 10,
-                         crs="EPSG:32633", source={"tool": "tests"})
-    types = {"patches": np.float32, "labels": np.uint8, "polygon_ids": np.int64,
-             "centres": np.float64, "split": np.uint8, "masks": np.uint8}
-    with h5py.File(path, "w") as f:
-        for name, values in rows.items():
-            if name != "split" or split:
-                f.create_dataset(name, data=np.asarray(values, dtype=types[name]))
-        f.attrs.update(info.attrs())
-        f.attrs["schema_version"] = 2
-        f.attrs["sample_kind"] = "tiles"
+                         crs="EPSG:32633", source={"tool": "tests"}, sample_kind="tiles",
+                         grid_origin=list(origin))
+    with PatchWriter(os.fspath(path), info, split=split, masks=True) as writer:
+        writer.append(np.asarray(rows["patches"], np.float32),
+                      np.asarray(rows["labels"], np.uint8),
+                      np.asarray(rows["polygon_ids"], np.int64),
+                      np.asarray(rows["centres"], np.float64),
+                      split=np.asarray(rows["split"], np.uint8) if split else None,
+                      masks=np.asarray(rows["masks"], np.uint8))
     return os.fspath(path)
 
 

@@ -184,7 +184,7 @@ class PatchFile(PatchSource):
 
         self.path = os.fspath(path)
         try:
-            f, info = _open_patch_file(self.path)
+            f, info = open_patch_file(self.path)
         except LczError as exc:
             raise DataError(str(exc)) from None
         with f:
@@ -238,42 +238,6 @@ class PatchFile(PatchSource):
         state = dict(self.__dict__)
         state["_file"] = None
         return state
-
-
-def _open_patch_file(path: str):
-    """:func:`open_patch_file`, which reads tile files (schema 2) once the patch-file schema
-    2 is in place. Until then a schema-2 file is read through the schema-1 reader, with
-    ``sample_kind`` taken from the file (TODO(issue 14): drop this once patch_file.py reads
-    schema 2; it then never runs)."""
-    from lcz_qgis_plugin.core.training_data import patch_file
-    if patch_file.SCHEMA_VERSION >= 2:
-        return open_patch_file(path)
-    import h5py
-    try:
-        with h5py.File(path, "r") as f:
-            version = int(f.attrs.get("schema_version", 0))
-    except OSError:
-        version = 0
-    if version != 2:
-        return open_patch_file(path)
-    f = h5py.File(path, "r")
-
-    class _AsSchema1:
-        attrs = {**f.attrs, "schema_version": 1}
-        filename = f.filename
-
-        def __contains__(self, key):
-            return key in f
-
-        def __getitem__(self, key):
-            return f[key]
-    try:
-        info = patch_file.read_info(_AsSchema1(), path)
-    except Exception:
-        f.close()
-        raise
-    info.sample_kind = str(f.attrs.get("sample_kind", "patches"))
-    return f, info
 
 
 def open_source(spec: str, channels: list[str] | None = None):

@@ -15,10 +15,9 @@ per output cell (the headline, comparable with a patch model's per-patch figures
     blocks of ``cell_size / pixel_size`` pixels (10 x 10 at 10 m for 100 m cells) on the
     frame's grid, counted when at least half of their pixels are labelled: the cell's
     probabilities are the mean over its labelled pixels, its reference the most frequent
-    label among them (ties: the lower code). The blocks start at the top-left corner of the
-    tiles' union; the stack's own cell grid may be shifted from it (the tile file does not
-    record the stack's origin), which changes which pixels share a cell, not what is
-    measured.
+    label among them (ties: the lower code). The blocks are the stack's own cells, laid from
+    the stack's origin (the tile file's ``grid_origin``), as ``lcz:classify`` lays them; a
+    file without it starts them at the top-left corner of the tiles' union.
 
 Where tiles do not lie on one pixel grid (or two tiles of a split claim one place), each tile
 is measured on its own (laid side by side), and a note says so.
@@ -92,8 +91,13 @@ def tile_origins(source, rows: np.ndarray, cell: int) -> tuple[np.ndarray, int, 
     where the centres do not place them on one grid."""
     tile, pixel = source.patch_size, source.pixel_size
     centres = source.centres(rows)
-    col = (centres[:, 0] - centres[:, 0].min()) / pixel
-    row = (centres[:, 1].max() - centres[:, 1]) / pixel
+    origin = getattr(getattr(source, "info", None), "grid_origin", None)
+    if origin is not None:  # the stack's own pixel grid: cells lie where lcz:classify lays them
+        col = (centres[:, 0] - origin[0]) / pixel - tile / 2
+        row = (origin[1] - centres[:, 1]) / pixel - tile / 2
+    else:
+        col = (centres[:, 0] - centres[:, 0].min()) / pixel
+        row = (centres[:, 1].max() - centres[:, 1]) / pixel
     split = (np.zeros(len(rows), np.int64) if getattr(source, "split", None) is None
              else source.split[rows].astype(np.int64))
     on_grid = np.allclose(col, np.round(col), atol=0.01) and \
