@@ -34,8 +34,11 @@ REFERENCES = (
 
 def help_text(source: str) -> str:
     """A HELP text as QGIS shows it: the source wraps long lines with two-space continuation
-    lines (to keep the code within 100 columns); QGIS wants one line per paragraph or item."""
-    return re.sub(r"\n {2,}", " ", source.strip())
+    lines (to keep the code within 100 columns); QGIS wants one line per paragraph or item.
+    An indented line starting with "- " is a sub-item: a line of its own, indented (the
+    indent shows in qgis_process's help; the dialog shows each line as a paragraph)."""
+    text = re.sub(r"\n {2,}(?!- )", " ", source.strip())
+    return re.sub(r"\n {2,}- ", "\n    ", text)
 
 
 class QgisFeedback(Feedback):
