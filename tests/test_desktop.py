@@ -71,3 +71,79 @@ def test_device_choices_read_as_a_short_list_in_plain_words(qgis_app):
     for line in [lines[start]] + choices:
         assert len(line) <= 200 and not [word for word in jargon if word in line], line
     assert "help/performance.html" in lines[start]
+
+
+def test_the_per_class_table_lines_up_in_the_desktop_log(qgis_app):
+    """The extraction log's per-class table was pushed as ordinary info lines: the desktop's
+    log (HTML, proportional font) collapsed the padding and the columns did not line up."""
+    from processing.gui.AlgorithmDialog import AlgorithmDialog
+    from qgis.core import QgsApplication
+    from qgis.PyQt.QtGui import QFontDatabase
+    from qgis.PyQt.QtWidgets import QTextEdit
+
+    from lcz_qgis_plugin.algorithms.base import QgisFeedback
+    from lcz_qgis_plugin.core.training_data.extraction import _table_lines
+    rows = [dict(letter="2", name="Compact mid-rise", polygons=12, train=840, validation=210,
+                 test=0, total=1050),
+            dict(letter="G", name="Water", polygons=3, train=96, validation=24, test=0,
+                 total=120)]
+    lines = _table_lines(rows)
+    dialog = AlgorithmDialog(QgsApplication.processingRegistry()
+                             .createAlgorithmById("lcz:extractpatches"))
+    QgisFeedback(dialog.createFeedback(), fixed_width_tables=True).table(lines)
+    log = dialog.findChild(QTextEdit, "txtLog")
+    shown = log.toPlainText().splitlines()[-len(lines):]
+    assert [line.replace("\xa0", " ") for line in shown] == lines  # no padding collapsed
+    fixed = QFontDatabase.systemFont(QFontDatabase.FixedFont).family()
+    document = log.document()
+    for number in range(document.blockCount() - len(lines), document.blockCount()):
+        fragment = document.findBlockByNumber(number).begin().fragment()
+        assert fragment.charFormat().fontFamily() == fixed  # the log's fixed-width font
+    dialog.deleteLater()
+
+
+def test_extraction_defaults_lead_to_a_training_with_validation(processing, tmp_path):
+    """Defaults were validation 0 and a temporary patch file: a first training without
+    validation patches, and the file gone when QGIS closed."""
+    from lcz_testing import cell_square
+    from qgis.core import (
+        QgsApplication,
+        QgsFeature,
+        QgsGeometry,
+        QgsProcessingFeedback,
+        QgsVectorLayer,
+    )
+
+    from lcz_qgis_plugin.core.training_data.patch_file import open_patch_file
+
+    class Warnings(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def pushWarning(self, warning):  # noqa: N802
+            self.lines.append(warning)
+
+    algorithm = QgsApplication.processingRegistry().algorithmById("lcz:extractpatches")
+    assert algorithm.parameterDefinition("VALIDATION_FRACTION").defaultValue() == 0.2
+    patch_size = algorithm.parameterDefinition("PATCH_SIZE")
+    assert patch_size.defaultValue() == 48
+    assert "MSMLA 48" in patch_size.description() and "32" in patch_size.description()
+    stack = write_stack(tmp_path / "s.tif", np.ones((2, 40, 40), np.float32), ["T:a", "T:b"])
+    layer = QgsVectorLayer("Polygon?crs=EPSG:32633&field=lcz:string", "areas", "memory")
+    for label, wkt in (("B", cell_square(0, 0)), ("B", cell_square(2, 2)),
+                       ("B", cell_square(0, 3))):
+        feature = QgsFeature(layer.fields())
+        feature.setAttributes([label])
+        feature.setGeometry(QgsGeometry.fromWkt(wkt))
+        layer.dataProvider().addFeature(feature)
+    feedback = Warnings()
+    results = processing.run("lcz:extractpatches", {
+        "INPUT": stack, "TRAINING_AREAS": layer, "PATCH_SIZE": 8,
+        "OUTPUT": "TEMPORARY_OUTPUT"}, feedback=feedback)
+    f, info = open_patch_file(results["OUTPUT"])
+    with f:
+        split = f["split"][...]
+    assert sorted(split.tolist()) == [0, 0, 1]  # one of three polygons held out
+    assert [line for line in feedback.lines if "temporary folder" in line
+            and results["OUTPUT"] in line]

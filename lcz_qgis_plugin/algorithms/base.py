@@ -14,7 +14,12 @@ import re
 import shutil
 import tempfile
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingFeedback
+from qgis.core import (
+    QgsApplication,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+)
 from qgis.PyQt.QtCore import QCoreApplication, QUrl
 from qgis.PyQt.QtGui import QIcon
 
@@ -42,10 +47,18 @@ def help_text(source: str) -> str:
 
 
 class QgisFeedback(Feedback):
-    """Passes core progress and log lines to a ``QgsProcessingFeedback``."""
+    """Passes core progress and log lines to a ``QgsProcessingFeedback``.
 
-    def __init__(self, feedback: QgsProcessingFeedback):
+    ``fixed_width_tables``: log tables as console output, with non-breaking spaces. The QGIS
+    desktop's log shows console output in the system's fixed-width font but collapses runs of
+    ordinary spaces (it is HTML); qgis_process and scripts print plain lines, whose spaces
+    line up in a terminal. Default: in the QGIS desktop application only."""
+
+    def __init__(self, feedback: QgsProcessingFeedback, fixed_width_tables=None):
         self._feedback = feedback or QgsProcessingFeedback()
+        if fixed_width_tables is None:
+            fixed_width_tables = QgsApplication.platform() == "desktop"
+        self._fixed_width_tables = fixed_width_tables
 
     @property
     def processing_feedback(self) -> QgsProcessingFeedback:
@@ -61,6 +74,13 @@ class QgisFeedback(Feedback):
 
     def info(self, message):
         self._feedback.pushInfo(message)
+
+    def table(self, lines):
+        if not self._fixed_width_tables:
+            super().table(lines)
+            return
+        for line in lines:
+            self._feedback.pushConsoleInfo(line.replace(" ", "\u00a0"))
 
     def warning(self, message):
         if hasattr(self._feedback, "pushWarning"):
