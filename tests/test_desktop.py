@@ -3,6 +3,8 @@ layers a classify run loads, the Device choices, the shipped graphical model in 
 and the help pages."""
 
 
+import os
+
 import numpy as np
 import pytest
 from lcz_testing import channel_names, identity_card, linear_probe_model, write_stack
@@ -147,3 +149,54 @@ def test_extraction_defaults_lead_to_a_training_with_validation(processing, tmp_
     assert sorted(split.tolist()) == [0, 0, 1]  # one of three polygons held out
     assert [line for line in feedback.lines if "temporary folder" in line
             and results["OUTPUT"] in line]
+
+
+MODEL3 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "lcz_qgis_plugin", "models", "lcz_map_from_downloads.model3")
+
+
+def shipped_model():
+    from qgis.core import QgsProcessingModelAlgorithm
+    model = QgsProcessingModelAlgorithm()
+    assert model.fromFile(MODEL3)
+    return model
+
+
+def test_shipped_model_is_valid_in_the_modeler_with_plain_help(qgis_app):
+    """The Modeler called it invalid ("Parameter DEVICE is mandatory" and ten more: the file
+    stored no values for parameters that have defaults)."""
+    model = shipped_model()
+    valid, issues = model.validate()
+    assert valid, issues
+    for child_id in model.childAlgorithms():
+        assert model.validateChildAlgorithm(child_id) == (True, []), child_id
+    help_map = model.helpContent()
+    for text in help_map.values():
+        assert "<" not in text and ">" not in text, text  # plain text
+    for definition in model.parameterDefinitions():
+        assert help_map.get(definition.name()), f"{definition.name()} is not documented"
+        if not definition.isDestination():
+            assert definition.help() == help_map[definition.name()]  # the tooltip
+    assert model.displayName() == "LCZ map from downloads"
+
+
+def test_shipped_model_runs_with_only_the_mandatory_inputs_and_names_them_in_the_map(
+        processing, synthetic_cities, tmp_path):
+    """Maps made through the model recorded the temporary stack name OUTPUT.tif instead of
+    the user's input files."""
+    from osgeo import gdal
+    from qgis.core import QgsProcessingContext
+
+    city = synthetic_cities.city(seed=3, size_km=1.0)
+    channels = ["S2:B02", "S2:B04", "S2:B08", "OSM:building_fraction", "DSM:height"]
+    model_file, *_ = linear_probe_model(tmp_path / "probe.onnx",
+                                        identity_card("probe", channels, 8), seed=3)
+    parameters = {"SENTINEL2": os.path.join(city.safe, "MTD_MSIL2A.xml"), "OSM": city.osm,
+                  "DSM": city.dsm, "LCZ_MODEL": model_file,
+                  "classify:lcz_map": str(tmp_path / "map.tif")}
+    model = shipped_model()
+    assert model.checkParameterValues(parameters, QgsProcessingContext()) == (True, "")
+    results = processing.run(model, parameters)
+    metadata = gdal.Open(results["classify:lcz_map"]).GetMetadata()
+    assert metadata["LCZ_SOURCES"].split(";") == [
+        os.path.basename(city.safe), os.path.basename(city.osm), os.path.basename(city.dsm)]
