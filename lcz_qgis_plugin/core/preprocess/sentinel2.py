@@ -236,7 +236,8 @@ def whole_products(inputs) -> list[str]:
     manifest and band files, which together stand for the one product."""
     items = []
     for item in map(os.fspath, inputs):
-        items.append((_product_folder_of(item) if os.path.isfile(item) else None) or item)
+        inside = os.path.isfile(item) and not item.lower().endswith(".zip")
+        items.append((_product_folder_of(item) if inside else None) or item)
     return list(dict.fromkeys(items))
 
 
