@@ -126,6 +126,7 @@ def main(argv=None) -> int:
         extracted = qp.run("lcz:extractpatches", {
             "INPUT": stacks[role], "TRAINING_AREAS": cities[role].training_areas,
             "CLASS_FIELD": "lcz", "PATCH_SIZE": args.patch, "SEED": args.seed,
+            "VALIDATION_FRACTION": 0,  # validation comes from the second city
             "OUTPUT": patches[role]})
         print(f"         {role}: {int(extracted['PATCHES'])} patches -> {patches[role]}",
               flush=True)

@@ -77,7 +77,8 @@ Parameters
 - Sub-pixels (SUPERSAMPLE, advanced): each pixel is rasterized as n x n sub-pixels (default 10: 1 m
   on a 10 m grid) and fractions are their means.
 
-Definitions (full tag lists: docs/preprocessing.md, "Rasterize OpenStreetMap layers")
+Definitions (full tag lists: the plugin's help page Preprocessing
+  (help/preprocessing.html#rasterize-openstreetmap-layers-lczrasterizeosm))
 - building fraction: share of the pixel under building=* footprints. Building height: area-weighted
   mean height of the footprints in the pixel (untagged ones at the default height above); 0 without
   buildings. Building height known: share of the pixel's building area whose height comes from a

@@ -24,6 +24,12 @@ class Feedback:
     def warning(self, message: str) -> None:
         """Something the user should look at; the run goes on."""
 
+    def table(self, lines: list[str]) -> None:
+        """Log lines whose columns line up in a fixed-width font (a table padded with spaces);
+        a log shown in a proportional font can show them in a fixed-width one."""
+        for line in lines:
+            self.info(line)
+
 
 class ConsoleFeedback(Feedback):
     """Prints log lines to stderr and progress in 10 % steps. :meth:`cancel` (called by the

@@ -39,7 +39,7 @@ from ..lcz_classes import NODATA_CODE, lcz_class
 from ..model.card import ModelCard
 from ..outputs import PendingOutputs, check_output_path
 from ..rasters import bounded_cache
-from ..stacks import Stack, open_stacks
+from ..stacks import SOURCES, Stack, open_stacks, sources_of_all
 from ..style import category_names, class_map_qml, colour_table
 from .engine import GPU_PROVIDERS, Engine
 from .majority import filter_band
@@ -318,6 +318,7 @@ def _map_metadata(scene: _Scene, majority_radius: int) -> dict[str, str]:
         "LCZ_PATCH_SIZE": str(card.patch_size),
         "LCZ_TEMPERATURE": f"{card.temperature:g}",
         "LCZ_INPUTS": ";".join(os.path.basename(s.path) for s in scene.stacks),
+        SOURCES: sources_of_all((s.dataset, s.path) for s in scene.stacks),
         "LCZ_DATES_AVERAGED": str(len(scene.stacks)),
         "LCZ_MAJORITY_RADIUS": str(majority_radius),
         "LCZ_CREATED": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

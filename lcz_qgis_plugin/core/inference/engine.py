@@ -77,7 +77,8 @@ ONNXRUNTIME_MISSING = (
     "Linux: 'python3 -m pip install --user onnxruntime' (or onnxruntime-gpu for an NVIDIA GPU); "
     "Windows: in the OSGeo4W Shell, 'python -m pip install onnxruntime'; "
     "macOS: '/Applications/QGIS.app/Contents/MacOS/bin/python3 -m pip install onnxruntime'. "
-    "The plugin's README, section 'Installing onnxruntime', has the details.")
+    "The plugin's help page Installing (help/install.html, in the plugin's folder), section "
+    "'Installing onnxruntime into QGIS's Python', has the details.")
 OPENVINO_MISSING = (
     "DEVICE is OpenVINO, but the openvino package is not installed in the Python that runs "
     "QGIS. Install it the same way as onnxruntime ('python3 -m pip install --user openvino', "

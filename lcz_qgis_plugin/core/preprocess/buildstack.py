@@ -42,6 +42,7 @@ from ..rasters import (
     open_raster,
     row_blocks,
 )
+from ..stacks import SOURCES, sources_of_all
 from .reference_grid import grid_of
 
 
@@ -154,6 +155,11 @@ def _check_grid(sources: list[_Source], card: ModelCard) -> None:
             f"stack as the reference raster, or warp them onto it (gdalwarp -te -tr -t_srs).")
 
 
+def _sources(sources: list[_Source]) -> str:
+    """The user's files behind the channels (see :func:`~..stacks.sources_of`)."""
+    return sources_of_all((source.dataset, source.path) for source in sources)
+
+
 def _write_vrt(sources: list[_Source], output: str, card: ModelCard,
                pending: PendingOutputs) -> None:
     first = sources[0].dataset
@@ -164,6 +170,7 @@ def _write_vrt(sources: list[_Source], output: str, card: ModelCard,
              + "</GeoTransform>",
              "  <Metadata>",
              f'    <MDI key="LCZ_MODEL">{html.escape(card.describe())}</MDI>',
+             f'    <MDI key="{SOURCES}">{html.escape(_sources(sources))}</MDI>',
              "  </Metadata>"]
     for number, source in enumerate(sources, start=1):
         band = source.dataset.GetRasterBand(source.band)
@@ -204,7 +211,7 @@ def _write_tif(sources: list[_Source], output: str, card: ModelCard, feedback: F
                        geotransform=grid.geotransform, projection=grid.wkt,
                        block_rows=256, nodata=nodata if nodata is not None else 0,
                        descriptions=[s.channel for s in sources],
-                       metadata={"LCZ_MODEL": card.describe()},
+                       metadata={"LCZ_MODEL": card.describe(), SOURCES: _sources(sources)},
                        creation_options=options)
         if nodata is None:
             for number in range(1, len(sources) + 1):

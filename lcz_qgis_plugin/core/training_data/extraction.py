@@ -540,8 +540,7 @@ def summarise(output: str, counts: ClassCounts, feedback: Feedback, unit: str = 
     total = sum(row["total"] for row in table.values())
     missing = [lcz_class(c).letter for c in LCZ_CODES if str(c) not in table]
     feedback.info(title or f"Wrote {total} patches to {output}:")
-    for line in _table_lines(table.values()):
-        feedback.info(line)
+    feedback.table(_table_lines(table.values()))
     if missing:
         feedback.info(f"  classes without {unit.replace('_', ' ')}: {', '.join(missing)}")
     return {"patch_file": os.path.abspath(output), unit: total, "classes": table,
