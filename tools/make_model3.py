@@ -4,9 +4,15 @@ The model chains the plugin's algorithms the way a user would in the graphical m
 Sentinel-2 product -> stack; OSM extract and DSM/DTM -> layers on the stack's grid; the
 model's input stack; LCZ map. It is built here with the PyQGIS modeler API rather than edited
 by hand, so it stays valid XML for the QGIS version that writes it; run this script again after
-changing an algorithm's parameters:
+changing an algorithm's parameters. Every parameter a step does not take from the model's
+inputs or another step holds the algorithm's default as a fixed value: the Graphical Modeler
+marks a step whose mandatory parameter has no value as invalid (a red box, and "Model is
+Invalid" on Run), even when the algorithm has a default.
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python -m tools.make_model3
+    QT_QPA_PLATFORM=offscreen QT_HASH_SEED=1 .venv/bin/python -m tools.make_model3
+
+(``QT_HASH_SEED=1`` writes the XML attributes in the order of the committed file, so that
+the diff shows only what changed.)
 """
 
 from __future__ import annotations
@@ -16,7 +22,11 @@ import sys
 
 MODEL3 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "lcz_qgis_plugin", "models", "lcz_map_from_downloads.model3")
-MODEL_NAME = "lcz_map_from_downloads"
+MODEL_NAME = "LCZ map from downloads"
+MODEL_GROUP = "Local Climate Zones"
+BOX = (260, 44)
+"""Width and height of the boxes in the Modeler: the names fit (the default 200 x 30 cut
+"Rasterize OpenStreetMap layers" and the two-line ones)."""
 
 
 def build_model():
@@ -29,9 +39,9 @@ def build_model():
         QgsProcessingParameterRasterLayer,
     )
     from qgis.core import QgsProcessingModelChildParameterSource as Source
-    from qgis.PyQt.QtCore import QPointF
+    from qgis.PyQt.QtCore import QPointF, QSizeF
 
-    model = QgsProcessingModelAlgorithm(MODEL_NAME, "LCZ map from downloads", "Local Climate Zones")
+    model = QgsProcessingModelAlgorithm(MODEL_NAME, MODEL_GROUP, "lcz")
     model.setHelpContent({
         "ALG_DESC": "From a Sentinel-2 product, an OpenStreetMap extract and a surface model to "
                     "a styled Local Climate Zone map, with an LCZ model (.onnx). Each step is "
@@ -50,27 +60,31 @@ def build_model():
         definition.setFlags(definition.flags())
         model.addModelParameter(definition, QgsProcessingModelParameter(definition.name()))
         model.parameterComponent(definition.name()).setPosition(QPointF(x, y))
+        model.parameterComponent(definition.name()).setSize(QSizeF(*BOX))
 
     parameter(QgsProcessingParameterFile(
         "SENTINEL2", "Sentinel-2 product (.zip, .SAFE or its MTD_MSIL*.xml)",
-        QgsProcessingParameterFile.File), 120, 60)
+        QgsProcessingParameterFile.File), 160, 60)
     parameter(QgsProcessingParameterFile("OSM", "OpenStreetMap extract (.osm, .osm.pbf)",
                                          QgsProcessingParameterFile.File,
-                                         fileFilter="OpenStreetMap (*.osm *.pbf)"), 420, 60)
-    parameter(QgsProcessingParameterRasterLayer("DSM", "Surface model (DSM)"), 720, 60)
+                                         fileFilter="OpenStreetMap (*.osm *.pbf)"), 460, 60)
+    parameter(QgsProcessingParameterRasterLayer("DSM", "Surface model (DSM)"), 760, 60)
     parameter(QgsProcessingParameterRasterLayer("DTM", "Terrain model (DTM)", optional=True),
-              980, 60)
+              1060, 60)
     parameter(QgsProcessingParameterFile("LCZ_MODEL", "LCZ model (.onnx)",
                                          QgsProcessingParameterFile.File, extension="onnx"),
-              1240, 60)
+              1360, 60)
 
     def child(child_id, algorithm, description, sources, x, y, outputs=()):
         step = QgsProcessingModelChildAlgorithm(algorithm)
         step.setChildId(child_id)
         step.setDescription(description)
         step.setPosition(QPointF(x, y))
+        step.setSize(QSizeF(*BOX))
         for name, source in sources.items():
             step.addParameterSources(name, source if isinstance(source, list) else [source])
+        for name, value in _defaults(algorithm, sources).items():
+            step.addParameterSources(name, [Source.fromStaticValue(value)])
         kept = {}
         for output_name, model_output in outputs:
             out = QgsProcessingModelOutput(model_output)
@@ -86,22 +100,34 @@ def build_model():
     # temporary files (open the model in the modeler to keep them too).
     stack = Source.fromChildOutput("stack", "OUTPUT")
     child("stack", "lcz:stacksentinel2", "Stack Sentinel-2 bands",
-          {"INPUT": Source.fromModelParameter("SENTINEL2")}, 120, 200)
+          {"INPUT": Source.fromModelParameter("SENTINEL2")}, 160, 200)
     child("osm", "lcz:rasterizeosm", "Rasterize OpenStreetMap layers",
-          {"OSM_FILE": Source.fromModelParameter("OSM"), "REFERENCE": stack}, 420, 320)
+          {"OSM_FILE": Source.fromModelParameter("OSM"), "REFERENCE": stack}, 460, 320)
     child("heights", "lcz:preparedsm", "Heights from a surface model",
           {"DSM": Source.fromModelParameter("DSM"), "DTM": Source.fromModelParameter("DTM"),
-           "REFERENCE": stack}, 720, 320)
+           "REFERENCE": stack}, 760, 320)
     child("inputs", "lcz:buildstack", "Build model input stack",
           {"MODEL": Source.fromModelParameter("LCZ_MODEL"),
            "INPUT": [stack, Source.fromChildOutput("osm", "OUTPUT"),
-                     Source.fromChildOutput("heights", "OUTPUT")]}, 420, 460)
+                     Source.fromChildOutput("heights", "OUTPUT")]}, 460, 460)
     child("classify", "lcz:classify", "Classify Local Climate Zones",
           {"INPUT": [Source.fromChildOutput("inputs", "OUTPUT")],
-           "MODEL": Source.fromModelParameter("LCZ_MODEL")}, 420, 600,
+           "MODEL": Source.fromModelParameter("LCZ_MODEL")}, 460, 600,
           [("OUTPUT", "lcz_map"), ("OUTPUT_CONFIDENCE", "lcz_confidence")])
     model.updateDestinationParameters()  # the children's kept outputs become model outputs
     return model
+
+
+def _defaults(algorithm: str, sources: dict) -> dict:
+    """The default value of each mandatory input parameter of ``algorithm`` not in
+    ``sources`` (none for outputs, optional parameters, or without a default)."""
+    from qgis.core import QgsApplication
+    found = QgsApplication.processingRegistry().algorithmById(algorithm)
+    if found is None:
+        raise RuntimeError(f"{algorithm} is not registered; is the plugin's provider added?")
+    return {p.name(): p.defaultValue() for p in found.parameterDefinitions()
+            if p.name() not in sources and not p.isDestination()
+            and not p.flags() & p.FlagOptional and p.defaultValue() is not None}
 
 
 def main() -> int:
