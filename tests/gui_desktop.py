@@ -63,8 +63,7 @@ def toolbox() -> dict:
     found = {"providers": names}
     for index in top:
         if model.data(index, Qt.DisplayRole) == "Local Climate Zones":
-            tree.expandRecursively(index) if hasattr(tree, "expandRecursively") \
-                else tree.expandAll()
+            tree.expandRecursively(index)
             tree.scrollTo(index, tree.PositionAtTop)
             rows = tree_texts(model, index)
             found["groups"] = [text for depth, text, _ in rows if depth == 0]

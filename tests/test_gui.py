@@ -116,6 +116,7 @@ def checked(results: dict, part: str) -> dict:
     return results[part]
 
 
+@pytest.mark.slow
 def test_toolbox_shows_the_provider_with_every_algorithm(desktop, qgis_app):
     from qgis.core import QgsApplication
     toolbox = checked(desktop, "toolbox")
@@ -126,6 +127,7 @@ def test_toolbox_shows_the_provider_with_every_algorithm(desktop, qgis_app):
     assert sorted(toolbox["algorithms"]) == sorted(a.displayName() for a in provider.algorithms())
 
 
+@pytest.mark.slow
 def test_every_algorithm_dialog_shows_every_parameter(desktop, qgis_app):
     """A widget per parameter, the help beside them, and everything within the default
     dialog width: no horizontal scroll bar hiding the file buttons."""
@@ -145,6 +147,7 @@ def test_every_algorithm_dialog_shows_every_parameter(desktop, qgis_app):
             f"size {dialog['size']}; widest (name, px): {dialog['widest']}")
 
 
+@pytest.mark.slow
 def test_map_canvas_shows_the_wudapt_colours_and_the_legend(desktop):
     shown = checked(desktop, "map")
     assert shown["renderer"] == "paletted"
@@ -154,6 +157,7 @@ def test_map_canvas_shows_the_wudapt_colours_and_the_legend(desktop):
     assert shown["legend"][1:] == [c.label for c in LCZ_CLASSES]
 
 
+@pytest.mark.slow
 def test_modeler_opens_the_shipped_model_without_invalid_steps(desktop):
     modeler = checked(desktop, "modeler")
     assert modeler["name"] == "LCZ map from downloads"
