@@ -1,12 +1,13 @@
 # lcz: QGIS Processing plugin + training package for Local Climate Zone maps.
 # `make test` and `make demo` work on a fresh Debian 12 machine: `setup` installs QGIS from
-# Debian when it is missing (as root, or through sudo) and builds .venv.
+# Debian when it is missing (as root, or through sudo) and builds .venv. Xvfb (a virtual X
+# display) lets tests/test_gui.py run the QGIS desktop for its real-display checks.
 
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := qgis python3-qgis qgis-providers python3-venv python3-pip
+APT_PACKAGES := qgis python3-qgis qgis-providers python3-venv python3-pip xvfb
 export QT_QPA_PLATFORM := offscreen
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
@@ -15,8 +16,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
-	@if ! command -v qgis_process.bin >/dev/null || ! /usr/bin/python3 -c 'import qgis.core' 2>/dev/null; then \
-	  echo "Installing QGIS from Debian ($(APT_PACKAGES))"; \
+	@if ! command -v qgis_process.bin >/dev/null || ! command -v Xvfb >/dev/null \
+	    || ! /usr/bin/python3 -c 'import qgis.core' 2>/dev/null; then \
+	  echo "Installing QGIS and Xvfb from Debian ($(APT_PACKAGES))"; \
 	  $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $(APT_PACKAGES); \
 	fi
 	/usr/bin/python3 -m venv --system-site-packages $(VENV)

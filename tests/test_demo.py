@@ -8,6 +8,7 @@ by tests/test_synthcity.py; one epoch is too short to assert it here.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -28,6 +29,7 @@ def test_demo_end_to_end_at_reduced_size(tmp_path):
         env=dict(os.environ, QT_QPA_PLATFORM="offscreen"))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Sentinel-2 + OSM + DSM" in done.stdout and "Sentinel-2 only" in done.stdout
+    assert_progress_is_shown(done.stdout)
     summary = json.loads((out / "demo_summary.json").read_text())
     for name in ("ancillary", "s2_only"):
         lcz_map = out / f"demo_lcz_map_{name}.tif"
@@ -43,6 +45,19 @@ def test_demo_end_to_end_at_reduced_size(tmp_path):
     assert (out / "demo_truth.png").stat().st_size > 0
     assert "simulated" in summary["note"]
     assert_automatic_device_keeps_the_float32_map(out, work, tmp_path)
+
+
+def assert_progress_is_shown(stdout):
+    """Training shows a line per epoch as it goes (losses, validation accuracy, time left),
+    every step its duration, and a table of the steps' times comes before the accuracy."""
+    epochs = re.findall(r"^ +epoch 1/1: train loss [\d.]+ OA [\d.]+ \| val loss [\d.]+ OA "
+                        r"[\d.]+.* \| \d+ s, \d+ s elapsed, about 0 s left$", stdout, re.M)
+    assert len(epochs) == 2, stdout  # one per model
+    assert re.findall(r"^ +step (\d) took ", stdout, re.M) == list("1234567"), stdout
+    assert re.search(r"^ +train: lcz:stacksentinel2 \.\.\. \d+ s$", stdout, re.M), stdout
+    table = stdout.index("Time per step:")
+    assert re.search(r"^ +total +(\d+ min )?\d+ s$", stdout[table:], re.M), stdout
+    assert table < stdout.index("Accuracy on the mapped city")
 
 
 def assert_automatic_device_keeps_the_float32_map(out, work, tmp_path):

@@ -20,6 +20,11 @@
    overall accuracy with and without the ancillary channels.
 
 ``--size-km`` and ``--epochs`` make a reduced run (the tests use one).
+
+Progress: every step prints a numbered line when it starts and its duration when it ends, the
+plugin's algorithms one line each with their time, training one line per epoch (losses,
+validation accuracy, time left) and, when both stdout and stderr are a terminal, a bar per
+epoch; a table of the steps' times comes before the final accuracy table.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from osgeo import gdal  # noqa: E402
 from lcz_qgis_plugin.core.assessment.metrics import format_percent  # noqa: E402
 from lcz_qgis_plugin.core.assessment.quicklook import write_quicklook  # noqa: E402
 from lcz_qgis_plugin.core.channels import SO2SAT_CHANNELS  # noqa: E402
+from lcz_qgis_plugin.core.feedback import format_duration, is_terminal  # noqa: E402
 from tools import synthcity  # noqa: E402
 from tools.qgis_runner import QgisProcess  # noqa: E402
 
@@ -49,43 +55,89 @@ MODEL3 = os.path.join("lcz_qgis_plugin", "models", "lcz_map_from_downloads.model
 S2_CHANNELS = list(SO2SAT_CHANNELS)
 ANCILLARY = ["OSM:building_fraction", "DSM:height", "OSM:impervious_fraction"]
 MODELS = {"ancillary": S2_CHANNELS + ANCILLARY, "s2_only": S2_CHANNELS}
+INDENT = " " * 9
+LIVE = is_terminal(sys.stdout) and is_terminal(sys.stderr)
+"""Both on a terminal: the training's batch bars are shown (its stderr goes straight there)."""
 
 
 class Steps:
-    """Numbered, timed progress lines."""
+    """Numbered, timed progress lines: a line when a step starts, its duration when it ends,
+    and a table of every step's time (:meth:`finish`)."""
 
     def __init__(self, total: int):
         self.total, self.number, self.start = total, 0, time.time()
+        self.times: list[tuple[str, float]] = []  # (short name, seconds) of each step done
+        self._current: tuple[str, float] | None = None
 
-    def __call__(self, text: str):
+    def __call__(self, text: str, short: str):
+        self._end_step()
         self.number += 1
+        self._current = (short, time.time())
         print(f"[{time.time() - self.start:6.0f} s] {self.number}/{self.total} {text}",
               flush=True)
 
+    def _end_step(self):
+        if self._current is not None:
+            short, began = self._current
+            self.times.append((short, time.time() - began))
+            print(f"{INDENT}step {len(self.times)} took {format_duration(self.times[-1][1])}",
+                  flush=True)
+            self._current = None
 
-def prepare(qp: QgisProcess, city, folder: str) -> dict:
+    def finish(self):
+        """End the last step and print the time of each and the total."""
+        self._end_step()
+        print()
+        print("Time per step:")
+        for number, (short, seconds) in enumerate(self.times, start=1):
+            print(f"  {number}/{self.total} {short:<40} {format_duration(seconds):>12}")
+        print(f"      {'total':<40} {format_duration(time.time() - self.start):>12}",
+              flush=True)
+
+
+def timed(qp: QgisProcess, algorithm: str, parameters: dict, what: str) -> dict:
+    """``qp.run`` with a line saying what runs, ended by its time when it is done."""
+    print(f"{INDENT}{what} ...", end="", flush=True)
+    began = time.time()
+    results = qp.run(algorithm, parameters)
+    print(f" {format_duration(time.time() - began)}", flush=True)
+    return results
+
+
+def prepare(qp: QgisProcess, city, folder: str, role: str) -> dict:
     """Sentinel-2 stack, OSM layers and heights of one city on the stack's 10 m grid."""
     os.makedirs(folder, exist_ok=True)
-    s2 = qp.run("lcz:stacksentinel2", {"INPUT": city.safe,
-                                        "OUTPUT": os.path.join(folder, "s2_stack.tif")})["OUTPUT"]
-    osm = qp.run("lcz:rasterizeosm", {"OSM_FILE": city.osm, "REFERENCE": s2,
-                                       "OUTPUT": os.path.join(folder, "osm.tif")})["OUTPUT"]
-    heights = qp.run("lcz:preparedsm", {"DSM": city.dsm, "DTM": city.dtm, "REFERENCE": s2,
-                                         "OUTPUT": os.path.join(folder, "heights.tif")})["OUTPUT"]
+    s2 = timed(qp, "lcz:stacksentinel2", {
+        "INPUT": city.safe, "OUTPUT": os.path.join(folder, "s2_stack.tif")},
+        f"{role}: lcz:stacksentinel2")["OUTPUT"]
+    osm = timed(qp, "lcz:rasterizeosm", {
+        "OSM_FILE": city.osm, "REFERENCE": s2, "OUTPUT": os.path.join(folder, "osm.tif")},
+        f"{role}: lcz:rasterizeosm")["OUTPUT"]
+    heights = timed(qp, "lcz:preparedsm", {
+        "DSM": city.dsm, "DTM": city.dtm, "REFERENCE": s2,
+        "OUTPUT": os.path.join(folder, "heights.tif")}, f"{role}: lcz:preparedsm")["OUTPUT"]
     return {"s2": s2, "osm": osm, "heights": heights}
 
 
 def training(*args: str) -> str:
-    """``python -m training ...`` in a child process (torch stays out of this one); its
-    printed output."""
-    command = [sys.executable, "-m", "training", *args]
-    done = subprocess.run(command, cwd=ROOT, text=True, capture_output=True)
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return done.stdout
+    """``python -m training ...`` in a child process (torch stays out of this one): its
+    lines are shown, indented, as they come (one per epoch while training), and returned.
+    Its stderr goes to the same lines, or straight to the terminal when :data:`LIVE`
+    (tqdm bars); each line shown then first clears the bar's line."""
+    command = [sys.executable, "-u", "-m", "training", *args]
+    process = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                               stderr=None if LIVE else subprocess.STDOUT)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        print(("\r\x1b[K" if LIVE else "") + INDENT + line.rstrip(), flush=True)
+    if process.wait() != 0:
+        sys.exit(f"{' '.join(command)} failed (exit status {process.returncode}):\n"
+                 + "".join(lines)[-3000:])
+    return "".join(lines)
 
 
-def main(argv=None) -> int:
+def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="out", help="output folder (default: out)")
     parser.add_argument("--work", default=os.path.join(ROOT, "build", "demo"),
@@ -95,7 +147,82 @@ def main(argv=None) -> int:
                         "city uses seed + 1 (default 11)")
     parser.add_argument("--epochs", type=int, default=25, help="training epochs (default 25)")
     parser.add_argument("--patch", type=int, default=32, help="patch size in pixels (default 32)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def stacks_of(qp: QgisProcess, cities: dict, work: str) -> dict:
+    """The model input stack (a VRT of the ancillary channel list) of the training and the
+    validation city."""
+    stacks = {}
+    for role in ("train", "validation"):
+        layers = prepare(qp, cities[role], os.path.join(work, f"{role}_layers"), role)
+        stacks[role] = timed(qp, "lcz:buildstack", {
+            "CHANNEL_LIST": ",".join(MODELS["ancillary"]),
+            "INPUT": [layers["s2"], layers["osm"], layers["heights"]],
+            "OUTPUT": os.path.join(work, f"{role}_layers", "stack.vrt")},
+            f"{role}: lcz:buildstack")["OUTPUT"]
+    return stacks
+
+
+def patch_files(qp: QgisProcess, stacks: dict, cities: dict, work: str, args) -> dict:
+    """lcz:extractpatches on the training and the validation city."""
+    patches = {}
+    for role in ("train", "validation"):
+        patches[role] = os.path.join(work, f"patches_{role}.h5")
+        extracted = timed(qp, "lcz:extractpatches", {
+            "INPUT": stacks[role], "TRAINING_AREAS": cities[role].training_areas,
+            "CLASS_FIELD": "lcz", "PATCH_SIZE": args.patch, "SEED": args.seed,
+            "VALIDATION_FRACTION": 0,  # validation comes from the second city
+            "OUTPUT": patches[role]}, f"{role}: lcz:extractpatches")
+        print(f"{INDENT}{role}: {int(extracted['PATCHES'])} patches -> {patches[role]}",
+              flush=True)
+    return patches
+
+
+def trained_models(patches: dict, work: str, out: str, args) -> dict:
+    """Train and export both models (``python -m training``); their .onnx paths by name."""
+    models = {}
+    for number, (name, channels) in enumerate(MODELS.items(), start=1):
+        run_dir = os.path.join(work, "runs", name)
+        started = time.time()
+        print(f"{INDENT}model {number}/{len(MODELS)}, {name}: {len(channels)} channels, "
+              f"python -m training train", flush=True)
+        training("train", "--model", "msmla18", "--train", patches["train"],
+                 "--val", patches["validation"], "--channels", ",".join(channels),
+                 "--epochs", str(args.epochs), "--patience", str(args.epochs),
+                 "--bn-momentum", "0.9", "--seed", str(args.seed), "--out", run_dir,
+                 "--drop-unknown-validation", *(() if LIVE else ("--no-progress",)),
+                 "--version", f"demo-{name}")
+        models[name] = os.path.join(out, f"demo_msmla18_{name}.onnx")
+        print(f"{INDENT}model {number}/{len(MODELS)}, {name}: python -m training export "
+              f"(ONNX, bfloat16 and int8 checks)", flush=True)
+        training("export", "--checkpoint", os.path.join(run_dir, "best.pt"),
+                 "--out", models[name])
+        print(f"{INDENT}{name}: {len(channels)} channels, trained and exported in "
+              f"{format_duration(time.time() - started)} -> {models[name]}", flush=True)
+    return models
+
+
+def lcz_maps(qp: QgisProcess, models: dict, city, out: str) -> tuple[dict, dict]:
+    """The shipped .model3 on the third city, once per model: (maps, engines) by name."""
+    maps, engines = {}, {}
+    for name, model in models.items():
+        results = timed(qp, os.path.join(qp.plugins, MODEL3), {
+            "SENTINEL2": city.safe, "OSM": city.osm, "DSM": city.dsm,
+            "DTM": city.dtm, "LCZ_MODEL": model,
+            "classify:lcz_map": os.path.join(out, f"demo_lcz_map_{name}.tif"),
+            "classify:lcz_confidence": os.path.join(out, f"demo_confidence_{name}.tif")},
+            f"{name}: lcz_map_from_downloads.model3")
+        maps[name] = (results.get("classify:lcz_map")
+                      or os.path.join(out, f"demo_lcz_map_{name}.tif"))
+        engines[name] = gdal.Open(maps[name]).GetMetadataItem("LCZ_EXECUTION_PROVIDER")
+        print(f"{INDENT}{name}: mapped on {engines[name]} (lcz:classify, DEVICE Automatic)",
+              flush=True)
+    return maps, engines
+
+
+def main(argv=None) -> int:
+    args = parse_arguments(argv)
     out, work = os.path.abspath(args.out), os.path.abspath(args.work)
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(out, exist_ok=True)
@@ -103,86 +230,54 @@ def main(argv=None) -> int:
     step = Steps(7)
 
     step(f"simulating three {args.size_km:g} x {args.size_km:g} km cities (seeds {args.seed}, "
-         f"{args.seed + 1}, {args.seed + 2}; a simulation, see tools/synthcity.py)")
+         f"{args.seed + 1}, {args.seed + 2}; a simulation, see tools/synthcity.py)",
+         "simulating three cities")
     cities = {role: synthcity.generate(os.path.join(work, f"city_{role}"), args.seed + k,
                                        args.size_km)
               for k, role in enumerate(("train", "validation", "map"))}
 
     step("preparing the training and validation cities: lcz:stacksentinel2, lcz:rasterizeosm, "
-         "lcz:preparedsm, lcz:buildstack (qgis_process)")
+         "lcz:preparedsm, lcz:buildstack (qgis_process)", "preparing two cities")
     qp = QgisProcess(os.path.join(work, "qgis"))
-    stacks = {}
-    for role in ("train", "validation"):
-        layers = prepare(qp, cities[role], os.path.join(work, f"{role}_layers"))
-        stacks[role] = qp.run("lcz:buildstack", {
-            "CHANNEL_LIST": ",".join(MODELS["ancillary"]),
-            "INPUT": [layers["s2"], layers["osm"], layers["heights"]],
-            "OUTPUT": os.path.join(work, f"{role}_layers", "stack.vrt")})["OUTPUT"]
+    stacks = stacks_of(qp, cities, work)
 
-    step("lcz:extractpatches from the training areas of both cities")
-    patches = {}
-    for role in ("train", "validation"):
-        patches[role] = os.path.join(work, f"patches_{role}.h5")
-        extracted = qp.run("lcz:extractpatches", {
-            "INPUT": stacks[role], "TRAINING_AREAS": cities[role].training_areas,
-            "CLASS_FIELD": "lcz", "PATCH_SIZE": args.patch, "SEED": args.seed,
-            "VALIDATION_FRACTION": 0,  # validation comes from the second city
-            "OUTPUT": patches[role]})
-        print(f"         {role}: {int(extracted['PATCHES'])} patches -> {patches[role]}",
-              flush=True)
+    step("lcz:extractpatches from the training areas of both cities", "extracting patches")
+    patches = patch_files(qp, stacks, cities, work, args)
     map_city = cities["map"]
 
     step(f"training two MSMLA-18 models on the CPU ({args.epochs} epochs each): "
-         f"with and without the ancillary channels")
-    models = {}
-    for name, channels in MODELS.items():
-        run_dir = os.path.join(work, "runs", name)
-        started = time.time()
-        training("train", "--model", "msmla18", "--train", patches["train"],
-                 "--val", patches["validation"], "--channels", ",".join(channels),
-                 "--epochs", str(args.epochs), "--patience", str(args.epochs),
-                 "--bn-momentum", "0.9", "--seed", str(args.seed), "--out", run_dir,
-                 "--drop-unknown-validation",
-                 "--no-progress", "--version", f"demo-{name}")
-        models[name] = os.path.join(out, f"demo_msmla18_{name}.onnx")
-        exported = training("export", "--checkpoint", os.path.join(run_dir, "best.pt"),
-                            "--out", models[name])
-        print(f"         {name}: {len(channels)} channels, trained in "
-              f"{time.time() - started:.0f} s -> {models[name]}", flush=True)
-        for line in exported.splitlines():
-            if line.startswith("bfloat16 check"):
-                print(f"         {line}", flush=True)
+         f"with and without the ancillary channels", "training and exporting two models")
+    models = trained_models(patches, work, out, args)
 
     step("mapping the third city with the plugin's graphical model "
-         "lcz_map_from_downloads.model3 (qgis_process)")
-    maps, engines = {}, {}
-    for name, model in models.items():
-        results = qp.run(os.path.join(qp.plugins, MODEL3), {
-            "SENTINEL2": map_city.safe, "OSM": map_city.osm, "DSM": map_city.dsm,
-            "DTM": map_city.dtm, "LCZ_MODEL": model,
-            "classify:lcz_map": os.path.join(out, f"demo_lcz_map_{name}.tif"),
-            "classify:lcz_confidence": os.path.join(out, f"demo_confidence_{name}.tif")})
-        maps[name] = (results.get("classify:lcz_map")
-                      or os.path.join(out, f"demo_lcz_map_{name}.tif"))
-        engines[name] = gdal.Open(maps[name]).GetMetadataItem("LCZ_EXECUTION_PROVIDER")
-        print(f"         {name}: mapped on {engines[name]} (lcz:classify, DEVICE Automatic)",
-              flush=True)
+         "lcz_map_from_downloads.model3 (qgis_process)", "mapping the third city")
+    maps, engines = lcz_maps(qp, models, map_city, out)
 
-    step("lcz:assessaccuracy against the mapped city's simulated truth")
-    scores = {}
-    for name, lcz_map in maps.items():
-        report = qp.run("lcz:assessaccuracy", {
-            "INPUT": lcz_map, "REFERENCE_RASTER": map_city.truth,
-            "OUTPUT_HTML": os.path.join(out, f"demo_accuracy_{name}.html")})
-        scores[name] = report
+    step("lcz:assessaccuracy against the mapped city's simulated truth", "assessing accuracy")
+    scores = {name: timed(qp, "lcz:assessaccuracy", {
+        "INPUT": lcz_map, "REFERENCE_RASTER": map_city.truth,
+        "OUTPUT_HTML": os.path.join(out, f"demo_accuracy_{name}.html")},
+        f"{name}: lcz:assessaccuracy") for name, lcz_map in maps.items()}
 
-    step("writing the PNG quick-looks")
+    step("writing the PNG quick-looks", "writing the quick-looks")
     pngs = {name: write_quicklook(lcz_map, os.path.splitext(lcz_map)[0] + ".png",
                                   f"LCZ map of the simulated test city ({name.replace('_', ' ')})")
             for name, lcz_map in maps.items()}
     write_quicklook(map_city.truth, os.path.join(out, "demo_truth.png"),
                     "Simulated truth of the test city")
+    step.finish()
+    print_results(out, maps, pngs, scores)
+    with open(os.path.join(out, "demo_summary.json"), "w", encoding="utf-8") as f:
+        json.dump({"note": "simulated cities (tools/synthcity.py), not measurements",
+                   "size_km": args.size_km, "epochs": args.epochs, "seed": args.seed,
+                   "models": models, "maps": maps, "engines": engines,
+                   "scores": {k: {m: v[m] for m in ("OA", "WA", "KAPPA")}
+                              for k, v in scores.items()}}, f, indent=2)
+    return 0
 
+
+def print_results(out: str, maps: dict, pngs: dict, scores: dict) -> None:
+    """The outputs, then the accuracy table."""
     print()
     print(f"Outputs (in {out}):")
     for name in MODELS:
@@ -196,13 +291,6 @@ def main(argv=None) -> int:
         s = scores[name]
         print(f"  {label:<24} OA {format_percent(s['OA'])}, WA {format_percent(s['WA'])}, "
               f"kappa {s['KAPPA']:.2f}")
-    with open(os.path.join(out, "demo_summary.json"), "w", encoding="utf-8") as f:
-        json.dump({"note": "simulated cities (tools/synthcity.py), not measurements",
-                   "size_km": args.size_km, "epochs": args.epochs, "seed": args.seed,
-                   "models": models, "maps": maps, "engines": engines,
-                   "scores": {k: {m: v[m] for m in ("OA", "WA", "KAPPA")}
-                              for k, v in scores.items()}}, f, indent=2)
-    return 0
 
 
 if __name__ == "__main__":

@@ -4,9 +4,15 @@ The model chains the plugin's algorithms the way a user would in the graphical m
 Sentinel-2 product -> stack; OSM extract and DSM/DTM -> layers on the stack's grid; the
 model's input stack; LCZ map. It is built here with the PyQGIS modeler API rather than edited
 by hand, so it stays valid XML for the QGIS version that writes it; run this script again after
-changing an algorithm's parameters:
+changing an algorithm's parameters. Every parameter a step does not take from the model's
+inputs or another step holds the algorithm's default as a fixed value: the Graphical Modeler
+marks a step whose mandatory parameter has no value as invalid (a red box, and "Model is
+Invalid" on Run), even when the algorithm has a default.
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python -m tools.make_model3
+    QT_QPA_PLATFORM=offscreen QT_HASH_SEED=1 .venv/bin/python -m tools.make_model3
+
+(``QT_HASH_SEED=1`` writes the XML attributes in the order of the committed file, so that
+the diff shows only what changed.)
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ HELP = {
                       "band 2 the normalised entropy.",
 }
 OUTPUT_DESCRIPTIONS = {"lcz_map": "LCZ map", "lcz_confidence": "Confidence"}
+BOX = (260, 44)
+"""Width and height of the boxes in the Modeler: the names fit (the default 200 x 30 cut
+"Rasterize OpenStreetMap layers" and the two-line ones)."""
 
 
 def build_model():
@@ -85,7 +94,7 @@ def add_inputs(model) -> None:
         QgsProcessingParameterFile,
         QgsProcessingParameterRasterLayer,
     )
-    from qgis.PyQt.QtCore import QPointF
+    from qgis.PyQt.QtCore import QPointF, QSizeF
     inputs = (
         (QgsProcessingParameterFile(
             "SENTINEL2", "Sentinel-2 product (.zip, or the MTD_MSIL*.xml of a .SAFE folder)",
@@ -101,17 +110,19 @@ def add_inputs(model) -> None:
         definition.setHelp(HELP[definition.name()])
         model.addModelParameter(definition, QgsProcessingModelParameter(definition.name()))
         model.parameterComponent(definition.name()).setPosition(QPointF(x, 60))
+        model.parameterComponent(definition.name()).setSize(QSizeF(*BOX))
 
 
 def add_step(model, child_id, algorithm, description, sources, position, outputs=()):
     """One child algorithm: its inputs, every other parameter at its default, and the
     outputs it passes out of the model as (its output, model output name)."""
     from qgis.core import QgsProcessingModelChildAlgorithm, QgsProcessingModelOutput
-    from qgis.PyQt.QtCore import QPointF
+    from qgis.PyQt.QtCore import QPointF, QSizeF
     step = QgsProcessingModelChildAlgorithm(algorithm)
     step.setChildId(child_id)
     step.setDescription(description)
     step.setPosition(QPointF(*position))
+    step.setSize(QSizeF(*BOX))
     for name, source in sources.items():
         step.addParameterSources(name, source if isinstance(source, list) else [source])
     store_defaults(step)
@@ -141,6 +152,18 @@ def store_defaults(step) -> None:
             continue
         step.addParameterSources(definition.name(),
                                  [Source.fromStaticValue(definition.defaultValue())])
+
+
+def _defaults(algorithm: str, sources: dict) -> dict:
+    """The default value of each mandatory input parameter of ``algorithm`` not in
+    ``sources`` (none for outputs, optional parameters, or without a default)."""
+    from qgis.core import QgsApplication
+    found = QgsApplication.processingRegistry().algorithmById(algorithm)
+    if found is None:
+        raise RuntimeError(f"{algorithm} is not registered; is the plugin's provider added?")
+    return {p.name(): p.defaultValue() for p in found.parameterDefinitions()
+            if p.name() not in sources and not p.isDestination()
+            and not p.flags() & p.FlagOptional and p.defaultValue() is not None}
 
 
 def main() -> int:

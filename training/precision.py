@@ -306,6 +306,8 @@ def run_checks(model: str, data: str, precisions=PRECISIONS, calibration: str | 
     reference = _Reference(model, data, limit, 256)
     checks = {}
     for precision in precisions:
+        report(f"{precision} check: comparing with onnxruntime float32 on "
+               f"{os.path.basename(data.split('#')[0])} ...")
         try:
             if precision == "bfloat16":
                 checks[precision] = measure_bfloat16(model, data, limit, reference=reference)

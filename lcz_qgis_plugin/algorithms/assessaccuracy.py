@@ -107,11 +107,11 @@ Both files are checked before any work starts: a folder that cannot be created o
             self.REFERENCE_AREAS, self.tr("Reference polygons (or WUDAPT KML/KMZ)"),
             [QgsProcessing.TypeVectorAnyGeometry], optional=True))
         self.addParameter(QgsProcessingParameterField(
-            self.CLASS_FIELD, self.tr("Class field (empty: KML placemark name, or 'lcz')"),
+            self.CLASS_FIELD, self.tr("Class field (empty: KML name or 'lcz')"),
             parentLayerParameterName=self.REFERENCE_AREAS, optional=True))
         self.addParameter(QgsProcessingParameterBoolean(
             self.IGNORE_UNKNOWN_LABELS,
-            self.tr("Skip polygons whose label is no LCZ class (listed in the log)"),
+            self.tr("Skip polygons whose label is not an LCZ class"),
             defaultValue=False))
         self.addParameter(QgsProcessingParameterRasterLayer(
             self.REFERENCE_RASTER, self.tr("Reference LCZ raster (instead of polygons)"),

@@ -137,10 +137,9 @@ No data: a cell is no data when its centre pixel is no data or more than half of
             extension="onnx"))
         self.addParameter(QgsProcessingParameterString(
             self.INPUT_BANDS,
-            self.tr("Input band names in order, or a preset: so2sat, s2-l1c-13, s2-l2a-12 "
-                    "(empty: the band descriptions)"), optional=True))
+            self.tr("Input band names, or a preset"), optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.CELL_SIZE, self.tr("Cell size in metres (empty: the model's default)"),
+            self.CELL_SIZE, self.tr("Cell size in metres (empty: the model's)"),
             QgsProcessingParameterNumber.Double, optional=True, minValue=0.0))
         self.addParameter(QgsProcessingParameterExtent(
             self.EXTENT, self.tr("Extent (empty: the whole input)"), optional=True))

@@ -135,11 +135,11 @@ Outputs
             self.TRAINING_AREAS, self.tr("Training areas (polygons, or WUDAPT KML/KMZ)"),
             [QgsProcessing.TypeVectorAnyGeometry]))
         self.addParameter(QgsProcessingParameterField(
-            self.CLASS_FIELD, self.tr("Class field (empty: KML placemark name, or 'lcz')"),
+            self.CLASS_FIELD, self.tr("Class field (empty: KML name or 'lcz')"),
             parentLayerParameterName=self.TRAINING_AREAS, optional=True))
         self.addParameter(QgsProcessingParameterBoolean(
             self.IGNORE_UNKNOWN_LABELS,
-            self.tr("Skip polygons whose label is no LCZ class (listed in the log)"),
+            self.tr("Skip polygons whose label is not an LCZ class"),
             defaultValue=False))
         self.addParameter(QgsProcessingParameterEnum(
             self.SAMPLES, self.tr("Samples"),
@@ -166,11 +166,11 @@ Outputs
             QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0))
         self.addParameter(QgsProcessingParameterNumber(
             self.VALIDATION_FRACTION,
-            self.tr("Validation fraction of each class's patches (whole polygons)"),
+            self.tr("Validation fraction per class (whole polygons)"),
             QgsProcessingParameterNumber.Double, defaultValue=VALIDATION_DEFAULT, minValue=0.0,
             maxValue=0.9))
         self.addParameter(QgsProcessingParameterNumber(
-            self.TEST_FRACTION, self.tr("Test fraction of each class's patches (whole polygons)"),
+            self.TEST_FRACTION, self.tr("Test fraction per class (whole polygons)"),
             QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0,
             maxValue=0.9))
         self.addParameter(QgsProcessingParameterNumber(
@@ -178,8 +178,7 @@ Outputs
             defaultValue=42))
         self.addParameter(QgsProcessingParameterString(
             self.INPUT_BANDS,
-            self.tr("Input band names in order, or a preset: so2sat, s2-l1c-13, s2-l2a-12 "
-                    "(empty: the band descriptions)"), optional=True))
+            self.tr("Input band names, or a preset"), optional=True))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT, self.tr("Patch file (keep it: a temporary file goes when QGIS "
                                  "closes)"), self.tr("HDF5 patch files (*.h5)")))

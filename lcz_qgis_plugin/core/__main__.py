@@ -4,9 +4,10 @@
     python -m lcz_qgis_plugin.core model-info m.onnx
     python -m lcz_qgis_plugin.core clean-partials FOLDER
 
-Errors print one line naming the problem and the fix, and exit with status 2. Ctrl+C or
-SIGTERM cancels a run like the Processing cancel button (a second one stops at once): the line
-"cancelled; no output was written" and exit status 130.
+Log lines go to stderr, with progress as a bar on a terminal and as a line every 10 % in a
+log file or pipe. Errors print one line naming the problem and the fix, and exit with status 2.
+Ctrl+C or SIGTERM cancels a run like the Processing cancel button (a second one stops at
+once): the line "cancelled; no output was written" and exit status 130.
 """
 
 from __future__ import annotations
@@ -74,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         # classify stops at its next batch; the other commands are short: stop at once
         cancel = feedback.cancel if args.command == "classify" else raise_keyboard_interrupt
         with cancel_on_signals(cancel):
-            return _run(args, feedback)
+            try:
+                return _run(args, feedback)
+            finally:
+                feedback.close()  # the progress bar ends before the result or error line
     except (Cancelled, KeyboardInterrupt):
         print(CANCELLED, file=sys.stderr)
         return CANCELLED_EXIT_STATUS

@@ -273,6 +273,8 @@ def _open_inputs(inputs: list[str], model: str | Engine, feedback: Feedback, *, 
     """The engine, the date stacks matched to its card's channels, the output grid and its
     strips (sized to ``strip_memory_mb``; a dense model's: :func:`.dense.open_dense_scene`);
     says which engine runs and what the grid is."""
+    if not isinstance(model, Engine):
+        feedback.info(f"Loading the model {os.path.basename(model)} ...")
     engine = model if isinstance(model, Engine) else Engine(model, device, threads, feedback)
     card = engine.card
     feedback.info(f"Model: {card.describe()}; execution provider: {engine.provider}")
@@ -387,6 +389,7 @@ def _run_scene(scene: _Scene, outputs: PendingOutputs, class_key: str,
     else:
         writer = Inline()
     engine_stage = _EngineStage(scene, outputs, class_key, writer, feedback, span)
+    feedback.info(f"Classifying {len(scene.strips)} strip(s) ...")
     for event in source:
         _check_cancel(feedback)
         engine_stage.handle(event)
@@ -417,7 +420,7 @@ def _finish(scene: _Scene, outputs: PendingOutputs, destinations: dict[str, str]
             tally.histogram = filter_band(outputs.band("RAW_CLASSES"), outputs.band("OUTPUT"),
                                           majority_radius, scene.strip_rows, on_block)
         errors.raise_if_any(f"class map output {destinations['OUTPUT']}")
-    outputs.commit()
+    outputs.commit(feedback)
 
 
 def _report(scene: _Scene, destinations: dict[str, str], tally: _Tally, seconds: float,

@@ -29,7 +29,7 @@ from ..channels import (
     parse_input_bands,
 )
 from ..errors import InputError
-from ..feedback import Feedback
+from ..feedback import Feedback, describe_files
 from ..model.card import ModelCard
 from ..model.card_file import read_model_card
 from ..outputs import PendingOutputs
@@ -217,6 +217,8 @@ def _write_tif(sources: list[_Source], output: str, card: ModelCard, feedback: F
             for number in range(1, len(sources) + 1):
                 pending.band("stack", number).DeleteNoDataValue()
         blocks = list(row_blocks(grid.height, 128))
+        feedback.info(f"Copying {len(sources)} channel(s) in {len(blocks)} block(s) of up to "
+                      f"128 rows ...")
         for count, (row0, rows) in enumerate(blocks):
             check_cancel(feedback)
             block = []
@@ -260,6 +262,7 @@ def build_stack(model: str | None, rasters: list[str], output: str,
         raise InputError("give a model (.onnx) whose channels to stack, or a channel list "
                          "such as 'S2:B02,S2:B03,...,OSM:building_fraction,DSM:height'.")
     what = f"the model {os.path.basename(model)}" if model else "the channel list"
+    feedback.info(f"Reading the band names of {describe_files(rasters)} ...")
     sources = _find_channels(card, [os.fspath(r) for r in rasters], what, feedback,
                              parse_input_bands(input_bands))
     _check_grid(sources, card)
@@ -273,7 +276,7 @@ def build_stack(model: str | None, rasters: list[str], output: str,
             _write_vrt(sources, output, card, pending)
         else:
             _write_tif(sources, output, card, feedback, pending)
-        pending.commit()
+        pending.commit(feedback)
     except BaseException:
         pending.discard()
         raise

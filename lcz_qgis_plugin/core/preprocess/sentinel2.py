@@ -37,7 +37,7 @@ from osgeo import gdal, ogr, osr
 
 from ..channels import S2_ALL, SO2SAT_BANDS, s2_channel
 from ..errors import InputError
-from ..feedback import Feedback
+from ..feedback import Feedback, describe_files
 from ..outputs import PendingOutputs, check_output_path
 from ..rasters import FLOAT_NODATA, TILED, bounded_cache, check_cancel, quiet_gdal
 from .reference_grid import Grid, transform_bounds
@@ -500,6 +500,7 @@ def stack_sentinel2(inputs: list[str], output: str, *, bands=SO2SAT_BANDS,
     feedback = feedback or Feedback()
     output = check_output_path(output, "Sentinel-2 stack")
     bands, indices = _check_arguments(bands, resampling, indices)
+    feedback.info(f"Reading the Sentinel-2 input(s) {describe_files(inputs)} ...")
     products = find_products(inputs)
     plan = _plan_stack(products, bands, indices, resampling=resampling, extent=extent,
                        aoi_wkt=aoi_wkt, aoi_crs=aoi_crs, mask_clouds=mask_clouds)
@@ -508,7 +509,7 @@ def stack_sentinel2(inputs: list[str], output: str, *, bands=SO2SAT_BANDS,
     try:
         with bounded_cache():
             _write_stack(pending, output, plan, feedback)
-        pending.commit()
+        pending.commit(feedback)
     except BaseException:
         pending.discard()
         raise
@@ -648,6 +649,7 @@ def _write_stack(pending: PendingOutputs, output: str, plan: _StackPlan,
     mosaic = _Mosaic(plan)
     _create_stack(pending, output, plan)
     blocks = list(range(0, plan.grid.height, BLOCK_ROWS))
+    feedback.info(f"Writing the stack in {len(blocks)} block(s) of up to {BLOCK_ROWS} rows ...")
     for number, row0 in enumerate(blocks):
         check_cancel(feedback)
         _write_block(pending, plan, mosaic, row0)
