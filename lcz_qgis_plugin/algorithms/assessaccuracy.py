@@ -114,7 +114,7 @@ Both files are checked before any work starts: a folder that cannot be created o
             self.tr("Skip polygons whose label is not an LCZ class"),
             defaultValue=False))
         self.addParameter(QgsProcessingParameterRasterLayer(
-            self.REFERENCE_RASTER, self.tr("Reference LCZ raster (instead of polygons)"),
+            self.REFERENCE_RASTER, self.tr("Reference LCZ map (raster)"),
             optional=True))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT_HTML, self.tr("Accuracy report"), self.tr("HTML files (*.html)")))

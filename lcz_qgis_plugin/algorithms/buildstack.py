@@ -72,7 +72,7 @@ Every channel must come from rasters on one grid (same CRS, origin, pixel size a
             self.INPUT, self.tr("Rasters holding the channels"), QgsProcessing.TypeRaster))
         self.addParameter(QgsProcessingParameterString(
             self.INPUT_BANDS,
-            self.tr("Band names of the first raster, or a preset"), optional=True))
+            self.tr("First raster's band names, or a preset"), optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.OUTPUT, self.tr("Model input stack")))
         self.addOutput(QgsProcessingOutputString("CHANNELS", self.tr("Channels written")))

@@ -22,13 +22,13 @@ from .base import LczAlgorithm
 from .output_layers import style_loaded_outputs
 
 # by enum index, as DEVICES: new choices go at the end, so saved models and scripts keep theirs
-DEVICE_LABELS = ("Automatic (the fastest that gives the same map)",
+DEVICE_LABELS = ("Automatic (fastest that keeps the map)",
                  "NVIDIA GPU",
                  "CPU",
                  "CPU through OpenVINO",
-                 "CPU through OpenVINO, reduced precision (faster, approximate)",
-                 "NVIDIA GPU, reduced precision (faster, approximate)",
-                 "CPU through OpenVINO, the model's int8 copy (faster, approximate)")
+                 "CPU through OpenVINO, approximate",
+                 "NVIDIA GPU, approximate",
+                 "CPU through OpenVINO, int8 copy, approximate")
 
 
 class ClassifyAlgorithm(LczAlgorithm):
@@ -172,7 +172,7 @@ No data: a cell is no data when its centre pixel is no data or more than half of
             self.OUTPUT_CONFIDENCE, self.tr("Confidence (top-1 probability, entropy)"),
             optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterRasterDestination(
-            self.OUTPUT_FINE, self.tr("Fine class map (dense models: the class of every pixel)"),
+            self.OUTPUT_FINE, self.tr("Fine class map (dense models only)"),
             optional=True, createByDefault=False))
         self.addOutput(QgsProcessingOutputString(
             "EXECUTION_PROVIDER", self.tr("Engine and execution provider used")))

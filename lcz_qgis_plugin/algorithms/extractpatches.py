@@ -143,13 +143,12 @@ Outputs
             defaultValue=False))
         self.addParameter(QgsProcessingParameterEnum(
             self.SAMPLES, self.tr("Samples"),
-            options=[self.tr("Patches, one per cell (patch models)"),
-                     self.tr("Tiles with a per-pixel label mask (dense models)")],
+            options=[self.tr("Patches (patch models)"),
+                     self.tr("Tiles with label masks (dense models)")],
             defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(
             self.PATCH_SIZE,
-            self.tr("Patch size in pixels, as the model to train takes them (MSMLA 48, "
-                    "Sen2LCZ-Net / So2Sat 32)"),
+            self.tr("Patch size in pixels (MSMLA 48, So2Sat 32)"),
             QgsProcessingParameterNumber.Integer, defaultValue=48, minValue=1, maxValue=1024))
         self.addParameter(QgsProcessingParameterNumber(
             self.TILE_SIZE, self.tr("Tile size in pixels (tiles)"),
@@ -180,8 +179,8 @@ Outputs
             self.INPUT_BANDS,
             self.tr("Input band names, or a preset"), optional=True))
         self.addParameter(QgsProcessingParameterFileDestination(
-            self.OUTPUT, self.tr("Patch file (keep it: a temporary file goes when QGIS "
-                                 "closes)"), self.tr("HDF5 patch files (*.h5)")))
+            self.OUTPUT, self.tr("Patch file (save it: a temporary one is deleted)"),
+            self.tr("HDF5 patch files (*.h5)")))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT_SUMMARY, self.tr("Summary (JSON)"), self.tr("JSON files (*.json)"),
             optional=True, createByDefault=False))

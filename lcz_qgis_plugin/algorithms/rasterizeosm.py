@@ -111,7 +111,7 @@ Output (OUTPUT): Float32 GeoTIFF, -9999 = no data, only outside the coverage. In
             self.addParameter(QgsProcessingParameterFeatureSource(
                 name, self.tr(label), types, optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.COVERAGE, self.tr("Coverage of the OSM data (outside: no data)"),
+            self.COVERAGE, self.tr("OSM coverage (outside: no data)"),
             [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(
             self.REFERENCE, self.tr("Reference raster (defines the grid)")))
@@ -119,7 +119,7 @@ Output (OUTPUT): Float32 GeoTIFF, -9999 = no data, only outside the coverage. In
             self.METRES_PER_LEVEL, self.tr("Metres per building level"),
             QgsProcessingParameterNumber.Double, defaultValue=3.0, minValue=0.1))
         self.addParameter(QgsProcessingParameterNumber(
-            self.DEFAULT_HEIGHT, self.tr("Default building height, m (empty: estimated)"),
+            self.DEFAULT_HEIGHT, self.tr("Default building height, m"),
             QgsProcessingParameterNumber.Double, optional=True, minValue=0.0))
         supersample = QgsProcessingParameterNumber(
             self.SUPERSAMPLE, self.tr("Sub-pixels per pixel edge"),

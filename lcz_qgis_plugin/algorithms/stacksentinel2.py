@@ -77,8 +77,7 @@ Bad input (missing bands, a zip that is not a Sentinel-2 product, damaged JP2, m
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterMultipleLayers(
-            self.INPUT, self.tr("Sentinel-2 products (.zip, .SAFE folder or its MTD_MSIL*.xml) "
-                                "or band rasters"),
+            self.INPUT, self.tr("Sentinel-2 products or band rasters"),
             QgsProcessing.TypeFile))
         self.addParameter(QgsProcessingParameterString(
             self.BANDS, self.tr("Bands (comma-separated, in output order)"),
@@ -89,7 +88,7 @@ Bad input (missing bands, a zip that is not a Sentinel-2 product, damaged JP2, m
         self.addParameter(QgsProcessingParameterExtent(
             self.EXTENT, self.tr("Extent (empty: everything)"), optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.AOI, self.tr("Area of interest (polygons; outside = no data)"),
+            self.AOI, self.tr("Area of interest (outside: no data)"),
             [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterBoolean(
             self.MASK_CLOUDS, self.tr("Mask clouds and shadows with the L2A SCL band"),
