@@ -201,6 +201,7 @@ def test_pip_failure_names_the_cause(tmp_path, clean_path):
 
 
 def test_dependency_folder_is_per_python_and_follows_the_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv("LCZ_DEPENDENCIES", raising=False)
     tag = f"py{sys.version_info[0]}{sys.version_info[1]}"
     assert dependencies.dependency_folder(str(tmp_path)) == str(tmp_path / tag)
     monkeypatch.setenv("LCZ_DEPENDENCIES", str(tmp_path / "shared"))

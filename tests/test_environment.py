@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from lcz_testing import channel_names, identity_card, linear_probe_model
+from lcz_testing import channel_names, identity_card, linear_probe_model, write_stack
 
 from lcz_qgis_plugin.core import environment
 from lcz_qgis_plugin.core.environment import (
@@ -151,3 +151,28 @@ def test_check_environment_headless(qgis_process):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "DEVICE choices of lcz:classify" in answer["results"]["REPORT"]
     assert answer["results"]["ONNXRUNTIME"] is True
+
+
+def test_command_line_declares_gdal_mode_without_changing_it(tmp_path):
+    """GDAL 3.9+ warns (FutureWarning) when the application chose no exception mode; the
+    core's command line declares the mode it finds. Run with that warning as an error: on
+    Debian 13's GDAL 3.10 (make test-qgis340) this failed before."""
+    names = channel_names(2)
+    card = identity_card("probe", names, 4, cell_size=40.0)
+    model, *_ = linear_probe_model(tmp_path / "probe.onnx", card)
+    scene = np.random.default_rng(3).normal(size=(2, 16, 16)).astype(np.float32)
+    stack = write_stack(tmp_path / "stack.tif", scene, names)
+    done = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-m",
+                           "lcz_qgis_plugin.core", "classify", "--input", stack, "--model", model,
+                           "--output", str(tmp_path / "lcz.tif"), "--device", "cpu"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    code = ("from osgeo import gdal\n"
+            "from lcz_qgis_plugin.core.environment import keep_gdal_exception_mode\n"
+            "for mode in (0, 1, 0):\n"
+            "    gdal.UseExceptions() if mode else gdal.DontUseExceptions()\n"
+            "    keep_gdal_exception_mode()\n"
+            "    assert gdal.GetUseExceptions() == mode\n"
+            "print('kept')\n")
+    kept = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert "kept" in kept.stdout, kept.stderr

@@ -91,6 +91,26 @@ class EnvironmentReport:
                 and not self.components[n].present]
 
 
+def keep_gdal_exception_mode() -> None:
+    """Declare the exception mode GDAL's Python bindings are in, without changing it.
+
+    GDAL 3.9+ warns once per process (FutureWarning: "Neither gdal.UseExceptions() nor
+    gdal.DontUseExceptions() has been explicitly called") when the application has not
+    chosen. The mode is process-wide and belongs to the application: QGIS 3.40's Processing
+    switches exceptions on, QGIS 3.22 leaves them off, and the core works in both (tested on
+    both). So the plugin chooses nothing inside QGIS; the core's command line, which is the
+    application, calls this: the mode stays what it is (off by default until GDAL 4), the
+    warning goes."""
+    try:
+        from osgeo import gdal
+    except ImportError:
+        return
+    if gdal.GetUseExceptions():
+        gdal.UseExceptions()
+    else:
+        gdal.DontUseExceptions()
+
+
 # --- the platform and the command that installs into QGIS's Python ----------------------------
 
 def platform_kind() -> str:
