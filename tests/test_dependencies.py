@@ -321,3 +321,19 @@ def test_message_bar_install_button_installs(tmp_path, wheelhouse):
     assert f"message Installed into {folder}: lczdummy_a 1.0" in done.stdout, \
         done.stdout + done.stderr
     assert f"imported {folder}" in done.stdout
+
+
+def test_openvino_telemetry_is_left_out():
+    """openvino lists openvino-telemetry, which sends usage statistics from QGIS without
+    asking; OpenVINO runs without it. The plan made from pip's report leaves it out (for real:
+    the Debian 13 run of tools/qgis_matrix.py checks the folder)."""
+    from lcz_testing import RecordingFeedback
+    report = {"version": "1", "install": [
+        {"metadata": {"name": name, "version": version}, "requested": name == "openvino",
+         "download_info": {"url": f"https://files.example/{name}-{version}.whl"}}
+        for name, version in (("openvino", "2026.4.1"), ("openvino-telemetry", "2025.2.0"),
+                              ("numpy", "2.2.4"))]}
+    feedback = RecordingFeedback()
+    plan = dependencies.planned(report, feedback)
+    assert [item["name"] for item in plan] == ["openvino", "numpy"]
+    assert "Leaving out openvino-telemetry 2025.2.0" in feedback.log

@@ -176,3 +176,14 @@ def test_command_line_declares_gdal_mode_without_changing_it(tmp_path):
             "print('kept')\n")
     kept = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert "kept" in kept.stdout, kept.stderr
+
+
+def test_openvino_telemetry_state_follows_the_consent_file(tmp_path, monkeypatch):
+    pytest.importorskip("openvino_telemetry", reason="openvino-telemetry is not installed")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path))
+    assert environment.openvino_telemetry() == "on"  # no consent file counts as consent
+    folder = tmp_path / ("Intel Corporation" if sys.platform == "win32" else "intel")
+    folder.mkdir()
+    (folder / "openvino_telemetry").write_text("0")
+    assert environment.openvino_telemetry() == "off"

@@ -8,9 +8,9 @@ onnxruntime, so the run also checks the first hour of a user:
 
 1. ``lcz:checkenvironment`` (qgis_process, the plugin installed from its ZIP) reports
    onnxruntime missing;
-2. ``lcz:installdependencies`` installs onnxruntime, h5py and OpenVINO from PyPI into the
-   QGIS profile's dependency folder, with QGIS's own Python (which has no pip module: the
-   installer runs pip from Debian's pip wheel);
+2. ``lcz:installdependencies`` installs onnxruntime, h5py and OpenVINO (without its
+   telemetry) from PyPI into the QGIS profile's dependency folder, with QGIS's own Python
+   (which has no pip module: the installer runs pip from Debian's pip wheel);
 3. ``lcz:checkenvironment`` reports them present;
 4. pytest runs :data:`TESTS` in a venv of the root (``--system-site-packages``: QGIS's PyQGIS,
    numpy and GDAL; plus pytest and onnx to build the test models, but no onnxruntime) with
@@ -55,6 +55,7 @@ TESTS = [
     "tests/test_algorithms.py",
     "tests/test_qgis_process.py",
     "tests/test_environment.py",
+    "tests/test_cli.py",
     "tests/test_dependencies.py",
     "tests/test_extract_assess_algorithms.py",
     "tests/test_qgis_process_extract_assess.py",
@@ -300,6 +301,9 @@ def first_hour(root: str, label: str) -> str:
           and after["MISSING"] == "" and "cpu" in after["DEVICES"].split(","),
           "after lcz:installdependencies, lcz:checkenvironment still reports a gap",
           after["REPORT"])
+    check("openvino-telemetry" not in installed["INSTALLED"]
+          and "telemetry" not in after["REPORT"],
+          "the installer installed OpenVINO's telemetry", installed)
     log(label, f"checkenvironment after: DEVICES {after['DEVICES']}")
     return installed["FOLDER"]
 

@@ -15,8 +15,9 @@ Two pip runs, so that nothing QGIS already has is installed a second time or cha
    against (never upgrade numpy under GDAL). pip picks versions of the new packages that fit,
    or says that none does.
 2. ``pip install --no-deps --target STAGING`` installs exactly the distributions of that
-   report into a staging folder, moved into the dependency folder when pip has finished. A
-   cancelled or failed run leaves the folder as it was.
+   report (less :data:`LEFT_OUT`: OpenVINO's telemetry) into a staging folder, moved into the
+   dependency folder when pip has finished. A cancelled or failed run leaves the folder as it
+   was.
 
 ``pip install --target`` alone would not do: it ignores what is installed and would put a
 second numpy into the folder.
@@ -53,6 +54,10 @@ FOLDER_VARIABLE = "LCZ_DEPENDENCIES"
 ``python/dependencies/lcz``): one folder for several profiles, or a test's own folder."""
 MODULES = ("onnxruntime", "h5py", "openvino")
 """The modules the installer knows, in the order they matter."""
+LEFT_OUT = {"openvino-telemetry": (
+    "OpenVINO's usage telemetry (it would send usage statistics to Intel from QGIS without "
+    "asking); OpenVINO runs without it and then sends nothing")}
+"""Distributions the installer does not install although a package lists them."""
 PEP440 = re.compile(r"^\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?(\+[a-z0-9.]+)?$", re.I)
 
 
@@ -354,9 +359,21 @@ def resolve(pip: list[str], requirements: list[str], folder: str, pip_options: l
         raise _failure(f"find packages for {', '.join(requirements)} that fit QGIS's Python",
                        lines)
     with open(report, encoding="utf-8") as f:
-        plan = json.load(f).get("install", [])
-    return [{"name": item["metadata"]["name"], "version": item["metadata"]["version"],
-             "url": item["download_info"]["url"]} for item in plan]
+        return planned(json.load(f), feedback)
+
+
+def planned(report: dict, feedback: Feedback) -> list[dict]:
+    """The distributions of pip's installation report (``--report``) to install: name,
+    version, url; :data:`LEFT_OUT` ones are named in the log and left out."""
+    plan = []
+    for item in report.get("install", []):
+        name, version = item["metadata"]["name"], item["metadata"]["version"]
+        why = LEFT_OUT.get(_normalise(name))
+        if why:
+            feedback.info(f"Leaving out {name} {version}: {why}.")
+        else:
+            plan.append({"name": name, "version": version, "url": item["download_info"]["url"]})
+    return plan
 
 
 def install_plan(pip: list[str], plan: list[dict], folder: str, pip_options: list[str],

@@ -239,6 +239,23 @@ def openvino_component() -> Component:
     return item
 
 
+def openvino_telemetry() -> str:
+    """"on" when OpenVINO's telemetry package is installed and the user has not opted out
+    (OpenVINO then sends usage statistics to Intel when it reads a model: no consent file
+    counts as consent), "off" when opted out, "" when the package is not installed."""
+    if importlib.util.find_spec("openvino_telemetry") is None:
+        return ""
+    if sys.platform == "win32":
+        folder = os.path.join(os.environ.get("LOCALAPPDATA", ""), "Intel Corporation")
+    else:
+        folder = os.path.join(os.path.expanduser("~"), "intel")
+    try:
+        with open(os.path.join(folder, "openvino_telemetry"), encoding="utf-8") as f:
+            return "on" if f.read().strip().endswith("1") else "off"
+    except OSError:
+        return "on"
+
+
 def h5py_component() -> Component:
     module, problem = try_import("h5py")
     item = Component("h5py", "patch files (lcz:extractpatches); optional", problem=problem)
@@ -381,7 +398,16 @@ def _notes(report: EnvironmentReport) -> list[str]:
                      "installer algorithm installs into the plugin's own folder instead.")
     if report.missing:
         notes.append(f"To install what is missing: {INSTALL_ALGORITHM}.")
+    if report.components["openvino"].present and openvino_telemetry() == "on":
+        notes.append("OpenVINO's telemetry (the openvino-telemetry package) is on: OpenVINO "
+                     "sends usage statistics to Intel when the plugin loads a model with it. "
+                     f"Turn it off: {_python_for_commands()} -m openvino_telemetry.opt_in_out "
+                     "--opt_out (the plugin's installer does not install it).")
     return notes
+
+
+def _python_for_commands() -> str:
+    return "python" if sys.platform == "win32" else "python3"
 
 
 def report_text(report: EnvironmentReport) -> str:
