@@ -251,7 +251,7 @@ def openvino_telemetry() -> str:
         folder = os.path.join(os.path.expanduser("~"), "intel")
     try:
         with open(os.path.join(folder, "openvino_telemetry"), encoding="utf-8") as f:
-            return "on" if f.read().strip().endswith("1") else "off"
+            return "on" if f.readline().strip() == "1" else "off"
     except OSError:
         return "on"
 
