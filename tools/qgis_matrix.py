@@ -19,10 +19,12 @@ onnxruntime, so the run also checks the first hour of a user:
 The root is cached under ``build/`` (one stamp file per phase; a phase runs again only when
 its stamp is missing or its command changed), so a second run only repeats steps 1-4.
 Everything mounted (/proc, /dev, the repository) is unmounted at the end, also after an error.
-Without root, debootstrap, mount or network the script says why and exits 0 (skipped).
+Without root, debootstrap, mount or network the script says why and exits 0 (skipped; with
+``LCZ_QGIS_MATRIX=required`` in the environment a skip fails instead).
 
     python3 tools/qgis_matrix.py                              # Debian 13, build/debian13
     python3 tools/qgis_matrix.py --suite sid --root build/debian-sid
+    python3 tools/qgis_matrix.py --unmount build    # what a killed run left mounted
 """
 
 from __future__ import annotations
@@ -101,9 +103,13 @@ def preflight(suite: str) -> None:
     if not reachable("https://pypi.org/simple/onnxruntime/"):
         raise Skip("cannot reach https://pypi.org (the installer under test downloads from it)")
     if shutil.which("debootstrap") is None:
-        done = subprocess.run(["apt-get", "install", "-y", "debootstrap"], capture_output=True,
-                              text=True, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-        if done.returncode != 0 or shutil.which("debootstrap") is None:
+        apt = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for command in ("apt-get install -y debootstrap",
+                        "apt-get update && apt-get install -y debootstrap"):
+            subprocess.run(command, shell=True, capture_output=True, env=apt)
+            if shutil.which("debootstrap"):
+                break
+        else:
             raise Skip("debootstrap is not installed and apt-get could not install it")
 
 
@@ -113,6 +119,8 @@ def mounts_under(root: str) -> list[str]:
     """Mount points under ``root``, deepest first (/proc/mounts escapes spaces as \\040)."""
     root = os.path.realpath(root)
     found = []
+    if not os.path.exists("/proc/mounts"):
+        return found
     with open("/proc/mounts") as f:
         for line in f:
             point = line.split()[1].replace("\\040", " ")
@@ -212,8 +220,14 @@ def debootstrap(root: str, suite: str) -> None:
         unmount_all(partial)
         shutil.rmtree(partial)
     os.makedirs(os.path.dirname(root) or ".", exist_ok=True)
-    subprocess.run(["debootstrap", "--variant=minbase", suite, partial, MIRROR], check=True,
-                   stdout=subprocess.DEVNULL)
+    log_file = root + ".debootstrap.log"
+    with open(log_file, "w") as output:
+        done = subprocess.run(["debootstrap", "--variant=minbase", suite, partial, MIRROR],
+                              stdout=output, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        with open(log_file) as f:
+            tail = "".join(f.readlines()[-5:])
+        raise Skip(f"debootstrap {suite} failed (exit {done.returncode}; {log_file}):\n{tail}")
     if os.path.exists(root):
         unmount_all(root)
         shutil.rmtree(root)
@@ -232,7 +246,9 @@ def copy_host_files(root: str) -> None:
 
 
 def install_qgis(root: str) -> None:
-    in_root(root, f"apt-get update -q && apt-get install -y -q --no-install-recommends "
+    """QGIS from the release's archive. Valid-Until is not checked: a mirror a few weeks
+    behind serves an expired sid Release file (seen here), which is no reason to skip."""
+    in_root(root, f"apt-get -o Acquire::Check-Valid-Until=false update -q && apt-get install -y -q --no-install-recommends "
                   f"{APT_PACKAGES} >/dev/null && apt-get clean")
 
 
@@ -369,7 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", default="trixie", help="Debian release (trixie, sid)")
     parser.add_argument("--root", help="where the root is built (default build/debian13 for "
                                        "trixie, build/debian-SUITE otherwise)")
+    parser.add_argument("--unmount", metavar="FOLDER",
+                        help="only unmount what a killed run left mounted under FOLDER")
     args = parser.parse_args(argv)
+    if args.unmount:
+        if os.path.isdir(args.unmount):
+            unmount_all(args.unmount)
+        return 0
     root = os.path.abspath(args.root or os.path.join(
         REPO, "build", "debian13" if args.suite == "trixie" else f"debian-{args.suite}"))
     label = f"qgis-matrix {args.suite}"
@@ -379,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         run(args.suite, root, label)
     except Skip as why:
         log(label, f"SKIPPED: {why}")
-        return 0
+        return 1 if os.environ.get("LCZ_QGIS_MATRIX") == "required" else 0
     except (RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         log(label, f"FAILED: {exc}")
         return 1
