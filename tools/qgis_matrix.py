@@ -248,8 +248,9 @@ def copy_host_files(root: str) -> None:
 def install_qgis(root: str) -> None:
     """QGIS from the release's archive. Valid-Until is not checked: a mirror a few weeks
     behind serves an expired sid Release file (seen here), which is no reason to skip."""
-    in_root(root, f"apt-get -o Acquire::Check-Valid-Until=false update -q && apt-get install -y -q --no-install-recommends "
-                  f"{APT_PACKAGES} >/dev/null && apt-get clean")
+    in_root(root, f"apt-get -o Acquire::Check-Valid-Until=false update -q && apt-get "
+                  f"install -y -q --no-install-recommends {APT_PACKAGES} >/dev/null && "
+                  f"apt-get clean")
 
 
 def make_test_venv(root: str) -> None:
