@@ -58,6 +58,8 @@ LEFT_OUT = {"openvino-telemetry": (
     "OpenVINO's usage telemetry (it would send usage statistics to Intel from QGIS without "
     "asking); OpenVINO runs without it and then sends nothing")}
 """Distributions the installer does not install although a package lists them."""
+NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+"""Windows: pip runs without a console window popping up over QGIS."""
 PEP440 = re.compile(r"^\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?(\+[a-z0-9.]+)?$", re.I)
 
 
@@ -153,7 +155,8 @@ def python_interpreter() -> str:
         try:
             done = subprocess.run([candidate, "-c", "import sys; print('%d.%d' % "
                                    "sys.version_info[:2])"], capture_output=True, text=True,
-                                  timeout=60, env=_clean_environment())
+                                  timeout=60, env=_clean_environment(),
+                                  creationflags=NO_WINDOW)
         except (OSError, subprocess.SubprocessError):
             continue
         if done.stdout.strip() == wanted:
@@ -179,7 +182,8 @@ def pip_command(interpreter: str) -> list[str]:
     else an error saying how to get pip."""
     try:
         done = subprocess.run([interpreter, "-m", "pip", "--version"], capture_output=True,
-                              text=True, timeout=120, env=_clean_environment())
+                              text=True, timeout=120, env=_clean_environment(),
+                              creationflags=NO_WINDOW)
         if done.returncode == 0:
             return [interpreter, "-m", "pip"]
     except (OSError, subprocess.SubprocessError):
@@ -275,7 +279,8 @@ def run_pip(command: list[str], env: dict, feedback: Feedback, on_line=None) -> 
     """Run pip, passing each output line to the log (and ``on_line``) as it comes; a cancel
     ends pip within a fraction of a second and raises Cancelled. (returncode, lines)."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, text=True, env=env, errors="replace")
+                               stdin=subprocess.DEVNULL, text=True, env=env, errors="replace",
+                               creationflags=NO_WINDOW)
     lines: queue.Queue = queue.Queue()
     reader = threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True)
     reader.start()

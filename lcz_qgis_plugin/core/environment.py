@@ -277,7 +277,7 @@ def nvidia_gpus() -> list[str]:
     try:
         done = subprocess.run([smi, "--query-gpu=name,memory.total,driver_version",
                                "--format=csv,noheader"], capture_output=True, text=True,
-                              timeout=15)
+                              timeout=15, creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in done.stdout.splitlines() if line.strip()]
@@ -343,7 +343,7 @@ def device_choices(components: dict[str, Component], nvidia: bool,
     fp16 = cuda and components["onnx"].present
     why = {
         "auto": (True, "the NVIDIA GPU (CUDA)" if cuda else
-                 f"the CPU, with {cpu_engines} ({cuda_why})"),
+                 f"the CPU, with {cpu_engines}; not CUDA: {cuda_why}"),
         "cpu": (True, "onnxruntime on the CPU, the reference engine"),
         "cuda": (cuda, cuda_why + ("; only a run proves that CUDA starts" if cuda else "")),
         "cuda-fp16": (fp16, cuda_why if not cuda else cuda_why if fp16 else
@@ -388,14 +388,16 @@ def check_environment(qgis_version: str = "", dependency_folder: str = "") -> En
 
 def _notes(report: EnvironmentReport) -> list[str]:
     notes = []
-    if report.dependency_folder:
-        listed = report.dependency_folder in sys.path
-        notes.append(f"The plugin's dependency folder is {report.dependency_folder} "
-                     f"({'on' if listed else 'not on'} sys.path).")
+    folder = report.dependency_folder
+    if folder:
+        state = ("on sys.path" if folder in sys.path else "not on sys.path: restart QGIS"
+                 ) if os.path.isdir(folder) else "not made yet: nothing installed there"
+        notes.append(f"The plugin's dependency folder is {folder} ({state}).")
     if externally_managed():
-        notes.append("This Python is externally managed (PEP 668): pip needs "
-                     "--break-system-packages or --user --break-system-packages; the "
-                     "installer algorithm installs into the plugin's own folder instead.")
+        notes.append("This Python is externally managed (PEP 668): 'pip install' and 'pip "
+                     "install --user' stop with externally-managed-environment; by hand add "
+                     "--break-system-packages. The installer algorithm needs neither: it "
+                     "installs into the plugin's own folder.")
     if report.missing:
         notes.append(f"To install what is missing: {INSTALL_ALGORITHM}.")
     if report.components["openvino"].present and openvino_telemetry() == "on":
@@ -423,8 +425,8 @@ def report_text(report: EnvironmentReport) -> str:
             "BROKEN" if item.present else "MISSING")
         lines.append(f"  [{state:7}] {item.name} {item.version or ''}".rstrip()
                      + f"  - {item.role}")
-        for label, text in (("from", item.detail), ("problem", item.problem),
-                            ("fix", item.fix)):
+        problem = "" if item.problem.startswith("ModuleNotFoundError") else item.problem
+        for label, text in (("from", item.detail), ("problem", problem), ("fix", item.fix)):
             if text:
                 lines.append(f"            {label}: {text}")
     lines += ["", "GPU:", f"  NVIDIA driver: {'found' if report.nvidia_driver else 'not found'}"]
