@@ -17,6 +17,7 @@ import json
 import os
 import sys
 
+from .environment import keep_gdal_exception_mode
 from .errors import Cancelled, LczError
 from .feedback import ConsoleFeedback
 from .inference.engine import DEVICES
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                     "into the folder does the same.")
     clean.add_argument("folder")
     args = parser.parse_args(argv)
+    keep_gdal_exception_mode()
     feedback = ConsoleFeedback()
     try:
         # classify stops at its next batch; the other commands are short: stop at once
