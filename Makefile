@@ -42,6 +42,7 @@ bench: setup
 	$(PY) bench/bench_classify.py
 	$(PY) bench/bench_stack.py
 	$(PY) bench/bench_training.py
+	$(PY) bench/bench_tiles.py
 
 clean:
 	rm -rf dist build out .pytest_cache

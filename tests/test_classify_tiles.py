@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -378,6 +379,9 @@ def test_ctrl_c_keeps_the_finished_tiles_and_a_rerun_runs_only_the_rest(scene, t
     assert partial_files(out) == [] and not (out / "lcz.vrt").exists()
     psutil.wait_procs(children, timeout=10)
     assert [c.pid for c in children if c.is_running() and c.status() != "zombie"] == []
+    pids = {f"-{c.pid}-" for c in children}
+    assert [name for name in os.listdir(tempfile.gettempdir()) if PARTIAL_MARK in name
+            and any(pid in name for pid in pids)] == []  # the workers' scratch folders
     rerun = cli(*args)
     stdout, stderr = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, stderr

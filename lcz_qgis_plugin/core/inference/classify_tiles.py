@@ -358,10 +358,10 @@ def _import_distributed():
 
 
 @contextlib.contextmanager
-def dask_client(settings: _ClusterSettings, feedback: Feedback):
+def dask_client(settings: _ClusterSettings, tiles_folder: str):
     """A Dask client: of a new local cluster, or of the scheduler at ``settings.scheduler``.
-    The local cluster is closed on the way out, and the partial files of the tiles its
-    workers were writing are then removed (their processes are gone)."""
+    The local cluster is closed on the way out, whatever happened, and the partial files of
+    the tiles its workers were writing are then removed (their processes are gone)."""
     distributed = _import_distributed()
     cluster = None
     if settings.scheduler:
@@ -380,6 +380,8 @@ def dask_client(settings: _ClusterSettings, feedback: Feedback):
         client.close()
         if cluster is not None:
             cluster.close()
+            sweep_partials(tiles_folder)
+            sweep_partials(tempfile.gettempdir())  # the workers' scratch folders
 
 
 def _local_cluster(distributed, settings: _ClusterSettings):
@@ -427,7 +429,7 @@ def _run_jobs(jobs: list[TileJob], settings: _ClusterSettings, manifest: Manifes
     when some failed (after the others finished). Returns the dashboard's address."""
     threads = jobs[0].threads
     token = uuid.uuid4().hex[:8]
-    with dask_client(settings, feedback) as client:
+    with dask_client(settings, os.path.join(jobs[0].folder, TILES_FOLDER)) as client:
         link, line = dashboard_line(client, settings.scheduler is None)
         feedback.info(line)
         if settings.scheduler:
@@ -442,9 +444,6 @@ def _run_jobs(jobs: list[TileJob], settings: _ClusterSettings, manifest: Manifes
         except BaseException:
             client.cancel(list(futures), force=True)
             raise
-    if settings.scheduler is None:  # the local workers are gone: their partial files too
-        sweep_partials(os.path.join(jobs[0].folder, TILES_FOLDER))
-        sweep_partials(tempfile.gettempdir())
     if failures:
         raise _failure(failures, manifest.finished(), total)
     return link
