@@ -461,3 +461,22 @@ def test_a_tile_of_no_data_only_is_written_as_no_data(cluster, tmp_path):
     assert (classes[:16, :16] == 0).all() and classes[21:, 21:].all()
     np.testing.assert_array_equal(classes, read(whole.output))
     assert result.class_counts == whole.class_counts
+
+
+@pytest.mark.slow
+@needs_dask
+def test_restart_with_another_plan_replaces_the_earlier_tiles(scene, cluster, tmp_path):
+    out = tmp_path / "out"
+    run = dict(device="cpu", scheduler=cluster.scheduler_address, progress_bar=False)
+    classify_tiles([scene["stack"]], scene["model"], out, tile_cells=TILE_CELLS,
+                   probabilities=True, **run)
+    with pytest.raises(InputError, match=r"another plan: the tile size \(48 before, 64 now\); "
+                                         r"the outputs asked for .*--restart"):
+        classify_tiles([scene["stack"]], scene["model"], out, tile_cells=64, **run)
+    result = classify_tiles([scene["stack"]], scene["model"], out, tile_cells=64,
+                            restart=True, **run)
+    assert (result.tiles, result.tiles_run) == (6, 6)
+    assert sorted(os.listdir(out / "tiles")) == [f"lcz_r000{i}_c000{j}.tif"
+                                                 for i in range(3) for j in range(2)]
+    assert not (out / "probabilities.vrt").exists()
+    np.testing.assert_array_equal(read(result.output), read(scene["whole"].output))
