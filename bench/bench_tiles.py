@@ -208,14 +208,15 @@ def extrapolate(per_task: float, one: dict, single_s: float, cells: int, tiles: 
     overhead = max(0.0, (one["seconds"] - single_s) / tiles)
     print(f"\nextrapolated to {COUNTRY_CELLS / 1e6:.0f} million cells on {COUNTRY_WORKERS} "
           f"workers, each as fast as this machine:")
-    for tile_cells in (512, 256):
+    rate = cells / single_s  # cells/s of one worker as fast as this machine
+    for tile_cells in (512, 256, 128):
         n = int(-(-COUNTRY_CELLS // tile_cells ** 2))
-        compute = COUNTRY_CELLS / (cells / single_s) / COUNTRY_WORKERS
         rounds = -(-n // COUNTRY_WORKERS)
-        print(f"  tiles of {tile_cells}: {n} tiles ({n / COUNTRY_WORKERS:.1f} per worker, "
-              f"{rounds} round(s)); scheduler {n * per_task:.2f} s in all; per-tile overhead "
-              f"{overhead * rounds:.0f} s per worker; inference {compute / 60:.0f} min per "
-              f"worker when balanced")
+        tile_s = tile_cells ** 2 / rate + overhead
+        print(f"  tiles of {tile_cells}: {n} tiles ({n / COUNTRY_WORKERS:.1f} per worker); "
+              f"scheduler {n * per_task:.1f} s in all; {rounds} tile(s) of "
+              f"{tile_s / 60:.1f} min on the busiest worker: {rounds * tile_s / 60:.0f} min "
+              f"(perfect balance: {COUNTRY_CELLS / rate / COUNTRY_WORKERS / 60:.0f} min)")
     per_cell, per_file = sizes
     n = int(-(-COUNTRY_CELLS // 512 ** 2))
     size = {k: per_cell[k] * COUNTRY_CELLS + per_file[k] * n for k in per_cell}
