@@ -56,6 +56,7 @@ bench: setup
 	$(PY) bench/bench_classify.py
 	$(PY) bench/bench_stack.py
 	$(PY) bench/bench_training.py
+	$(PY) bench/bench_tiles.py
 
 clean:
 	python3 tools/qgis_matrix.py --unmount build

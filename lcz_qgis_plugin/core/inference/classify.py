@@ -196,7 +196,7 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
              threads: int = 0, feedback: Feedback | None = None,
              max_nodata_fraction: float = 0.5, strip_memory_mb: float = 256,
              prefetch: bool = True, input_bands=None, fine_output: str | None = None,
-             tile_size: int | None = None) -> ClassifyResult:
+             tile_size: int | None = None, allow_empty: bool = False) -> ClassifyResult:
     """Classify the input stack(s) into an LCZ map.
 
     ``inputs``: paths of one or more stacks of the same area and grid (several dates: their
@@ -209,7 +209,8 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
     :func:`.bandnames.parse_input_bands`. A dense model (``lcz.model_kind`` dense) is run
     in overlapping tiles of ``tile_size`` px (None: automatic, see :func:`.tiles.make_layout`)
     by :mod:`.dense`; ``fine_output`` (dense models only) is its per-pixel class map at the
-    model's output resolution. Raises
+    model's output resolution. ``allow_empty`` writes a map whose every cell is no-data
+    (a tile of a tiled run over the sea) instead of refusing it. Raises
     :class:`~.errors.LczError` subclasses with messages meant for the user; nothing is left on
     disk after an error or a cancel.
     """
@@ -232,7 +233,8 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
                                batch_size=batch_size, prefetch=prefetch,
                                max_nodata_fraction=max_nodata_fraction)
             _finish(scene, outputs, destinations, tally, feedback, span=span,
-                    majority_radius=majority_radius, max_nodata_fraction=max_nodata_fraction)
+                    majority_radius=majority_radius, max_nodata_fraction=max_nodata_fraction,
+                    allow_empty=allow_empty)
     except BaseException:
         stages.close()  # stop and join the threads before their outputs are deleted
         outputs.discard()
@@ -400,10 +402,11 @@ def _run_scene(scene: _Scene, outputs: PendingOutputs, class_key: str,
 
 def _finish(scene: _Scene, outputs: PendingOutputs, destinations: dict[str, str],
             tally: _Tally, feedback: Feedback, *, span: float, majority_radius: int,
-            max_nodata_fraction: float) -> None:
-    """Refuse a map without a classified cell, run the majority filter pass over the written
-    classes (the filtered map's counts replace the tally's), and put the outputs in place."""
-    if tally.histogram[1:].sum() == 0:
+            max_nodata_fraction: float, allow_empty: bool = False) -> None:
+    """Refuse a map without a classified cell (unless ``allow_empty``), run the majority
+    filter pass over the written classes (the filtered map's counts replace the tally's), and
+    put the outputs in place."""
+    if tally.histogram[1:].sum() == 0 and not allow_empty:
         raise InputError(
             f"every cell of the output is no-data: the input stack(s) hold no valid "
             f"pixels in the classified area (or every patch is more than "
