@@ -144,3 +144,16 @@ def test_a_full_disk_keeps_the_previous_file_and_leaves_no_partial(tmp_path):
     assert "Nothing was replaced" in done.stderr
     assert final.read_text() == "previous report"
     assert listing(tmp_path) == ["report.html"]
+
+
+def test_a_dropped_output_keeps_its_previous_file_and_the_rest_is_committed(tmp_path):
+    """A check of one output failed (the int8 variant of an export): it is given up, the
+    other outputs of the run still go in place."""
+    variant, model = tmp_path / "m.int8.onnx", tmp_path / "m.onnx"
+    variant.write_text("previous variant")
+    with Commit() as commit:
+        commit.write_text(str(variant), "new variant")
+        commit.write_text(str(model), "new model")
+        commit.drop(str(variant))
+    assert variant.read_text() == "previous variant" and model.read_text() == "new model"
+    assert listing(tmp_path) == ["m.int8.onnx", "m.onnx"]

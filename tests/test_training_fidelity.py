@@ -128,3 +128,30 @@ def test_calibrating_a_probability_model_scales_its_log_probabilities(tmp_path):
     expected = np.exp(log_p / t) / np.exp(log_p / t).sum(axis=1, keepdims=True)
     got = engine.probabilities(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_convert_keras_onto_a_full_disk_keeps_the_previous_files(tmp_path):
+    """Issue 12: the ONNX model and the PyTorch weights go in place together, after the
+    parity check; a full disk leaves the previous ones byte for byte and nothing partial."""
+    import subprocess
+    import sys
+
+    from faults import (
+        assert_one_clear_error,
+        assert_unchanged,
+        file_size_limit,
+        partials,
+        snapshot,
+    )
+    weights = need(SEN2LCZ)
+    out, torch_out = tmp_path / "sen2lcz.onnx", tmp_path / "sen2lcz.pt"
+    out.write_bytes(b"the previous model " * 1000)
+    torch_out.write_bytes(b"the previous weights " * 1000)
+    before = snapshot(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "training", "convert-keras", "--weights",
+                           weights, "--out", str(out), "--torch-out", str(torch_out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          preexec_fn=file_size_limit(64 * 1024))
+    assert_one_clear_error(done, "sen2lcz", "free some space", "Nothing was replaced")
+    assert_unchanged(before, tmp_path)
+    assert not partials(tmp_path)

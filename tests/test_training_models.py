@@ -56,3 +56,17 @@ def test_export_refuses_and_deletes_a_file_without_parity(tmp_path):
     with pytest.raises(ExportError, match="differs from PyTorch"):
         export_onnx(model, card, tmp_path / "m.onnx", parity_tolerance=-1.0)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_failed_parity_check_keeps_the_model_already_there(tmp_path):
+    """Issue 12: the new file is checked under its temporary name; the good model at the
+    destination stays byte for byte, and nothing partial is left beside it."""
+    torch.manual_seed(0)
+    card = identity_card("msmla18", ["a", "b"], 16)
+    good = export_onnx(build_model("msmla18", channels=2), card, tmp_path / "m.onnx")
+    before = (tmp_path / "m.onnx").read_bytes()
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_onnx(build_model("msmla18", channels=2), card, good, parity_tolerance=-1.0)
+    assert (tmp_path / "m.onnx").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    assert Engine(good, device="cpu").card == card

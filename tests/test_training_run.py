@@ -360,3 +360,47 @@ def test_busy_machine_note_suggests_one_thread(monkeypatch):
     assert busy_machine_note(1) is None  # one thread: nothing to contend
     monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.3, 0.2))
     assert busy_machine_note(2) is None
+
+
+def run_cli_limited(args: list[str], limit: int):
+    """``python -m training ARGS`` in a child process whose writes past ``limit`` bytes fail
+    (EFBIG, as a full disk fails with ENOSPC: tests/faults.py)."""
+    import os
+    import subprocess
+    import sys
+
+    from faults import ROOT, file_size_limit
+    return subprocess.run([sys.executable, "-m", "training", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300, preexec_fn=file_size_limit(limit),
+                          env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+
+
+def test_export_onto_a_full_disk_keeps_the_previous_model_and_its_int8_variant(toy, tmp_path):
+    """Issue 12: the export writes every file under a temporary name; a full disk leaves the
+    model (and its int8 variant) already at --out byte for byte, and nothing partial."""
+    import shutil
+
+    from faults import assert_one_clear_error, assert_unchanged, partials, snapshot
+    out = tmp_path / "m.onnx"
+    shutil.copyfile(toy["onnx"], out)
+    shutil.copyfile(toy["onnx"], tmp_path / "m.int8.onnx")  # stands for an earlier variant
+    before = snapshot(tmp_path)
+    done = run_cli_limited(["export", "--checkpoint", str(toy["run"] / "best.pt"), "--out",
+                            str(out)], limit=out.stat().st_size // 2)
+    assert_one_clear_error(done, "m.onnx", "free some space", "Nothing was replaced")
+    assert_unchanged(before, tmp_path)
+    assert not partials(tmp_path)
+
+
+def test_compare_onto_a_full_disk_keeps_the_previous_table(toy, tmp_path):
+    from faults import assert_one_clear_error, assert_unchanged, partials, snapshot
+    report = str(tmp_path / "a")
+    assert main(["evaluate", "--model", toy["onnx"], "--data", toy["val"], "--out", report,
+                 "--name", "run-a"]) == 0
+    table = tmp_path / "table.md"
+    table.write_text("the previous table\n")
+    before = snapshot(tmp_path)
+    done = run_cli_limited(["compare", report, "--out", str(table)], limit=64)
+    assert_one_clear_error(done, "table.md", "free some space")
+    assert_unchanged(before, tmp_path)
+    assert not partials(tmp_path)

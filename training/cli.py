@@ -156,8 +156,9 @@ def run(args) -> int:
         from .evaluate import compare
         table = compare(args.reports)
         if args.out:
-            with open(args.out, "w", encoding="utf-8") as f:
-                f.write(table)
+            from lcz_qgis_plugin.core.commit import Commit
+            with Commit(inputs=args.reports) as files:
+                files.write_text(args.out, table, "comparison table")
         print(table, end="")
     elif args.command == "calibrate":
         from .evaluate import calibrate

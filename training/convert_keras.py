@@ -21,6 +21,7 @@ import os
 import torch
 
 from lcz_qgis_plugin.core.channels import SO2SAT_CHANNELS, default_scale
+from lcz_qgis_plugin.core.commit import Commit
 from lcz_qgis_plugin.core.model.card import ModelCard
 
 from .export import export_onnx
@@ -76,8 +77,15 @@ def pretrained_card(architecture: str, weights_path: str) -> ModelCard:
 
 def convert_keras(weights_path: str, out: str, architecture: str | None = None,
                   torch_out: str | None = None) -> tuple[str, ModelCard]:
+    """Both outputs (the ONNX model, and the PyTorch weights with ``torch_out``) are written
+    under temporary names and moved into place together once the ONNX parity check passed
+    (:mod:`lcz_qgis_plugin.core.commit`): a failure leaves the previous files as they were."""
     architecture, model = keras_to_torch(weights_path, architecture)
     card = pretrained_card(architecture, weights_path)
-    if torch_out:
-        torch.save({"architecture": architecture, "state_dict": model.state_dict()}, torch_out)
-    return export_onnx(model, card, out, parity_tolerance=1e-5), card
+    payload = {"architecture": architecture, "state_dict": model.state_dict()}
+    with Commit(inputs=[weights_path]) as files:
+        if torch_out:
+            files.save_with(torch_out, lambda temp: torch.save(payload, temp),
+                            "PyTorch weights", errors=(RuntimeError,))
+        export_onnx(model, card, out, parity_tolerance=1e-5, files=files)
+    return os.fspath(out), card

@@ -3,7 +3,10 @@
 The exported file has a dynamic batch dimension, opset 17, and the contract's metadata
 (:class:`lcz_qgis_plugin.core.model.card.ModelCard`). After writing, the file is run with
 onnxruntime on random normalised patches and compared with PyTorch; an export that does not
-reproduce the model is deleted and refused.
+reproduce the model is refused. Every file is written under a temporary name and checked
+there, and moved into place only when the whole export succeeded
+(:mod:`lcz_qgis_plugin.core.commit`): a failed check or a full disk leaves the model (and the
+int8 variant) already at the destination as they were.
 
 A dense model (``model_kind`` dense, e.g. the U-Net) is exported with dynamic height and
 width too: input ``N x C x H x W``, output logits ``N x K x H x W`` (output stride 1), H and W
@@ -20,6 +23,7 @@ import warnings
 import numpy as np
 import torch
 
+from lcz_qgis_plugin.core.commit import Commit
 from lcz_qgis_plugin.core.model.card import ModelCard
 from lcz_qgis_plugin.core.model.card_writer import write_model_card
 
@@ -50,9 +54,19 @@ class ExportError(RuntimeError):
 
 
 def export_onnx(model: torch.nn.Module, card: ModelCard, path: str | os.PathLike, *,
-                parity_tolerance: float = 1e-4, parity_batch: int = 4, seed: int = 0) -> str:
-    """Write ``model`` (returning logits) with ``card`` to ``path`` and check parity."""
+                parity_tolerance: float = 1e-4, parity_batch: int = 4, seed: int = 0,
+                files: Commit | None = None) -> str:
+    """Write ``model`` (returning logits) with ``card`` to ``path`` and check parity.
+
+    The file is written and checked under its temporary name in ``files`` (:class:`Commit`;
+    by default one of its own, committed here): a failed check or a full disk leaves the
+    model already at ``path`` as it was. With ``files`` given, the file is at
+    ``files.temp_of(path)`` until the caller commits."""
     path = os.fspath(path)
+    if files is None:
+        with Commit() as own:
+            return export_onnx(model, card, path, parity_tolerance=parity_tolerance,
+                               parity_batch=parity_batch, seed=seed, files=own)
     model = model.eval()
     probabilities = card.output_kind == "probabilities"
     if probabilities and not hasattr(model, "probabilities"):
@@ -62,18 +76,20 @@ def export_onnx(model: torch.nn.Module, card: ModelCard, path: str | os.PathLike
     output_name = PROBABILITIES_NAME if probabilities else OUTPUT_NAME
     example = torch.zeros(1, card.n_channels, card.patch_size, card.patch_size)
     free = {0: "N", 2: "H", 3: "W"} if card.is_dense else {0: "N"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(graph_model, example, path, input_names=[INPUT_NAME],
-                          output_names=[output_name], opset_version=OPSET, dynamo=False,
-                          dynamic_axes={INPUT_NAME: free, output_name: free})
-    write_model_card(path, card, path)
-    try:
-        for size in parity_sizes(card):
-            check_parity(model, path, card, parity_batch, parity_tolerance, seed, size)
-    except ExportError:
-        os.remove(path)
-        raise
+
+    def write(temp: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(graph_model, example, temp, input_names=[INPUT_NAME],
+                              output_names=[output_name], opset_version=OPSET, dynamo=False,
+                              dynamic_axes={INPUT_NAME: free, output_name: free})
+        write_model_card(temp, card, temp)
+
+    # torch's and onnx's writers report a failed write as RuntimeError or ValueError too
+    files.save_with(path, write, "model", errors=(RuntimeError, ValueError))
+    for size in parity_sizes(card):  # on the temporary file, before it replaces anything
+        check_parity(model, files.temp_of(path), card, parity_batch, parity_tolerance, seed,
+                     size)
     return path
 
 
@@ -156,33 +172,35 @@ def export_checkpoint(checkpoint: str, path: str, temperature: float = 1.0,
     results recorded in the card (:mod:`training.precision`); ``auto`` takes the run's
     validation data (else its training data), ``None`` skips the checks.
     ``calibration_data``: patches that set the int8 variant's activation ranges; ``auto``
-    takes the run's training data."""
+    takes the run's training data. The model and its int8 variant are moved into place
+    together once everything is written and checked (:mod:`lcz_qgis_plugin.core.commit`)."""
     from .train import load_checkpoint, model_from_checkpoint
 
     payload = load_checkpoint(checkpoint)
     model = model_from_checkpoint(payload)
     card = card_from_checkpoint(payload, temperature, version,
                                 {"checkpoint": os.path.basename(checkpoint)})
-    export_onnx(model, card, path)
     config = payload.get("config", {})
     if precision_data == "auto":
         precision_data = config.get("val") or config.get("train")
     if calibration_data == "auto":
         calibration_data = config.get("train") or precision_data
-    if precision_data and precisions and card.is_dense:
-        from .precision import DENSE_PRECISION_NOTE
-        report(f"precision checks not made: {DENSE_PRECISION_NOTE}")
-        return path
-    if precision_data and precisions:
-        _record_precision_checks(path, precision_data, list(precisions), calibration_data,
-                                 report)
+    with Commit(inputs=[checkpoint]) as files:
+        export_onnx(model, card, path, files=files)
+        if precision_data and precisions and card.is_dense:
+            from .precision import DENSE_PRECISION_NOTE
+            report(f"precision checks not made: {DENSE_PRECISION_NOTE}")
+        elif precision_data and precisions:
+            _record_precision_checks(path, precision_data, list(precisions),
+                                     calibration_data, report, files)
     return path
 
 
 def _record_precision_checks(path: str, data: str, precisions: list[str],
-                             calibration: str | None, report) -> None:
-    """Measure and record the checks; a check that cannot run here only says why (the model
-    stays valid, the Automatic device then does not use that precision)."""
+                             calibration: str | None, report, files: Commit) -> None:
+    """Measure and record the checks on the model's temporary file in ``files``; a check
+    that cannot run here only says why (the model stays valid, the Automatic device then does
+    not use that precision)."""
     from .precision import record_checks, run_checks
     missing = [p for p in (data, calibration) if p and not os.path.exists(p.split("#")[0])]
     if missing:
@@ -190,6 +208,8 @@ def _record_precision_checks(path: str, data: str, precisions: list[str],
                f"'python -m training check-precision --model {path} --data PATCHES' to add "
                f"them.")
         return
-    checks = run_checks(path, data, precisions, calibration, report=report)
+    temp = files.temp_of(path)
+    checks = run_checks(temp, data, precisions, calibration, variant_beside=path,
+                        report=report, files=files)
     if checks:
-        record_checks(path, checks)
+        record_checks(temp, checks, path, files=files)

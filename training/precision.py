@@ -32,11 +32,11 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-import shutil
-import tempfile
 
 import numpy as np
 
+from lcz_qgis_plugin.core.commit import Commit, describe_os_error
+from lcz_qgis_plugin.core.errors import OutputError
 from lcz_qgis_plugin.core.model.card import PATCHES_REQUIRED, SAME_CLASS_REQUIRED, ModelCard
 
 from .evaluate import EvaluationError, Predictor, predict, softmax
@@ -151,10 +151,14 @@ def calibration_patches(card: ModelCard, data: str, count: int = CALIBRATION_PAT
     return ((source.read(np.sort(rows)) - mean) / std).astype(np.float32)
 
 
-def quantize_int8(model: str, patches: np.ndarray, out: str, batch: int = 16) -> str:
+def quantize_int8(model: str, patches: np.ndarray, out: str, batch: int = 16, *,
+                  files: Commit | None = None, model_name: str | None = None) -> str:
     """Static int8 quantization of ``model`` (QDQ: int8 weights per output channel, uint8
     activations with ranges from ``patches``), written to ``out`` with the model's card (its
-    precision checks left out: they describe the float model).
+    precision checks left out: they describe the float model). ``out`` goes through
+    ``files`` (:class:`Commit`; by default one of its own, committed here), so a failure
+    leaves the previous variant as it was; ``model_name``: the model's final file name, for
+    the variant's provenance, where ``model`` is still a temporary file.
 
     Only the convolutions are quantized (their inputs and weights: almost all the work); the
     attention blocks' small dense layers, sigmoids, products and sums stay in float32. And
@@ -164,6 +168,35 @@ def quantize_int8(model: str, patches: np.ndarray, out: str, batch: int = 16) ->
     by OpenVINO): MSMLA-50 98.9 % with every operator quantized and extreme ranges, 99.0 %
     with percentiles, 99.4 % with percentiles and convolutions only; MSMLA-18 98.8 % and
     99.5 % for the last two; the speed stays (1.8x OpenVINO float32 on the AMD EPYC)."""
+    if files is None:
+        with Commit(inputs=[model]) as own:
+            return quantize_int8(model, patches, out, batch, files=own, model_name=model_name)
+    from lcz_qgis_plugin.core.model.card_file import read_model_card
+    from lcz_qgis_plugin.core.model.card_writer import write_model_card
+
+    card = read_model_card(model)
+    card.precision_checks = {}
+    card.provenance = dict(card.provenance, int8_of=model_name or os.path.basename(model),
+                           int8_calibration=f"{len(patches)} patches")
+    folder = files.scratch(out)
+    prepared, quantized = (os.path.join(folder, n) for n in ("pre.onnx", "int8.onnx"))
+    _quantize_static(model, patches, batch, prepared, quantized)
+    files.save_with(out, lambda temp: write_model_card(quantized, card, temp), "int8 variant")
+    return out
+
+
+def calibration_batch(count: int, batch: int) -> int:
+    """The largest batch of at most ``batch`` patches that divides ``count``: onnxruntime's
+    percentile calibrator stacks the activations of all batches into one array, which fails
+    ("inhomogeneous shape") when the last batch is smaller. The percentiles are taken over
+    all values of all patches, so the batch size does not change the ranges."""
+    return next(size for size in range(max(1, min(batch, count)), 0, -1) if count % size == 0)
+
+
+def _quantize_static(model: str, patches: np.ndarray, batch: int, prepared: str,
+                     quantized: str) -> None:
+    """onnxruntime's pre-processing and static QDQ quantization (see :func:`quantize_int8`)
+    of ``model`` into ``quantized``, calibrated on ``patches``."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -174,70 +207,64 @@ def quantize_int8(model: str, patches: np.ndarray, out: str, batch: int = 16) ->
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from lcz_qgis_plugin.core.model.card_file import read_model_card
-    from lcz_qgis_plugin.core.model.card_writer import write_model_card
-
-    card = read_model_card(model)
     input_name = onnx.load(model, load_external_data=False).graph.input[0].name
+    size = calibration_batch(len(patches), batch)
 
     class Patches(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{input_name: patches[i:i + batch]}
-                                 for i in range(0, len(patches), batch)])
+            self.batches = iter([{input_name: patches[i:i + size]}
+                                 for i in range(0, len(patches), size)])
 
         def get_next(self):
             return next(self.batches, None)
 
-    folder = tempfile.mkdtemp(prefix="lcz-int8-")
     try:
-        prepared, quantized = (os.path.join(folder, n) for n in ("pre.onnx", "int8.onnx"))
-        try:
-            quant_pre_process(model, prepared)
-            quantize_static(prepared, quantized, Patches(), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            per_channel=True, calibrate_method=CalibrationMethod.Percentile,
-                            op_types_to_quantize=["Conv"])
-        except Exception as exc:  # onnxruntime's quantizer raises many kinds
-            raise EvaluationError(f"onnxruntime could not quantize {model} to int8: "
-                                  f"{str(exc).strip()[:300]}") from None
-        card.precision_checks = {}
-        card.provenance = dict(card.provenance, int8_of=os.path.basename(model),
-                               int8_calibration=f"{len(patches)} patches")
-        write_model_card(quantized, card, quantized)
-        partial = out + ".partial"
-        shutil.copyfile(quantized, partial)
-        os.replace(partial, out)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return out
+        quant_pre_process(model, prepared)
+        quantize_static(prepared, quantized, Patches(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        per_channel=True, calibrate_method=CalibrationMethod.Percentile,
+                        op_types_to_quantize=["Conv"])
+    except OSError as exc:  # a full disk under the scratch folder: not the model's fault
+        raise OutputError(f"quantizing {model} to int8 failed: {describe_os_error(exc)}. "
+                          f"Nothing was replaced.") from None
+    except Exception as exc:  # onnxruntime's quantizer raises many kinds
+        raise EvaluationError(f"onnxruntime could not quantize {model} to int8: "
+                              f"{str(exc).strip()[:300]}") from None
 
 
 def measure_int8(model: str, data: str, calibration: str, out: str,
                  limit: int = DEFAULT_LIMIT, batch_size: int = 256,
-                 reference: _Reference | None = None) -> dict:
+                 reference: _Reference | None = None, *, files: Commit | None = None,
+                 model_name: str | None = None) -> dict:
     """Write the int8 variant of ``model`` to ``out`` (calibrated on patches of
     ``calibration``) and compare it, run by OpenVINO as DEVICE OpenVINO int8 runs it, with
     onnxruntime float32 on the patches of ``data``. The result names the file and its SHA-256,
-    which the Automatic device checks before using it."""
+    which the Automatic device checks before using it. The variant is checked as its
+    temporary file and goes through ``files`` (by default committed here once checked): a
+    failed check leaves the previous variant at ``out`` as it was."""
     from lcz_qgis_plugin.core.inference.engine import import_openvino
     from lcz_qgis_plugin.core.model.card_file import read_model_card
     if import_openvino() is None:
         raise PrecisionCheckSkipped("openvino is not installed")
-    card = read_model_card(model)
-    patches = calibration_patches(card, calibration)
-    quantize_int8(model, patches, out)
-    reference = reference or _Reference(model, data, limit, batch_size)
+    if files is None:
+        with Commit(inputs=[model, data.split("#")[0]]) as own:
+            return measure_int8(model, data, calibration, out, limit, batch_size, reference,
+                                files=own, model_name=model_name)
+    patches = calibration_patches(read_model_card(model), calibration)
     try:
+        quantize_int8(model, patches, out, files=files, model_name=model_name)
+        variant = files.temp_of(out)
+        reference = reference or _Reference(model, data, limit, batch_size)
         # the variant's own card is the model's, so the engine opens it directly; OpenVINO
         # sees a quantized model and runs it as DEVICE OpenVINO int8 does
-        check = _compare(reference, Predictor(out, device="openvino"),
+        check = _compare(reference, Predictor(variant, device="openvino"),
                          f"OpenVINO {_openvino_version()} CPU int8 (QDQ)")
     except BaseException:
-        os.remove(out)
+        files.drop(out)  # the rest of the run's outputs may still be committed
         raise
     check.update(calibration=f"{os.path.basename(calibration.split('#')[0])} "
                              f"({len(patches)} patches)",
-                 file=os.path.basename(out), sha256=_sha256(out))
+                 file=os.path.basename(out), sha256=_sha256(variant))
     return check
 
 
@@ -255,14 +282,20 @@ def record_check(model: str, precision: str, check: dict, out: str | None = None
     return record_checks(model, {precision: check}, out)
 
 
-def record_checks(model: str, checks: dict, out: str | None = None) -> ModelCard:
+def record_checks(model: str, checks: dict, out: str | None = None, *,
+                  files: Commit | None = None) -> ModelCard:
     """Write ``checks`` (by precision) into the model card of ``model`` (in place, or to
-    ``out``); the other checks of the card are kept."""
+    ``out``); the other checks of the card are kept. The file goes through ``files`` (by
+    default committed here); with ``out`` reserved in ``files`` already, ``model`` may be
+    its temporary file."""
     from lcz_qgis_plugin.core.model.card_file import read_model_card
-    from lcz_qgis_plugin.core.model.card_writer import copy_with_card
+    from lcz_qgis_plugin.core.model.card_writer import write_model_card
     card = read_model_card(model)  # the card only: no engine session to load
     card.precision_checks = dict(card.precision_checks, **checks)
-    copy_with_card(model, card, out or model)
+    if files is None:
+        with Commit() as own:  # the model may be its own output: replaced atomically
+            return record_checks(model, checks, out, files=own)
+    files.save_with(out or model, lambda temp: write_model_card(model, card, temp), "model")
     return card
 
 
@@ -298,11 +331,12 @@ def describe(check: dict, precision: str = "bfloat16") -> str:
 
 def run_checks(model: str, data: str, precisions=PRECISIONS, calibration: str | None = None,
                limit: int = DEFAULT_LIMIT, variant_beside: str | None = None,
-               report=print) -> dict:
+               report=print, files: Commit | None = None) -> dict:
     """Measure each of ``precisions`` that can run here against float32 on ``data``; returns
     the checks by precision (a check that cannot run is reported and left out). The int8
     variant is calibrated on ``calibration`` (default: ``data``) and written beside
-    ``variant_beside`` (default: ``model``)."""
+    ``variant_beside`` (default: ``model``; ``model`` may be a temporary file of ``files``
+    whose final name is ``variant_beside``) through ``files``."""
     reference = _Reference(model, data, limit, 256)
     checks = {}
     for precision in precisions:
@@ -313,8 +347,9 @@ def run_checks(model: str, data: str, precisions=PRECISIONS, calibration: str | 
                 checks[precision] = measure_bfloat16(model, data, limit, reference=reference)
             else:
                 out = int8_variant_path(variant_beside or model)
-                checks[precision] = measure_int8(model, data, calibration or data, out, limit,
-                                                 reference=reference)
+                checks[precision] = measure_int8(
+                    model, data, calibration or data, out, limit, reference=reference,
+                    files=files, model_name=os.path.basename(variant_beside or model))
         except (PrecisionCheckSkipped, EvaluationError) as exc:
             report(f"{precision} check not recorded ({exc}); lcz:classify's Automatic device "
                    f"will not use {precision}.")
@@ -343,8 +378,15 @@ def check_precision(model: str, data: str, out: str | None = None,
         calibration = train if train and os.path.isfile(train.split("#")[0]) else data
         report(f"int8 calibration patches: {calibration}")
     target = out or model
-    checks = run_checks(model, data, precisions, calibration, limit, variant_beside=target,
-                        report=report)
+    with Commit() as files:  # the variant and the card together, or neither
+        _check_and_record(model, data, out, limit, precisions, calibration, report, files)
+    return f"recorded in {target}"
+
+
+def _check_and_record(model: str, data: str, out: str | None, limit: int, precisions,
+                      calibration: str | None, report, files: Commit) -> None:
+    checks = run_checks(model, data, precisions, calibration, limit,
+                        variant_beside=out or model, report=report, files=files)
     if not checks:
         if list(precisions) == ["bfloat16"]:
             raise EvaluationError(
@@ -354,5 +396,4 @@ def check_precision(model: str, data: str, out: str | None = None,
         raise EvaluationError(f"no precision check could run here ({', '.join(precisions)}); "
                               f"install openvino, and for bfloat16 use a CPU with AMX or "
                               f"AVX512-BF16.")
-    record_checks(model, checks, out)
-    return f"recorded in {target}"
+    record_checks(model, checks, out, files=files)

@@ -400,6 +400,15 @@ class Commit:
         self._entries.clear()
         self._remove_scratch()
 
+    def drop(self, final: str) -> None:
+        """Give up one reserved output (a check of it failed, the rest of the run goes on):
+        its temporary files are deleted and the previous file stays as it was."""
+        entry = self._entries.pop(os.path.abspath(os.fspath(final)), None)
+        if entry is not None:
+            for temp in [entry.temp, entry.temp + ".aux.xml"] + [
+                    t for t in entry.sidecars.values() if t]:
+                _remove(temp)
+
     def discard(self) -> None:
         """Delete every temporary file and scratch folder of this run."""
         for entry in self._entries.values():
