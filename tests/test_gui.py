@@ -123,7 +123,7 @@ def test_toolbox_shows_the_provider_with_every_algorithm(desktop, qgis_app):
     provider = QgsApplication.processingRegistry().providerById("lcz")
     assert "Local Climate Zones" in toolbox["providers"]
     assert toolbox["icon"]
-    assert toolbox["groups"] == ["Classification", "Preprocessing", "Training"]
+    assert toolbox["groups"] == ["Classification", "Preprocessing", "Tools", "Training"]
     assert sorted(toolbox["algorithms"]) == sorted(a.displayName() for a in provider.algorithms())
 
 

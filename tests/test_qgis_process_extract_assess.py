@@ -135,3 +135,25 @@ def test_wudapt_kmz_with_roi_and_unknown_labels(qgis_process, tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert answer["results"]["PATCHES"] == 6
     assert "left out of the training areas" in done.stdout + done.stderr
+
+
+def test_wudapt_kmz_where_gdal_has_no_libkml_driver(qgis_process, tmp_path):
+    """Debian unstable's GDAL (QGIS 3.44 there) has no LIBKML driver, so QGIS cannot open a
+    .kmz as a layer; the plugin still reads it (its doc.kml, through GDAL's KML driver).
+    Reproduced for real with GDAL_SKIP=LIBKML on qgis_process.bin."""
+    stack, lcz_map, _ = small_case(tmp_path)
+    path = write_wudapt_template(
+        tmp_path / "t.kmz", [("1", cell_ring(0, 0, rows=2, cols=2)),
+                             ("D", cell_ring(2, 0, cols=2))],
+        roi=cell_ring(0, 0, rows=5, cols=5, inset=-20.0), kmz=True)
+    env = dict(qgis_process.env, GDAL_SKIP="LIBKML")
+    done, answer = qgis_process.run_json("lcz:extractpatches", {
+        "INPUT": stack, "TRAINING_AREAS": path, "PATCH_SIZE": 8,
+        "OUTPUT": str(tmp_path / "p.h5")}, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert answer["results"]["PATCHES"] == 6
+    done, answer = qgis_process.run_json("lcz:assessaccuracy", {
+        "INPUT": lcz_map, "REFERENCE_AREAS": path,
+        "OUTPUT_HTML": str(tmp_path / "r.html")}, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert answer["results"]["SAMPLES"] == 6
