@@ -40,6 +40,8 @@ MANUAL_PAGES = {
     "buildstack": "preprocessing.html#build-model-input-stack-lczbuildstack",
     "extractpatches": "training-data.html",
     "assessaccuracy": "assessment.html",
+    "checkenvironment": "install.html#checking-check-the-lcz-environment",
+    "installdependencies": "install.html#from-inside-qgis",
 }
 """Each algorithm's page of the manual (help/ in the plugin folder)."""
 REFERENCES = (

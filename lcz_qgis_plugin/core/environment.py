@@ -324,7 +324,7 @@ def cuda_choice(components: dict[str, Component], nvidia: bool,
     missing = [CUDA_LIBRARIES[n] for n in CUDA_NEEDED if not libraries.get(n)]
     if missing:
         return False, (f"the CUDA provider's libraries are not found: {', '.join(missing)} "
-                       f"(install NVIDIA's CUDA 12 and cuDNN 9 libraries, docs/install.md)")
+                       f"(install NVIDIA's CUDA 12 and cuDNN 9 libraries: help/install.html)")
     return True, "CUDA provider, NVIDIA driver and CUDA/cuDNN libraries found"
 
 
