@@ -38,7 +38,6 @@ import csv
 import io
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -75,6 +74,7 @@ from .distributed import (
 )
 from .models import MODELS, build_model, model_kind
 from .models.unet import MAX_DEPTH
+from .progress import progress_bar
 
 __all__ = [  # the run, and what callers have imported from here before the split
     "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "SETUPS", "Dist", "TrainConfig", "Trainer",
@@ -485,8 +485,8 @@ class Trainer:
         self.train_batches.set_epoch(epoch)
         self.net.train()
         total, seen, correct = 0.0, 0, 0
-        batches = _progress(self.train_loader, len(self.train_batches), f"epoch {epoch + 1}",
-                            config.progress and self.dist.main)
+        batches = progress_bar(self.train_loader, len(self.train_batches), f"epoch {epoch + 1}",
+                               config.progress and self.dist.main)
         for i, batch in enumerate(batches):
             stop_if_requested()  # Ctrl+C / SIGTERM, even when its exception was swallowed
             if config.max_steps_per_epoch and i >= config.max_steps_per_epoch:
@@ -619,17 +619,6 @@ def evaluate_loss(net, loader, device, use_amp: bool, dist_info: Dist,
             correct += int((logits.argmax(1) == labels).sum())
     total, seen, correct = all_reduce_sum([total, seen, correct], dist_info, device)
     return {"loss": total / max(seen, 1), "oa": correct / max(seen, 1)}
-
-
-def _progress(iterable, total, desc, enabled):
-    if not enabled:
-        return iterable
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr,
-                dynamic_ncols=True)
 
 
 def _tensorboard(out):

@@ -227,6 +227,21 @@ def _hold_out(sizes: np.ndarray, free: np.ndarray, target: float, at_least_one: 
     return taken
 
 
+def reserve_outputs(output: str, summary_output: str | None, stack_path: str, areas,
+                    feedback: Feedback) -> Commit:
+    """The commit of an extraction (patches or tiles): the patch file and its summary, with
+    the stack and the training areas as inputs no output may overwrite; then the log line
+    saying what is read."""
+    files = Commit(inputs=[stack_path, areas if isinstance(areas, str) else areas.source])
+    files.reserve(output, "patch file")
+    if summary_output:
+        files.reserve(summary_output, "summary")
+    feedback.info(f"Reading the input stack {os.path.basename(stack_path)}"
+                  + (f" and the training areas {describe_files([areas])}"
+                     if isinstance(areas, str) else "") + " ...")
+    return files
+
+
 def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
                     class_field: str | None = None, layer: str | None = None,
                     patch_size: int = 48, cell_size: float = 100.0,
@@ -259,13 +274,7 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
                          max_per_class=max_per_class, validation_fraction=validation_fraction,
                          test_fraction=test_fraction)
     _check_arguments(output, patch_size, sampling)
-    files = Commit(inputs=[stack_path, areas if isinstance(areas, str) else areas.source])
-    files.reserve(output, "patch file")
-    if summary_output:
-        files.reserve(summary_output, "summary")
-    feedback.info(f"Reading the input stack {os.path.basename(stack_path)}"
-                  + (f" and the training areas {describe_files([areas])}"
-                     if isinstance(areas, str) else "") + " ...")
+    files = reserve_outputs(output, summary_output, stack_path, areas, feedback)
     stack, channels = open_stack_channels(stack_path, input_bands, feedback)
     grid = make_grid(stack.geotransform, stack.width, stack.height, cell_size, patch_size)
     if isinstance(areas, str):

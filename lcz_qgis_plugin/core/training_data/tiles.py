@@ -54,6 +54,7 @@ from .extraction import (
     _patch_file_info,
     _Sampling,
     open_stack_channels,
+    reserve_outputs,
     split_polygons,
     summarise,
 )
@@ -450,13 +451,7 @@ def extract_tiles(stack_path: str, areas: LabelledAreas | str, output: str, *,
                          max_per_class=max_per_class, validation_fraction=validation_fraction,
                          test_fraction=test_fraction)
     check_tile_arguments(output, tile_size, sampling)
-    files = Commit(inputs=[stack_path, areas if isinstance(areas, str) else areas.source])
-    files.reserve(output, "patch file")
-    if summary_output:
-        files.reserve(summary_output, "summary")
-    feedback.info(f"Reading the input stack {os.path.basename(stack_path)}"
-                  + (f" and the training areas {os.path.basename(areas)}"
-                     if isinstance(areas, str) else "") + " ...")
+    files = reserve_outputs(output, summary_output, stack_path, areas, feedback)
     stack, channels = open_stack_channels(stack_path, input_bands, feedback)
     grid = tile_grid(stack, tile_size)
     cells = make_grid(stack.geotransform, stack.width, stack.height, cell_size, 1)
