@@ -196,25 +196,12 @@ class TileReader(StripReader):
     def window(self, y0: int, y1: int, x0: int, x1: int):
         """(pixels C x H x W, valid H x W, no-data masks) of input pixels ``[y0, y1) x
         [x0, x1)``, reflected where they lie outside the raster."""
-        grid, ds = self.grid, self.stack.dataset
+        grid = self.grid
         rows = reflect(np.arange(y0, y1), grid.raster_height)
         cols = reflect(np.arange(x0, x1), grid.raster_width)
         ra, ca = int(rows.min()), int(cols.min())
         height, width = int(rows.max()) + 1 - ra, int(cols.max()) + 1 - ca
-        raw = ds.ReadAsArray(ca, ra, width, height, band_list=self.stack.bands,
-                             buf_type=gdal.GDT_Float32)
-        if raw is None:
-            raise InputError(f"GDAL could not read rows {ra}-{ra + height} of "
-                             f"{self.stack.path}: {gdal.GetLastErrorMsg()}. The file may be "
-                             f"damaged or incomplete; check it with gdalinfo -checksum.")
-        raw = raw.reshape(len(self.stack.bands), height, width)
-        masks = self._nodata_masks(raw)
-        valid = np.ones(raw.shape[1:], bool)
-        for _, mask in masks:
-            valid &= ~mask
-        raw *= self.gain
-        raw += self.bias
-        raw[:, ~valid] = 0.0
+        raw, valid, masks = self._read_normalised(ca, ra, width, height)
         if height != y1 - y0 or width != x1 - x0 or rows[0] != ra or cols[0] != ca:
             index = np.ix_(rows - ra, cols - ca)
             raw = raw[(slice(None),) + index]

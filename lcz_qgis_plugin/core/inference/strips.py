@@ -123,17 +123,28 @@ class StripReader:
 
     def read(self, row_a: int, row_b: int) -> Strip:
         """The strip holding the patches of output cell rows ``row_a .. row_b - 1``."""
-        grid, ds = self.grid, self.stack.dataset
+        grid = self.grid
         y0, y1, x0, x1 = grid.pixel_window(row_a, row_b)
         ry0, ry1 = max(y0, 0), min(y1, grid.raster_height)
         rx0, rx1 = max(x0, 0), min(x1, grid.raster_width)
-        raw = ds.ReadAsArray(rx0, ry0, rx1 - rx0, ry1 - ry0, band_list=self.stack.bands,
-                             buf_type=gdal.GDT_Float32)
+        raw, valid, masks = self._read_normalised(rx0, ry0, rx1 - rx0, ry1 - ry0)
+        pad = ((ry0 - y0, y1 - ry1), (rx0 - x0, x1 - rx1))
+        if any(p for pair in pad for p in pair):
+            raw = np.pad(raw, ((0, 0),) + pad, mode="reflect")
+            valid = np.pad(valid, pad, mode="reflect")
+            masks = [(names, np.pad(mask, pad, mode="reflect")) for names, mask in masks]
+        return Strip(raw, valid, grid, self.max_nodata_fraction, masks)
+
+    def _read_normalised(self, x: int, y: int, width: int, height: int):
+        """(pixels C x H x W normalised by the card, valid H x W, no-data masks) of the
+        raster window at column ``x``, row ``y``; no-data pixels are set to 0."""
+        raw = self.stack.dataset.ReadAsArray(x, y, width, height, band_list=self.stack.bands,
+                                             buf_type=gdal.GDT_Float32)
         if raw is None:
-            raise InputError(f"GDAL could not read rows {ry0}-{ry1} of {self.stack.path}: "
-                             f"{gdal.GetLastErrorMsg()}. The file may be damaged or "
-                             f"incomplete; check it with gdalinfo -checksum.")
-        raw = raw.reshape(len(self.stack.bands), ry1 - ry0, rx1 - rx0)
+            raise InputError(f"GDAL could not read rows {y}-{y + height} of "
+                             f"{self.stack.path}: {gdal.GetLastErrorMsg()}. The file may be "
+                             f"damaged or incomplete; check it with gdalinfo -checksum.")
+        raw = raw.reshape(len(self.stack.bands), height, width)
         masks = self._nodata_masks(raw)
         valid = np.ones(raw.shape[1:], bool)
         for _, mask in masks:
@@ -141,12 +152,7 @@ class StripReader:
         raw *= self.gain
         raw += self.bias
         raw[:, ~valid] = 0.0
-        pad = ((ry0 - y0, y1 - ry1), (rx0 - x0, x1 - rx1))
-        if any(p for pair in pad for p in pair):
-            raw = np.pad(raw, ((0, 0),) + pad, mode="reflect")
-            valid = np.pad(valid, pad, mode="reflect")
-            masks = [(names, np.pad(mask, pad, mode="reflect")) for names, mask in masks]
-        return Strip(raw, valid, grid, self.max_nodata_fraction, masks)
+        return raw, valid, masks
 
     def _nodata_masks(self, raw: np.ndarray) -> list[tuple[list[str], np.ndarray]]:
         """The distinct no-data masks of the channels (NaN, infinite or the band's no-data
