@@ -257,6 +257,26 @@ def write_polygons(path, items, *, epsg: int = UTM33, field: str = "lcz",
     return os.fspath(path)
 
 
+
+def small_map(folder) -> tuple[str, str]:
+    """A 5 x 5-cell LCZ map (100 m, class 1 with one row of D) at the test origin, and
+    polygons in a GeoPackage: class 1 on 4 cells (fid 1), class D on 2 cells (fid 2)."""
+    codes = np.full((5, 5), 1, np.uint8)
+    codes[2, :] = 14
+    lcz_map = write_stack(os.path.join(folder, "map.tif"), codes[None], ["LCZ"], pixel=100.0,
+                          nodata=0, data_type=gdal.GDT_Byte)
+    areas = write_polygons(os.path.join(folder, "areas.gpkg"),
+                           [("1", cell_square(0, 0, rows=2, cols=2)),
+                            ("D", cell_square(2, 0, cols=2))])
+    return lcz_map, areas
+
+
+def small_case(folder) -> tuple[str, str, str]:
+    """:func:`small_map` and its 5 x 5-cell stack of 10 m pixels (two random channels)."""
+    data = np.random.default_rng(7).normal(size=(2, 50, 50)).astype(np.float32)
+    stack = write_stack(os.path.join(folder, "s.tif"), data, ["T:a", "T:b"])
+    return (stack, *small_map(folder))
+
 def write_kml(path, items) -> str:
     """A KML of placemarks ``items = [(name or None, [(lon, lat), ...]), ...]``."""
     marks = []

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lcz_testing import cell_square, read, write_polygons, write_stack
+from lcz_testing import cell_square, read, small_case, write_polygons, write_stack
 from osgeo import gdal
 
 from lcz_qgis_plugin.core.assessment.accuracy import assess_accuracy
@@ -128,18 +128,6 @@ def test_assess_accuracy_needs_exactly_one_reference(processing, city, tmp_path)
 
 # -- layer filters, selections and WUDAPT template files (issue 11, items 2, 4, 7f) ---------
 
-def small_case(tmp_path):
-    """A 5 x 5-cell stack (10 m pixels) and LCZ map (100 m) at the test origin, and polygons
-    in a GeoPackage: class 1 on 4 cells (fid 1), class D on 2 cells (fid 2)."""
-    data = np.random.default_rng(7).normal(size=(2, 50, 50)).astype(np.float32)
-    stack = write_stack(tmp_path / "s.tif", data, ["T:a", "T:b"])
-    codes = np.full((5, 5), 1, np.uint8)
-    codes[2, :] = 14
-    lcz_map = write_stack(tmp_path / "map.tif", codes[None], ["LCZ"], pixel=100.0, nodata=0,
-                          data_type=gdal.GDT_Byte)
-    areas = write_polygons(tmp_path / "areas.gpkg", [("1", cell_square(0, 0, rows=2, cols=2)),
-                                                    ("D", cell_square(2, 0, cols=2))])
-    return stack, lcz_map, areas
 
 
 def run_both(processing, stack, lcz_map, areas, tmp_path, name, **extra):

@@ -4,8 +4,7 @@ import csv
 
 import numpy as np
 import pytest
-from lcz_testing import cell_square, read, write_polygons, write_stack
-from osgeo import gdal
+from lcz_testing import read, small_case, write_stack
 from wudapt_template import cell_ring, write_wudapt_template
 
 from lcz_qgis_plugin.core.assessment.accuracy import assess_accuracy
@@ -86,17 +85,6 @@ def test_assess_accuracy_json_with_a_csv_table(qgis_process, city, tmp_path):
     assert '"' not in text.replace('"Bush, scrub"', "")
 
 
-def small_case(tmp_path):
-    """A 5 x 5-cell stack and LCZ map, and polygons: class 1 on 4 cells, D on 2 cells."""
-    data = np.random.default_rng(7).normal(size=(2, 50, 50)).astype(np.float32)
-    stack = write_stack(tmp_path / "s.tif", data, ["T:a", "T:b"])
-    codes = np.full((5, 5), 1, np.uint8)
-    codes[2, :] = 14
-    lcz_map = write_stack(tmp_path / "map.tif", codes[None], ["LCZ"], pixel=100.0, nodata=0,
-                          data_type=gdal.GDT_Byte)
-    areas = write_polygons(tmp_path / "areas.gpkg", [("1", cell_square(0, 0, rows=2, cols=2)),
-                                                    ("D", cell_square(2, 0, cols=2))])
-    return stack, lcz_map, areas
 
 
 def test_layer_filter_is_honoured(qgis_process, tmp_path):

@@ -8,17 +8,15 @@ import shutil
 import stat
 import subprocess
 
+import lcz_testing
 import numpy as np
 import pytest
 from lcz_testing import (
     RecordingFeedback,
-    cell_square,
     files_in,
     shared_data,
-    write_polygons,
     write_stack,
 )
-from osgeo import gdal
 from s2_product import make_product
 from test_preprocess_osm import lonlat_grid, osm_xml, square
 
@@ -139,14 +137,8 @@ def test_damaged_sentinel2_metadata_is_refused(tmp_path, case, level, old, new, 
 
 @pytest.fixture
 def small_map(tmp_path):
-    codes = np.full((5, 5), 1, np.uint8)
-    codes[2, :] = 14
-    lcz_map = write_stack(tmp_path / "map.tif", codes[None], ["LCZ"], pixel=100.0, nodata=0,
-                          data_type=gdal.GDT_Byte)
-    areas = write_polygons(tmp_path / "areas.gpkg", [("1", cell_square(0, 0, rows=2, cols=2)),
-                                                    ("D", cell_square(2, 0, cols=2))])
     (tmp_path / "notes.txt").write_text("a file, so no folder can be made under it")
-    return lcz_map, areas
+    return lcz_testing.small_map(tmp_path)
 
 
 def test_core_report_destination_is_checked_before_any_work(small_map, tmp_path):
