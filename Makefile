@@ -2,7 +2,8 @@
 # `make test` and `make demo` work on a fresh Debian 12 machine: `setup` installs QGIS from
 # Debian when it is missing (as root, or through sudo) and builds .venv. Xvfb (a virtual X
 # display) lets tests/test_gui.py run the QGIS desktop for its real-display checks.
-# `make test` then also runs the QGIS-facing tests on Debian 13's QGIS 3.40 LTR (test-qgis340).
+# `make test` then also runs the QGIS-facing tests on Debian 13's QGIS 3.40 LTR (test-qgis340)
+# and on Debian unstable's QGIS 3.44 (test-qgis344).
 
 SHELL := /bin/bash
 VENV := .venv
@@ -33,6 +34,7 @@ lint: setup
 test: setup lint
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory test-qgis340
+	$(MAKE) --no-print-directory test-qgis344
 
 # The QGIS-facing tests on another Debian's QGIS, in a debootstrap root cached under build/
 # (first run about 5 min, then about 3): a user's first hour (lcz:checkenvironment,

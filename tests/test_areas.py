@@ -7,7 +7,7 @@ from lcz_testing import RecordingFeedback, write_stack
 from osgeo import ogr
 from wudapt_template import cell_ring, write_wudapt_template
 
-from lcz_qgis_plugin.core.areas import read_areas
+from lcz_qgis_plugin.core.areas import kmz_as_kml, read_areas
 from lcz_qgis_plugin.core.errors import InputError
 from lcz_qgis_plugin.core.training_data.extraction import extract_patches
 
@@ -59,6 +59,28 @@ def test_wudapt_template_leaves_the_roi_out(kml_driver, kmz, tmp_path):
     assert not feedback.warnings
     assert message[0] in areas.notes
 
+
+
+def test_kmz_whose_kml_is_not_doc_kml(kml_driver, tmp_path):
+    """A KMZ holding 'WUDAPT areas.kml' instead of doc.kml: read with either driver; where
+    GDAL has no LIBKML (Debian unstable's GDAL under QGIS 3.44) kmz_as_kml names the path
+    QGIS opens instead, its KML document through /vsizip/."""
+    path = write_wudapt_template(tmp_path / "t.kmz", AREAS, roi=ROI, kmz=True,
+                                 document="WUDAPT areas.kml")
+    assert sorted(a.code for a in read_areas(path, feedback=RecordingFeedback()).areas) \
+        == [2, 2, 12, 17]
+    readable = kmz_as_kml(path)
+    if kml_driver == "LIBKML":
+        assert readable is None  # QGIS opens the .kmz itself
+        return
+    assert readable == f"/vsizip/{path}/WUDAPT areas.kml"
+    assert ogr.Open(readable).GetDriver().GetName() == "KML"
+    assert sorted(a.code for a in read_areas(readable, feedback=RecordingFeedback()).areas) \
+        == [2, 2, 12, 17]
+    assert kmz_as_kml(f"{path}|subset=\"Name\" = 'G'") \
+        == f"/vsizip/{path}/WUDAPT areas.kml|subset=\"Name\" = 'G'"
+    assert kmz_as_kml(str(tmp_path / "missing.kmz")) is None
+    assert kmz_as_kml(write_wudapt_template(tmp_path / "t.kml", AREAS)) is None
 
 @pytest.mark.parametrize("folder,name", [("roi", "Untitled Polygon"), (None, "Roi"),
                                          ("Region", "ROI")])

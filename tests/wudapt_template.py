@@ -44,8 +44,8 @@ def placemark(name: str | None, ring, epsg: int = UTM33) -> str:
 
 def write_wudapt_template(path, areas, *, roi=None, roi_folder: str | None = "ROI",
                           roi_name: str | None = "ROI", others=(), kmz: bool = False,
-                          epsg: int = UTM33) -> str:
-    """Write ``path`` (.kml, or .kmz holding doc.kml).
+                          epsg: int = UTM33, document: str = "doc.kml") -> str:
+    """Write ``path`` (.kml, or .kmz holding the KML as ``document``).
 
     ``areas``: [(class label, ring)] in EPSG ``epsg``, each put in its class's folder
     ``LCZ <label>``; the other class folders stay empty. ``roi``: the ROI ring, in a folder
@@ -69,7 +69,7 @@ def write_wudapt_template(path, areas, *, roi=None, roi_folder: str | None = "RO
     path = os.fspath(path)
     if kmz:
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr("doc.kml", text)
+            archive.writestr(document, text)
     else:
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)

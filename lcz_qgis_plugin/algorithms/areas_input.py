@@ -35,6 +35,8 @@ def labelled_areas_parameter(algorithm, parameters, name, context, class_field, 
         return None
     parts = _uri_parts(layer)
     path = parts.get("path") or layer.source()
+    if layer.source().startswith("/vsi"):  # QGIS 3.40+ splits off the /vsizip/ prefix
+        path = layer.source().split("|")[0]
     is_kml = path.lower().endswith(KML_EXTENSIONS)
     feedback.info(f"Reading the {what} {path if layer.providerType() == 'ogr' else layer.name()}"
                   f" ...")

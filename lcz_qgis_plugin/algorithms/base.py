@@ -23,6 +23,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication, QUrl
 from qgis.PyQt.QtGui import QIcon
 
+from ..core.areas import kmz_as_kml
 from ..core.errors import Cancelled, LczError
 from ..core.feedback import Feedback
 from ..core.inference.engine import ONNXRUNTIME_MISSING
@@ -116,6 +117,8 @@ class LczAlgorithm(QgsProcessingAlgorithm):
     SHORT_DESCRIPTION = ""
     HELP = ""
     NEEDS_ONNXRUNTIME = False
+    AREA_PARAMETERS: tuple[str, ...] = ()
+    """Parameters of polygons that may be WUDAPT KML/KMZ files."""
 
     def tr(self, text):
         return QCoreApplication.translate(type(self).__name__, text)
@@ -168,7 +171,18 @@ class LczAlgorithm(QgsProcessingAlgorithm):
             return False, ONNXRUNTIME_MISSING
         return True, ""
 
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        return super().checkParameterValues(self.readable_areas(parameters), context)
+
+    def readable_areas(self, parameters: dict) -> dict:
+        """``parameters`` with each KMZ file of :attr:`AREA_PARAMETERS` given as its KML
+        document where GDAL has no LIBKML driver: QGIS 3.44 refuses a source it cannot open
+        before the algorithm runs, and Debian unstable's GDAL cannot open a .kmz."""
+        readable = {name: kmz_as_kml(parameters.get(name)) for name in self.AREA_PARAMETERS}
+        return dict(parameters, **{name: kml for name, kml in readable.items() if kml})
+
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        parameters = self.readable_areas(parameters)
         if self.NEEDS_ONNXRUNTIME:
             ok, message = self.canExecute()
             if not ok:

@@ -20,6 +20,7 @@ polygons are skipped and listed in a warning.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -269,12 +270,39 @@ def describe_areas(areas: list[Area], limit: int = 15) -> str:
     return text + (f" and {len(areas) - limit} more" if len(areas) > limit else "")
 
 
+def kml_inside(path: str) -> str | None:
+    """The KML document of a KMZ (a ZIP): doc.kml, or else its first .kml file; None when
+    there is none or the file is no ZIP."""
+    try:
+        with zipfile.ZipFile(path) as kmz:
+            names = [n for n in kmz.namelist() if n.lower().endswith(".kml")]
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return "doc.kml" if "doc.kml" in names else (names[0] if names else None)
+
+
+def kmz_as_kml(source) -> str | None:
+    """A KMZ file as a source QGIS and GDAL can open where GDAL has no LIBKML driver (Debian
+    unstable's GDAL, under QGIS 3.44): its KML document through /vsizip/, which GDAL's own
+    KML driver reads, with the source's ``|layername=`` or ``|subset=`` kept. None when
+    ``source`` is no KMZ file, or LIBKML is there to read it."""
+    if not isinstance(source, str):
+        return None
+    path, bar, options = source.partition("|")
+    if not (path.lower().endswith(".kmz") and os.path.isfile(path)):
+        return None
+    if ogr.GetDriverByName("LIBKML") is not None:
+        return None
+    inside = kml_inside(path)
+    return f"/vsizip/{path}/{inside}{bar}{options}" if inside else None
+
+
 def _open_vector(path: str):
     if not os.path.exists(path) and not path.startswith("/vsi"):
         raise InputError(f"the polygon file {path} does not exist.")
     candidates = [path]
-    if path.lower().endswith(".kmz"):
-        candidates.append(f"/vsizip/{path}/doc.kml")
+    if path.lower().endswith(".kmz") and kml_inside(path):
+        candidates.append(f"/vsizip/{path}/{kml_inside(path)}")
     reason = ""
     for candidate in candidates:
         try:
