@@ -63,3 +63,13 @@ def test_no_page_points_outside_the_repository(page):
     with open(os.path.join(ROOT, page), encoding="utf-8") as f:
         text = f.read()
     assert not re.search(r"\.\./shared|DESIGN\.md|ENVIRONMENT\.md", text)
+
+
+PLACEHOLDER = re.compile(r"^\s*([A-Z][A-Z_]{3,}|TODO|TBD|XXX)\s*$|\b(TODO|TBD|FIXME)\b")
+
+
+@pytest.mark.parametrize("page", PAGES + ["CHANGELOG.md"])
+def test_no_placeholder_is_left_for_a_measurement(page):
+    """A figure left to fill in ('TIMES', 'BENCH_TABLE', 'TODO') reads as a finished page."""
+    left = [line.strip() for line in prose(page) if PLACEHOLDER.search(line)]
+    assert not left, f"{page}: placeholders left: {left}"
