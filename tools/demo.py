@@ -19,7 +19,13 @@
    a PNG quick-look with a legend and the HTML reports into the output folder, and prints the
    overall accuracy with and without the ancillary channels.
 
-``--size-km`` and ``--epochs`` make a reduced run (the tests use one).
+The dense model (a U-Net, class scores per pixel) goes the same way beside MSMLA-18: tiles
+with per-pixel label masks from the same training areas (lcz:extractpatches SAMPLES=1),
+two U-Nets trained with the dense defaults (``python -m training train --model unet``, with
+and without the ancillary channels), exported, mapped with the same graphical model and
+assessed; the last table prints every model's accuracy and its training and mapping times.
+
+``--size-km``, ``--epochs`` and ``--dense-epochs`` make a reduced run (the tests use one).
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ MODEL3 = os.path.join("lcz_qgis_plugin", "models", "lcz_map_from_downloads.model
 S2_CHANNELS = list(SO2SAT_CHANNELS)
 ANCILLARY = ["OSM:building_fraction", "DSM:height", "OSM:impervious_fraction"]
 MODELS = {"ancillary": S2_CHANNELS + ANCILLARY, "s2_only": S2_CHANNELS}
+LABELS = {"ancillary": "Sentinel-2 + OSM + DSM", "s2_only": "Sentinel-2 only"}
+DENSE_PREFIX = "unet_"
+"""The dense models' names: ``unet_ancillary``, ``unet_s2_only`` (channels as in MODELS)."""
 
 
 class Steps:
@@ -85,6 +94,66 @@ def training(*args: str) -> str:
     return done.stdout
 
 
+def extract_tiles(qp: QgisProcess, stacks: dict, cities: dict, work: str, args) -> dict:
+    """lcz:extractpatches SAMPLES=1: tiles with a per-pixel label mask for the dense model,
+    from the training areas of the training and validation cities. The tile edge is
+    ``--tile`` px, or the largest multiple of 8 px the city holds when it is smaller."""
+    tile = min(args.tile, int(args.size_km * 1000 / 10) // 8 * 8)
+    tiles = {}
+    for role in ("train", "validation"):
+        tiles[role] = os.path.join(work, f"tiles_{role}.h5")
+        extracted = qp.run("lcz:extractpatches", {
+            "INPUT": stacks[role], "TRAINING_AREAS": cities[role].training_areas,
+            "CLASS_FIELD": "lcz", "SAMPLES": 1, "TILE_SIZE": tile, "SEED": args.seed,
+            "OUTPUT": tiles[role]})
+        print(f"         {role}: {int(extracted['PATCHES'])} tiles of {tile} px -> "
+              f"{tiles[role]}", flush=True)
+    return tiles
+
+
+def train_dense(tiles: dict, work: str, out: str, args) -> tuple[dict, dict]:
+    """Two U-Nets with the dense defaults (with and without the ancillary channels), each
+    exported; returns (model files, training + export seconds) by name."""
+    models, seconds = {}, {}
+    for name, channels in MODELS.items():
+        key = DENSE_PREFIX + name
+        run_dir = os.path.join(work, "runs", key)
+        started = time.time()
+        training("train", "--model", "unet", "--train", tiles["train"],
+                 "--val", tiles["validation"], "--channels", ",".join(channels),
+                 "--epochs", str(args.dense_epochs), "--patience", str(args.dense_epochs),
+                 "--seed", str(args.seed), "--out", run_dir, "--drop-unknown-validation",
+                 "--no-progress", "--version", f"demo-{key}")
+        models[key] = os.path.join(out, f"demo_{key}.onnx")
+        training("export", "--checkpoint", os.path.join(run_dir, "best.pt"),
+                 "--out", models[key])
+        seconds[key] = time.time() - started
+        print(f"         {key}: {len(channels)} channels, trained in {seconds[key]:.0f} s "
+              f"-> {models[key]}", flush=True)
+    return models, seconds
+
+
+def model_label(name: str) -> str:
+    """``MSMLA-18 (patches)`` or ``U-Net (dense)``, then the channels."""
+    dense = name.startswith(DENSE_PREFIX)
+    kind = "U-Net (dense)" if dense else "MSMLA-18 (patches)"
+    return f"{kind:<19} {LABELS[name[len(DENSE_PREFIX):] if dense else name]}"
+
+
+def print_results(scores: dict, times: dict, engines: dict) -> None:
+    """The last table: every model's accuracy on the mapped city, its training time (with
+    export) and its mapping time (the graphical model: preparing the city's stack, then
+    lcz:classify)."""
+    print("Accuracy on the mapped city, seen neither in training nor in validation "
+          "(simulated truth, every 100 m cell), and each model's times:")
+    print(f"  {'model':<19} {'channels':<24} {'OA':>7} {'WA':>7} {'kappa':>5} "
+          f"{'train':>6} {'map':>5}  engine")
+    for name, s in scores.items():
+        print(f"  {model_label(name):<44} {format_percent(s['OA']):>7} "
+              f"{format_percent(s['WA']):>7} {s['KAPPA']:>5.2f} {times[name]['train']:>5.0f}s "
+              f"{times[name]['map']:>4.0f}s  {engines[name]}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="out", help="output folder (default: out)")
@@ -94,13 +163,18 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=11, help="training city seed; the mapped "
                         "city uses seed + 1 (default 11)")
     parser.add_argument("--epochs", type=int, default=25, help="training epochs (default 25)")
+    parser.add_argument("--dense-epochs", type=int, default=60,
+                        help="training epochs of the dense U-Nets (default 60)")
+    parser.add_argument("--tile", type=int, default=128,
+                        help="tile size in pixels of the dense model's training tiles "
+                             "(default 128)")
     parser.add_argument("--patch", type=int, default=32, help="patch size in pixels (default 32)")
     args = parser.parse_args(argv)
     out, work = os.path.abspath(args.out), os.path.abspath(args.work)
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(out, exist_ok=True)
     os.makedirs(work)
-    step = Steps(7)
+    step = Steps(9)
 
     step(f"simulating three {args.size_km:g} x {args.size_km:g} km cities (seeds {args.seed}, "
          f"{args.seed + 1}, {args.seed + 2}; a simulation, see tools/synthcity.py)")
@@ -131,9 +205,13 @@ def main(argv=None) -> int:
               flush=True)
     map_city = cities["map"]
 
+    step("lcz:extractpatches SAMPLES=1: tiles with per-pixel label masks from the training "
+         "areas of both cities (for the dense U-Net)")
+    tiles = extract_tiles(qp, stacks, cities, work, args)
+
     step(f"training two MSMLA-18 models on the CPU ({args.epochs} epochs each): "
          f"with and without the ancillary channels")
-    models = {}
+    models, times = {}, {}
     for name, channels in MODELS.items():
         run_dir = os.path.join(work, "runs", name)
         started = time.time()
@@ -146,16 +224,24 @@ def main(argv=None) -> int:
         models[name] = os.path.join(out, f"demo_msmla18_{name}.onnx")
         exported = training("export", "--checkpoint", os.path.join(run_dir, "best.pt"),
                             "--out", models[name])
+        times[name] = {"train": time.time() - started}
         print(f"         {name}: {len(channels)} channels, trained in "
-              f"{time.time() - started:.0f} s -> {models[name]}", flush=True)
+              f"{times[name]['train']:.0f} s -> {models[name]}", flush=True)
         for line in exported.splitlines():
             if line.startswith("bfloat16 check"):
                 print(f"         {line}", flush=True)
+
+    step(f"training two dense U-Nets on the CPU ({args.dense_epochs} epochs each, the dense "
+         f"defaults): with and without the ancillary channels")
+    dense_models, dense_seconds = train_dense(tiles, work, out, args)
+    models.update(dense_models)
+    times.update({name: {"train": seconds} for name, seconds in dense_seconds.items()})
 
     step("mapping the third city with the plugin's graphical model "
          "lcz_map_from_downloads.model3 (qgis_process)")
     maps, engines = {}, {}
     for name, model in models.items():
+        started = time.time()
         results = qp.run(os.path.join(qp.plugins, MODEL3), {
             "SENTINEL2": map_city.safe, "OSM": map_city.osm, "DSM": map_city.dsm,
             "DTM": map_city.dtm, "LCZ_MODEL": model,
@@ -163,6 +249,7 @@ def main(argv=None) -> int:
             "classify:lcz_confidence": os.path.join(out, f"demo_confidence_{name}.tif")})
         maps[name] = (results.get("classify:lcz_map")
                       or os.path.join(out, f"demo_lcz_map_{name}.tif"))
+        times[name]["map"] = time.time() - started
         engines[name] = gdal.Open(maps[name]).GetMetadataItem("LCZ_EXECUTION_PROVIDER")
         print(f"         {name}: mapped on {engines[name]} (lcz:classify, DEVICE Automatic)",
               flush=True)
@@ -177,28 +264,27 @@ def main(argv=None) -> int:
 
     step("writing the PNG quick-looks")
     pngs = {name: write_quicklook(lcz_map, os.path.splitext(lcz_map)[0] + ".png",
-                                  f"LCZ map of the simulated test city ({name.replace('_', ' ')})")
+                                  f"LCZ map of the simulated test city "
+                                  f"({model_label(name).split(' ', 1)[0]}, "
+                                  f"{LABELS[name.removeprefix(DENSE_PREFIX)]})")
             for name, lcz_map in maps.items()}
     write_quicklook(map_city.truth, os.path.join(out, "demo_truth.png"),
                     "Simulated truth of the test city")
 
     print()
     print(f"Outputs (in {out}):")
-    for name in MODELS:
-        print(f"  {name:<10} map {os.path.basename(maps[name])} (+ .qml), quick-look "
+    for name in maps:
+        print(f"  {name:<14} map {os.path.basename(maps[name])} (+ .qml), quick-look "
               f"{os.path.basename(pngs[name])}, report "
               f"{os.path.basename(scores[name]['OUTPUT_HTML'])}")
     print()
-    print("Accuracy on the mapped city, seen neither in training nor in validation "
-          "(simulated truth, every 100 m cell):")
-    for name, label in (("ancillary", "Sentinel-2 + OSM + DSM"), ("s2_only", "Sentinel-2 only")):
-        s = scores[name]
-        print(f"  {label:<24} OA {format_percent(s['OA'])}, WA {format_percent(s['WA'])}, "
-              f"kappa {s['KAPPA']:.2f}")
+    print_results(scores, times, engines)
     with open(os.path.join(out, "demo_summary.json"), "w", encoding="utf-8") as f:
         json.dump({"note": "simulated cities (tools/synthcity.py), not measurements",
-                   "size_km": args.size_km, "epochs": args.epochs, "seed": args.seed,
+                   "size_km": args.size_km, "epochs": args.epochs,
+                   "dense_epochs": args.dense_epochs, "seed": args.seed,
                    "models": models, "maps": maps, "engines": engines,
+                   "seconds": times,
                    "scores": {k: {m: v[m] for m in ("OA", "WA", "KAPPA")}
                               for k, v in scores.items()}}, f, indent=2)
     return 0
