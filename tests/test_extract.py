@@ -88,7 +88,7 @@ def test_patches_are_the_cells_inside_the_areas_centred_like_classify(city, tmp_
         assert arrays["labels"][k] == truth[r, c]
         seen.add((r, c))
     assert seen == set(expected)
-    summary = json.load(open(tmp_path / "p.json"))
+    summary = json.loads((tmp_path / "p.json").read_text())
     assert summary["patches"] == result.patches
     assert sum(row["total"] for row in summary["classes"].values()) == result.patches
     assert any("Wrote" in line for line in feedback.infos)

@@ -1,5 +1,7 @@
 """lcz:extractpatches and lcz:assessaccuracy in a real QgsApplication (processing.run)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from lcz_testing import cell_square, read, write_polygons, write_stack
@@ -96,7 +98,7 @@ def test_assess_accuracy_through_processing_run(processing, city, tmp_path):
     core = assess_accuracy(lcz_map, reference_raster=town.truth)
     for key, name in (("WA", "wa"), ("KAPPA", "kappa"), ("OA_BU", "oa_bu")):
         assert results[key] == pytest.approx(core.scores[name])
-    assert "data:image/png" in open(results["OUTPUT_HTML"], encoding="utf-8").read()
+    assert "data:image/png" in Path(results["OUTPUT_HTML"]).read_text(encoding="utf-8")
     table = results["OUTPUT_TABLE"]  # a memory layer
     rows = {f["code"]: f for f in table.getFeatures()}
     assert len(rows) == 17

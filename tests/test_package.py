@@ -3,6 +3,7 @@ torch, training never imports QGIS; heavy imports stay lazy."""
 
 import ast
 import configparser
+import glob
 import os
 import subprocess
 import sys
@@ -29,10 +30,39 @@ def test_zip_holds_only_the_plugin_with_the_root_metadata(tmp_path):
     parser.read_string(metadata)
     general = parser["general"]
     assert general["hasProcessingProvider"] == "yes"
-    for key in ("name", "qgisMinimumVersion", "description", "about", "version", "author",
-                "email", "repository"):
+    for key in ("name", "qgisMinimumVersion", "description", "about", "version", "author"):
         assert general.get(key), key
     assert general["icon"] == "icons/lcz.svg"
+
+
+def test_metadata_has_no_placeholders_and_says_where_help_lives():
+    """metadata.txt had a placeholder e-mail, homepage, repository and tracker
+    (example.org, a repository that does not exist). The project has no public repository or
+    address yet: the fields are left out (QGIS needs them only to publish on
+    plugins.qgis.org, and shows a relative path as a broken link), and `about` says where
+    the help is."""
+    parser = configparser.ConfigParser()
+    parser.read(os.path.join(ROOT, "metadata.txt"), encoding="utf-8")
+    general = parser["general"]
+    for key in ("email", "homepage", "repository", "tracker"):
+        assert key not in general, f"{key} = {general.get(key)}: no placeholder, no guess"
+    text = "\n".join(general.values())
+    assert "example." not in text and "lcz-project" not in text
+    assert "help/index.html" in general["about"] and "help/install.html" in general["about"]
+
+
+def test_zip_carries_the_user_manual_as_help_pages(tmp_path):
+    """The messages and help texts pointed to a README and docs/ pages the ZIP did not hold."""
+    archive = build_zip(str(tmp_path / "lcz_qgis_plugin.zip"))
+    with zipfile.ZipFile(archive) as z:
+        names = set(z.namelist())
+        index = z.read("lcz_qgis_plugin/help/index.html").decode()
+    pages = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "docs", "*.md"))}
+    for page in pages - {"README", "ARCHITECTURE", "development"}:
+        assert f"lcz_qgis_plugin/help/{page}.html" in names, page
+    assert not [n for n in names if n.endswith(("ARCHITECTURE.html", "development.html"))]
+    assert '<a href="install.html">' in index and '<a href="classify.html">' in index
+    assert 'href="development' not in index and 'href="../' not in index
 
 
 def imported_modules(folder):

@@ -163,6 +163,37 @@ def test_loose_band_rasters(tmp_path):
         np.testing.assert_array_equal(stack[number], dn_of(data[band], 0))
 
 
+def test_add_directory_on_a_safe_folder_reads_the_product(tmp_path):
+    """QGIS's "Add Directory..." adds every file under the folder (metadata, manifest, band
+    JP2s): they were read as a product plus loose bands and refused; now they stand for the
+    one product, stacked as the folder itself is."""
+    product = make_product(tmp_path, synthetic(20, seed=6), X0, Y0, level="L2A")
+    with open(os.path.join(product, "manifest.safe"), "w") as f:
+        f.write("<manifest/>")
+    every_file = sorted(os.path.join(base, name) for base, _, names in os.walk(product)
+                        for name in names)
+    assert len(every_file) > 10
+    added = stack_sentinel2(every_file, str(tmp_path / "added.tif"))
+    folder = stack_sentinel2([product], str(tmp_path / "folder.tif"))
+    assert added.products == 1 and added.level == "L2A"
+    np.testing.assert_array_equal(read(added.output), read(folder.output))
+
+
+def test_reading_a_safe_folder_closes_its_metadata_file(tmp_path):
+    """The MTD_MSIL*.xml of a .SAFE folder was read through an unclosed file (a
+    ResourceWarning in QGIS's log panel)."""
+    import gc
+    import warnings
+
+    from lcz_qgis_plugin.core.preprocess.sentinel2 import open_product
+    product = make_product(tmp_path, synthetic(10, seed=7), X0, Y0, level="L2A")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        open_product(product)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
 def test_cancel_leaves_nothing(tmp_path):
     product = make_product(tmp_path, synthetic(12), X0, Y0)
     cancelled = RecordingFeedback()

@@ -66,6 +66,21 @@ def test_failure_exits_non_zero_with_the_reason(qgis_process, inputs, tmp_path):
     assert not (tmp_path / "x.tif").exists()
 
 
+def test_a_failed_json_run_is_read_from_the_exit_status_and_the_last_line(qgis_process,
+                                                                           inputs, tmp_path):
+    """What docs/classify.md tells scripts: qgis_process 3.22 prints no JSON for a failed run
+    (it writes its answer only on success), exits with 1, and the last line of stderr is the
+    reason. Each copy QGIS prints is the plugin's one message, never a variant of it."""
+    dates, model = inputs
+    done, answer = qgis_process.run_json("lcz:classify", {
+        "INPUT": dates[0], "MODEL": model, "CELL_SIZE": 35, "OUTPUT": str(tmp_path / "x.tif")})
+    assert done.returncode == 1 and answer is None
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    reason = lines[-1]
+    assert reason.startswith("the cell size 35 m is not a whole multiple")
+    assert {line.replace("ERROR:\t", "") for line in lines if "35 m" in line} == {reason}
+
+
 def test_graphical_model_chains_classify_with_a_native_algorithm(qgis_process, inputs, tmp_path):
     dates, model = inputs
     done, answer = qgis_process.run_json(MODEL3, {

@@ -38,6 +38,7 @@ from lcz_qgis_plugin.core.lcz_classes import LCZ_CLASSES
 from lcz_qgis_plugin.core.model.card import TEMPERATURE_RANGE, ModelCard, softmax
 
 from . import datasets as ds
+from .progress import progress_bar
 
 
 class EvaluationError(RuntimeError):
@@ -117,7 +118,9 @@ def predict(predictor: Predictor, data: str, batch_size: int = 256, limit: int =
     if limit:
         rows = rows[:limit]
     z = np.empty((len(rows), card.n_classes))
-    for start in range(0, len(rows), batch_size):
+    starts = range(0, len(rows), batch_size)
+    for start in progress_bar(starts, len(starts), f"{os.path.basename(predictor.path)} on "
+                              f"{len(rows)} patches"):
         stop_if_requested()  # Ctrl+C / SIGTERM (training CLI), once per batch
         x = card.standardise(source.read(rows[start:start + batch_size]))
         z[start:start + len(x)] = scores_of(predictor.raw(x), card)

@@ -270,6 +270,18 @@ def passes(check: dict) -> bool:
     return check["same_class"] >= SAME_CLASS_REQUIRED and check["patches"] >= PATCHES_REQUIRED
 
 
+def _shortfall(check: dict) -> str:
+    """Why a check does not pass, in words: the share of same classes is too low, the
+    patches too few to trust it, or both."""
+    reasons = []
+    if check["same_class"] < SAME_CLASS_REQUIRED:
+        reasons.append(f"below the required {100 * SAME_CLASS_REQUIRED:g} % of same classes")
+    if check["patches"] < PATCHES_REQUIRED:
+        reasons.append(f"only {check['patches']} patches: too few to trust (at least "
+                       f"{PATCHES_REQUIRED} needed)")
+    return "; ".join(reasons)
+
+
 def describe(check: dict, precision: str = "bfloat16") -> str:
     if precision == "int8":
         use = (f"lcz:classify may run the int8 variant {check['file']} (Automatic, where it "
@@ -277,9 +289,8 @@ def describe(check: dict, precision: str = "bfloat16") -> str:
     else:
         use = ("lcz:classify's Automatic device may run this model in bfloat16 where that is "
                "the fastest engine")
-    verdict = (f"passes: {use}" if passes(check) else
-               f"below the {100 * SAME_CLASS_REQUIRED:g} % of at least {PATCHES_REQUIRED} "
-               f"patches required: the Automatic device will not use it")
+    verdict = f"passes: {use}" if passes(check) else (
+        f"{_shortfall(check)}: the Automatic device will not use it")
     return (f"{precision} check: same class as float32 on {100 * check['same_class']:.2f} % "
             f"of {check['patches']} patches of {check['data']} (largest probability "
             f"difference {check['max_probability_difference']:.3f}); {verdict}")
@@ -295,6 +306,8 @@ def run_checks(model: str, data: str, precisions=PRECISIONS, calibration: str | 
     reference = _Reference(model, data, limit, 256)
     checks = {}
     for precision in precisions:
+        report(f"{precision} check: comparing with onnxruntime float32 on "
+               f"{os.path.basename(data.split('#')[0])} ...")
         try:
             if precision == "bfloat16":
                 checks[precision] = measure_bfloat16(model, data, limit, reference=reference)

@@ -47,7 +47,7 @@ import torch
 from torch.nn import functional as F
 
 from lcz_qgis_plugin.core.commit import Commit
-from lcz_qgis_plugin.core.feedback import ConsoleFeedback, Feedback
+from lcz_qgis_plugin.core.feedback import ConsoleFeedback, Feedback, format_duration
 from lcz_qgis_plugin.core.inference.engine import physical_cores
 from lcz_qgis_plugin.core.interrupt import stop_if_requested
 
@@ -402,6 +402,7 @@ class Trainer:
         self.dense = model_kind(config.model) == "dense"
         self.use_amp = device.type == "cuda" and config.amp != "off"
         self.tb = None
+        self.clock = (time.perf_counter(), 0)  # (when fit started, its first epoch)
 
     # -- setup ----------------------------------------------------------------------------------
     def setup(self, resume: str | None) -> None:
@@ -556,9 +557,24 @@ class Trainer:
                 if key not in ("epoch", "step"):
                     self.tb.add_scalar(key, value, epoch + 1)
         self.write_checkpoints(epoch, val, improved)
-        print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} OA "
+        print(f"epoch {epoch + 1}/{self.config.epochs}: train loss {row['train_loss']:.4f} OA "
               f"{row['train_oa']:.3f} | val loss {val['loss']:.4f} OA {val['oa']:.3f}"
-              f"{' (best)' if improved else ''}", flush=True)
+              f"{' (best)' if improved else ''} | {self.time_line(epoch, row['seconds'])}",
+              flush=True)
+
+    def time_line(self, epoch: int, seconds: float) -> str:
+        """This epoch's time, the run's so far and an estimate of the time left: the mean
+        epoch of this run times the epochs to go; "at most" when early stopping may end the
+        run sooner."""
+        since, first = self.clock
+        elapsed = time.perf_counter() - since
+        to_go = self.config.epochs - (epoch + 1)
+        patience_left = self.config.patience - self.state.bad_epochs
+        may_stop = patience_left < to_go
+        to_go = to_go if patience_left > 0 else 0  # 0: early stopping ends the run now
+        left = elapsed / max(1, epoch + 1 - first) * to_go
+        return (f"{format_duration(seconds)}, {format_duration(elapsed)} elapsed, "
+                f"{'at most' if may_stop else 'about'} {format_duration(left)} left")
 
     def write_checkpoints(self, epoch: int, val: dict, improved: bool) -> None:
         """last.pt after every epoch, best.pt when the validation loss is the lowest yet."""
@@ -583,6 +599,7 @@ class Trainer:
         """Epochs from where the run stands to ``epochs`` or an early stop; the summary."""
         stopped_early = False
         epoch = self.state.start_epoch - 1
+        self.clock = (time.perf_counter(), self.state.start_epoch)
         for epoch in range(self.state.start_epoch, self.config.epochs):
             started = time.perf_counter()
             trained = self.train_one_epoch(epoch)

@@ -36,6 +36,8 @@ def labelled_areas_parameter(algorithm, parameters, name, context, class_field, 
     parts = _uri_parts(layer)
     path = parts.get("path") or layer.source()
     is_kml = path.lower().endswith(KML_EXTENSIONS)
+    feedback.info(f"Reading the {what} {path if layer.providerType() == 'ogr' else layer.name()}"
+                  f" ...")
     if is_kml and not parts.get("layerName") and not restricted:
         return read_areas(path, class_field or None, None, feedback,
                           attribute_filter=layer.subsetString() or None, what=what,

@@ -4,6 +4,7 @@ import math
 import os
 
 from qgis.core import (
+    Qgis,
     QgsFeature,
     QgsFeatureSink,
     QgsField,
@@ -21,7 +22,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QVariant
+from qgis.PyQt.QtCore import QMetaType, QVariant
 
 from ..core.assessment.accuracy import assess_accuracy
 from .areas_input import labelled_areas_parameter
@@ -37,6 +38,16 @@ SCORES = (("OA", "oa", "Overall accuracy"), ("WA", "wa", "Weighted accuracy (WA)
 
 def _sink_error(sink):
     return (sink.lastError() if hasattr(sink, "lastError") else "") or "the data was refused"
+
+
+def _field(name: str, kind: str) -> QgsField:
+    """A field of type int, string or double: QGIS 3.38+ takes a QMetaType (its QVariant
+    constructor is deprecated and warns), older QGIS only a QVariant type."""
+    if Qgis.QGIS_VERSION_INT >= 33800:
+        types = {"int": QMetaType.Int, "string": QMetaType.QString, "double": QMetaType.Double}
+    else:
+        types = {"int": QVariant.Int, "string": QVariant.String, "double": QVariant.Double}
+    return QgsField(name, types[kind])
 
 
 def _number(value):
@@ -107,14 +118,14 @@ Both files are checked before any work starts: a folder that cannot be created o
             self.REFERENCE_AREAS, self.tr("Reference polygons (or WUDAPT KML/KMZ)"),
             [QgsProcessing.TypeVectorAnyGeometry], optional=True))
         self.addParameter(QgsProcessingParameterField(
-            self.CLASS_FIELD, self.tr("Class field (empty: KML placemark name, or 'lcz')"),
+            self.CLASS_FIELD, self.tr("Class field (empty: KML name or 'lcz')"),
             parentLayerParameterName=self.REFERENCE_AREAS, optional=True))
         self.addParameter(QgsProcessingParameterBoolean(
             self.IGNORE_UNKNOWN_LABELS,
-            self.tr("Skip polygons whose label is no LCZ class (listed in the log)"),
+            self.tr("Skip polygons whose label is not an LCZ class"),
             defaultValue=False))
         self.addParameter(QgsProcessingParameterRasterLayer(
-            self.REFERENCE_RASTER, self.tr("Reference LCZ raster (instead of polygons)"),
+            self.REFERENCE_RASTER, self.tr("Reference LCZ map (raster)"),
             optional=True))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT_HTML, self.tr("Accuracy report"), self.tr("HTML files (*.html)")))
@@ -190,14 +201,11 @@ Both files are checked before any work starts: a folder that cannot be created o
         if parameters.get(self.OUTPUT_TABLE) in (None, ""):
             return None
         fields = QgsFields()
-        fields.append(QgsField("code", QVariant.Int))
-        fields.append(QgsField("letter", QVariant.String))
-        fields.append(QgsField("name", QVariant.String))
-        fields.append(QgsField("reference", QVariant.Int))
-        fields.append(QgsField("predicted", QVariant.Int))
-        fields.append(QgsField("producers_accuracy", QVariant.Double))
-        fields.append(QgsField("users_accuracy", QVariant.Double))
-        fields.append(QgsField("f1", QVariant.Double))
+        for name, kind in (("code", "int"), ("letter", "string"), ("name", "string"),
+                           ("reference", "int"), ("predicted", "int"),
+                           ("producers_accuracy", "double"), ("users_accuracy", "double"),
+                           ("f1", "double")):
+            fields.append(_field(name, kind))
         # GDAL 3.6's CSV writer quotes integers under its default STRING_QUOTING=IF_AMBIGUOUS
         destination = self.parameterAsOutputLayer(parameters, self.OUTPUT_TABLE, context) or ""
         is_csv = destination.split("|")[0].lower().endswith(".csv")

@@ -14,7 +14,12 @@ import re
 import shutil
 import tempfile
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingFeedback
+from qgis.core import (
+    QgsApplication,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+)
 from qgis.PyQt.QtCore import QCoreApplication, QUrl
 from qgis.PyQt.QtGui import QIcon
 
@@ -23,7 +28,20 @@ from ..core.feedback import Feedback
 from ..core.inference.engine import ONNXRUNTIME_MISSING
 from ..core.interrupt import CANCELLED, cancel_on_signals
 
-ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "icons", "lcz.svg")
+PLUGIN_FOLDER = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ICON = os.path.join(PLUGIN_FOLDER, "icons", "lcz.svg")
+MANUAL = os.path.join(PLUGIN_FOLDER, "help")
+"""The user manual as HTML pages, put there when the plugin is packaged (docs/*.md)."""
+MANUAL_PAGES = {
+    "classify": "classify.html",
+    "stacksentinel2": "preprocessing.html#stack-sentinel-2-bands-lczstacksentinel2",
+    "rasterizeosm": "preprocessing.html#rasterize-openstreetmap-layers-lczrasterizeosm",
+    "preparedsm": "preprocessing.html#heights-from-a-surface-model-lczpreparedsm",
+    "buildstack": "preprocessing.html#build-model-input-stack-lczbuildstack",
+    "extractpatches": "training-data.html",
+    "assessaccuracy": "assessment.html",
+}
+"""Each algorithm's page of the manual (help/ in the plugin folder)."""
 REFERENCES = (
     "Stewart, I. D. & Oke, T. R. (2012). Local Climate Zones for urban temperature studies. "
     "BAMS 93(12), 1879-1900. "
@@ -34,15 +52,26 @@ REFERENCES = (
 
 def help_text(source: str) -> str:
     """A HELP text as QGIS shows it: the source wraps long lines with two-space continuation
-    lines (to keep the code within 100 columns); QGIS wants one line per paragraph or item."""
-    return re.sub(r"\n {2,}", " ", source.strip())
+    lines (to keep the code within 100 columns); QGIS wants one line per paragraph or item.
+    An indented line starting with "- " is a sub-item: a line of its own, indented (the
+    indent shows in qgis_process's help; the dialog shows each line as a paragraph)."""
+    text = re.sub(r"\n {2,}(?!- )", " ", source.strip())
+    return re.sub(r"\n {2,}- ", "\n    ", text)
 
 
 class QgisFeedback(Feedback):
-    """Passes core progress and log lines to a ``QgsProcessingFeedback``."""
+    """Passes core progress and log lines to a ``QgsProcessingFeedback``.
 
-    def __init__(self, feedback: QgsProcessingFeedback):
+    ``fixed_width_tables``: log tables as console output, with non-breaking spaces. The QGIS
+    desktop's log shows console output in the system's fixed-width font but collapses runs of
+    ordinary spaces (it is HTML); qgis_process and scripts print plain lines, whose spaces
+    line up in a terminal. Default: in the QGIS desktop application only."""
+
+    def __init__(self, feedback: QgsProcessingFeedback, fixed_width_tables=None):
         self._feedback = feedback or QgsProcessingFeedback()
+        if fixed_width_tables is None:
+            fixed_width_tables = QgsApplication.platform() == "desktop"
+        self._fixed_width_tables = fixed_width_tables
 
     @property
     def processing_feedback(self) -> QgsProcessingFeedback:
@@ -58,6 +87,13 @@ class QgisFeedback(Feedback):
 
     def info(self, message):
         self._feedback.pushInfo(message)
+
+    def table(self, lines):
+        if not self._fixed_width_tables:
+            super().table(lines)
+            return
+        for line in lines:
+            self._feedback.pushConsoleInfo(line.replace(" ", "\u00a0"))
 
     def warning(self, message):
         if hasattr(self._feedback, "pushWarning"):
@@ -111,12 +147,17 @@ class LczAlgorithm(QgsProcessingAlgorithm):
 
     def helpUrl(self):  # noqa: N802
         """A local HTML page with the full help, written on demand (works offline) into a
-        folder only this user can open (see :func:`help_folder`)."""
+        folder only this user can open (see :func:`help_folder`), with a link to the
+        algorithm's page of the manual installed with the plugin."""
         body = html.escape(self.shortHelpString()).replace("\n", "<br>\n")
+        manual = manual_page_url(self.name())
+        link = (f"<p>The manual's page for this algorithm, with examples: <a href='"
+                f"{html.escape(manual)}'>{html.escape(manual)}</a></p>" if manual else "")
         page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>"
                 f"{html.escape(self.displayName())}</title></head><body><h1>"
                 f"{html.escape(self.displayName())} (lcz:{self.name()})</h1><p><i>"
-                f"{html.escape(self.shortDescription())}</i></p><p>{body}</p></body></html>")
+                f"{html.escape(self.shortDescription())}</i></p>{link}<p>{body}</p>{link}"
+                f"</body></html>")
         path = write_private_page(f"{self.name()}.html", page)
         return QUrl.fromLocalFile(path).toString() if path else ""
 
@@ -142,6 +183,18 @@ class LczAlgorithm(QgsProcessingAlgorithm):
 
     def run_core(self, parameters, context, feedback):
         raise NotImplementedError
+
+
+def manual_page_url(algorithm: str) -> str:
+    """The file: URL of ``algorithm``'s manual page in the installed plugin; empty where the
+    manual is not installed (a source checkout: the pages are docs/*.md)."""
+    page, _, anchor = MANUAL_PAGES.get(algorithm, "index.html").partition("#")
+    path = os.path.join(MANUAL, page)
+    if not os.path.isfile(path):
+        return ""
+    url = QUrl.fromLocalFile(path)
+    url.setFragment(anchor or None)
+    return url.toString()
 
 
 _help_folder = None

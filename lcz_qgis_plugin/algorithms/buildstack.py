@@ -72,8 +72,7 @@ Every channel must come from rasters on one grid (same CRS, origin, pixel size a
             self.INPUT, self.tr("Rasters holding the channels"), QgsProcessing.TypeRaster))
         self.addParameter(QgsProcessingParameterString(
             self.INPUT_BANDS,
-            self.tr("Band names of the first raster in order, or a preset: so2sat, s2-l1c-13, "
-                    "s2-l2a-12 (empty: the band descriptions)"), optional=True))
+            self.tr("First raster's band names, or a preset"), optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.OUTPUT, self.tr("Model input stack")))
         self.addOutput(QgsProcessingOutputString("CHANNELS", self.tr("Channels written")))

@@ -3,7 +3,6 @@
 from qgis.core import (
     QgsProcessing,
     QgsProcessingException,
-    QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterDefinition,
@@ -19,29 +18,17 @@ from qgis.core import (
 
 from ..core.inference.classify import classify
 from ..core.inference.engine import DEVICES  # ids by enum index: auto, cuda, cpu, openvino, ...
-from ..core.outputs import sidecars
 from .base import LczAlgorithm
+from .output_layers import style_loaded_outputs
 
 # by enum index, as DEVICES: new choices go at the end, so saved models and scripts keep theirs
-DEVICE_LABELS = ("Automatic (the fastest engine that keeps the map)",
-                 "NVIDIA GPU (CUDA, float32)",
-                 "CPU (onnxruntime, float32)",
-                 "CPU (OpenVINO, float32)",
-                 "CPU (OpenVINO, bfloat16, approximate)",
-                 "NVIDIA GPU (CUDA, float16)",
-                 "CPU (OpenVINO, int8 variant of the model, approximate)")
-
-
-class _ApplyLczStyle(QgsProcessingLayerPostProcessorInterface):
-    """Styles the loaded class map with its .qml sidecar (WUDAPT colours, class legend)."""
-
-    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
-        if isinstance(layer, QgsRasterLayer):
-            layer.loadNamedStyle(sidecars(layer.source())[1])
-            layer.triggerRepaint()
-
-
-_STYLE_POST_PROCESSOR = _ApplyLczStyle()
+DEVICE_LABELS = ("Automatic (fastest that keeps the map)",
+                 "NVIDIA GPU",
+                 "CPU",
+                 "CPU through OpenVINO",
+                 "CPU through OpenVINO, approximate",
+                 "NVIDIA GPU, approximate",
+                 "CPU through OpenVINO, int8 copy, approximate")
 
 
 class ClassifyAlgorithm(LczAlgorithm):
@@ -100,23 +87,18 @@ Parameters
   model's default (usually 100 m).
 - Extent (EXTENT): optional area to classify; every cell overlapping it is classified. Pixels
   outside the extent but inside the raster still feed the patches at its border.
-- Device (DEVICE): 0 Automatic: CUDA GPU when onnxruntime-gpu can use one (not tried on a machine
-  without an NVIDIA driver), otherwise the fastest CPU engine that keeps the map on this CPU:
-  onnxruntime or OpenVINO in float32 (the same map), and OpenVINO in bfloat16 or the model's int8
-  variant only for a model whose card records a passed check (same class as float32 on at least
-  99.5 % of real patches; python -m training export and check-precision write the checks and the
-  int8 variant). On CPUs with AMX (Xeon Sapphire Rapids and later) bfloat16 is taken; elsewhere the
-  candidates are timed on a few batches the first time a model runs on a CPU (a second or two) and
-  the choice is kept in the user's cache folder. The log names the engine, its measured speed
-  against the others and why; EXECUTION_PROVIDER names what ran. 1 CUDA (float32; TensorRT first
-  when installed; fails with an explanation when no GPU is usable). 2 CPU with onnxruntime. 3 CPU
-  with OpenVINO, float32 (fails when openvino is not installed). 4 CPU with OpenVINO in bfloat16,
-  forced even without a passed check (2.3-2.7x OpenVINO float32 with AMX; slower than float32 on
-  CPUs with AVX-512 BF16 but no AMX; probabilities differ slightly, close calls may change class).
-  5 CUDA in float16 (needs the onnx package; for large batches on recent GPUs). 6 CPU with OpenVINO
-  running the model's calibrated int8 variant (MODEL.int8.onnx beside the model, written by python
-  -m training export or check-precision; fastest on CPUs with VNNI but no AMX; approximate like
-  bfloat16; fails with an explanation when the model has none).
+- Device (DEVICE): where the model runs; the log names what ran and why. Details and speeds:
+  the plugin's help page Performance and memory (help/performance.html).
+  - 0 Automatic (default): the NVIDIA GPU when one is usable, else the fastest CPU engine that
+    gives the same map on this computer (tried once per model and CPU, then remembered).
+  - 1 NVIDIA GPU: needs onnxruntime-gpu; stops with the reason when no GPU is usable.
+  - 2 CPU: onnxruntime.
+  - 3 CPU through OpenVINO: needs the openvino package.
+  - 4 CPU through OpenVINO, reduced precision: faster on recent Intel Xeon CPUs; a cell whose
+    two best classes are close may change class.
+  - 5 NVIDIA GPU, reduced precision: for large batches on recent GPUs; approximate too.
+  - 6 CPU through OpenVINO with the model's int8 copy (MODEL.int8.onnx beside the model,
+    written by the training package): faster on many CPUs; approximate.
 - Batch size (BATCH_SIZE): patches per inference call (64 suits CPUs; 1024-4096 for GPUs). Dense
   models run BATCH_SIZE / 16 tiles per call (at least one).
 - Majority filter radius (MAJORITY_RADIUS): 0 = off; r > 0 replaces each class by the most frequent
@@ -155,10 +137,9 @@ No data: a cell is no data when its centre pixel is no data or more than half of
             extension="onnx"))
         self.addParameter(QgsProcessingParameterString(
             self.INPUT_BANDS,
-            self.tr("Input band names in order, or a preset: so2sat, s2-l1c-13, s2-l2a-12 "
-                    "(empty: the band descriptions)"), optional=True))
+            self.tr("Input band names, or a preset"), optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.CELL_SIZE, self.tr("Cell size in metres (empty: the model's default)"),
+            self.CELL_SIZE, self.tr("Cell size in metres (empty: the model's)"),
             QgsProcessingParameterNumber.Double, optional=True, minValue=0.0))
         self.addParameter(QgsProcessingParameterExtent(
             self.EXTENT, self.tr("Extent (empty: the whole input)"), optional=True))
@@ -191,7 +172,7 @@ No data: a cell is no data when its centre pixel is no data or more than half of
             self.OUTPUT_CONFIDENCE, self.tr("Confidence (top-1 probability, entropy)"),
             optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterRasterDestination(
-            self.OUTPUT_FINE, self.tr("Fine class map (dense models: the class of every pixel)"),
+            self.OUTPUT_FINE, self.tr("Fine class map (dense models only)"),
             optional=True, createByDefault=False))
         self.addOutput(QgsProcessingOutputString(
             "EXECUTION_PROVIDER", self.tr("Engine and execution provider used")))
@@ -237,10 +218,9 @@ No data: a cell is no data when its centre pixel is no data or more than half of
             fine_output=fine,
             tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context) or None,
         )
-        for styled in (output, fine):
-            if styled and context.willLoadLayerOnCompletion(styled):
-                details = context.layerToLoadOnCompletionDetails(styled)
-                details.setPostProcessor(_STYLE_POST_PROCESSOR)
+        style_loaded_outputs(context, {self.OUTPUT: output, self.OUTPUT_FINE: fine,
+                                       self.OUTPUT_PROBABILITIES: probabilities,
+                                       self.OUTPUT_CONFIDENCE: confidence})
         return {
             self.OUTPUT: result.output,
             self.OUTPUT_PROBABILITIES: result.probabilities,

@@ -1,5 +1,7 @@
 """``lcz:extractpatches`` — Extract training patches (adapter over core.extract)."""
 
+import os
+
 from qgis.core import (
     QgsProcessing,
     QgsProcessingException,
@@ -12,11 +14,14 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
+    QgsProcessingUtils,
 )
 
 from ..core.training_data.extraction import extract_patches
 from .areas_input import labelled_areas_parameter
 from .base import LczAlgorithm
+
+VALIDATION_DEFAULT = 0.2
 
 
 class ExtractPatchesAlgorithm(LczAlgorithm):
@@ -78,8 +83,10 @@ Parameters
   channel, is left unlabelled (0); the last row and column of tiles reach past the raster edge
   by less than half a tile, filled by reflection as Classify does, never labelled there; each
   tile is written once per split whose areas it touches, labelling only that split's pixels.
-- Patch size (PATCH_SIZE): patch edge in pixels (48 for MSMLA, 32 for Sen2LCZ-Net / So2Sat models).
-  Patches only.
+- Patch size (PATCH_SIZE): patch edge in pixels, default 48. The patch file records it and
+  the model trained on the file classifies patches of this size, so choose it for the model
+  you will train: 48 for MSMLA (as its authors trained it), 32 for Sen2LCZ-Net and the So2Sat
+  LCZ42 models (the demo uses 32 to train faster). Patches only.
 - Tile size (TILE_SIZE): tile edge in pixels, 16-1024 (default 128), at most the stack's width
   and height. Tiles only.
 - Cell size (CELL_SIZE): output cell size in metres, a whole multiple of the pixel size (100 m: one
@@ -94,7 +101,9 @@ Parameters
   polygon once a class has two polygons, one test polygon once it has three, and always one
   left for training. The log's table gives each class's split counts and shares, and warns
   where a class's polygons are too few or too unequal to come within 10 points of the share.
-  Stored in the patch file's split dataset. 0 and 0: no split stored.
+  Stored in the patch file's split dataset. Defaults: validation 0.2, test 0 (a first training
+  needs validation patches to choose its best epoch; keep a test share, or a separate area,
+  for the final accuracy). 0 and 0: no split stored.
 - Random seed (SEED): makes sampling and split repeatable.
 - Input band names (INPUT_BANDS, optional): for a stack without band names (a GeoTIFF exported from
   Google Earth Engine, the Copernicus Browser or SNAP): its bands' names in order, separated by
@@ -106,11 +115,13 @@ Parameters
   B02, B8A) are recorded as S2:B02 ....
 
 Outputs
-- Patch file (OUTPUT): HDF5 (.h5) with patches (raw stack values), labels, polygon ids, split, cell
-  centres, channel names and per-channel scale/offset (the band's GDAL scale/offset, else 1e-4 for
-  S2:* and 1 for others). Tiles: schema version 2, with the masks, the tile size as patch size,
-  each tile's most frequent class as its label and its centre. Schema: docs/training-data.md,
-  section "Patch files".
+- Patch file (OUTPUT): choose where to keep it: QGIS deletes a temporary file (the default)
+  when it closes, and the log warns when the file went there. HDF5 (.h5) with patches (raw
+  stack values), labels, polygon ids, split, cell centres, channel names and per-channel
+  scale/offset (the band's GDAL scale/offset, else 1e-4 for S2:* and 1 for others). Tiles:
+  schema version 2, with the masks, the tile size as patch size, each tile's most frequent
+  class as its label and its centre. Schema: the plugin's help page Training data
+  (help/training-data.html), section Patch files.
 - Summary (OUTPUT_SUMMARY, optional): JSON with patches (tiles: labelled pixels, each counted
   once) per class and split, skipped polygons and cells.
 - PATCHES: number of patches (tiles: tiles) written. Class counts (tiles: labelled pixels) are
@@ -124,19 +135,20 @@ Outputs
             self.TRAINING_AREAS, self.tr("Training areas (polygons, or WUDAPT KML/KMZ)"),
             [QgsProcessing.TypeVectorAnyGeometry]))
         self.addParameter(QgsProcessingParameterField(
-            self.CLASS_FIELD, self.tr("Class field (empty: KML placemark name, or 'lcz')"),
+            self.CLASS_FIELD, self.tr("Class field (empty: KML name or 'lcz')"),
             parentLayerParameterName=self.TRAINING_AREAS, optional=True))
         self.addParameter(QgsProcessingParameterBoolean(
             self.IGNORE_UNKNOWN_LABELS,
-            self.tr("Skip polygons whose label is no LCZ class (listed in the log)"),
+            self.tr("Skip polygons whose label is not an LCZ class"),
             defaultValue=False))
         self.addParameter(QgsProcessingParameterEnum(
             self.SAMPLES, self.tr("Samples"),
-            options=[self.tr("Patches, one per cell (patch models)"),
-                     self.tr("Tiles with a per-pixel label mask (dense models)")],
+            options=[self.tr("Patches (patch models)"),
+                     self.tr("Tiles with label masks (dense models)")],
             defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.PATCH_SIZE, self.tr("Patch size in pixels (patches)"),
+            self.PATCH_SIZE,
+            self.tr("Patch size in pixels (MSMLA 48, So2Sat 32)"),
             QgsProcessingParameterNumber.Integer, defaultValue=48, minValue=1, maxValue=1024))
         self.addParameter(QgsProcessingParameterNumber(
             self.TILE_SIZE, self.tr("Tile size in pixels (tiles)"),
@@ -153,11 +165,11 @@ Outputs
             QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0))
         self.addParameter(QgsProcessingParameterNumber(
             self.VALIDATION_FRACTION,
-            self.tr("Validation fraction of each class's patches (whole polygons)"),
-            QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0,
+            self.tr("Validation fraction per class (whole polygons)"),
+            QgsProcessingParameterNumber.Double, defaultValue=VALIDATION_DEFAULT, minValue=0.0,
             maxValue=0.9))
         self.addParameter(QgsProcessingParameterNumber(
-            self.TEST_FRACTION, self.tr("Test fraction of each class's patches (whole polygons)"),
+            self.TEST_FRACTION, self.tr("Test fraction per class (whole polygons)"),
             QgsProcessingParameterNumber.Double, defaultValue=0.0, minValue=0.0,
             maxValue=0.9))
         self.addParameter(QgsProcessingParameterNumber(
@@ -165,10 +177,10 @@ Outputs
             defaultValue=42))
         self.addParameter(QgsProcessingParameterString(
             self.INPUT_BANDS,
-            self.tr("Input band names in order, or a preset: so2sat, s2-l1c-13, s2-l2a-12 "
-                    "(empty: the band descriptions)"), optional=True))
+            self.tr("Input band names, or a preset"), optional=True))
         self.addParameter(QgsProcessingParameterFileDestination(
-            self.OUTPUT, self.tr("Patch file"), self.tr("HDF5 patch files (*.h5)")))
+            self.OUTPUT, self.tr("Patch file (save it: a temporary one is deleted)"),
+            self.tr("HDF5 patch files (*.h5)")))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT_SUMMARY, self.tr("Summary (JSON)"), self.tr("JSON files (*.json)"),
             optional=True, createByDefault=False))
@@ -207,5 +219,16 @@ Outputs
             input_bands=self.parameterAsString(parameters, self.INPUT_BANDS, context) or None,
             samples=self.SAMPLE_KINDS[self.parameterAsEnum(parameters, self.SAMPLES, context)],
             tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context))
+        warn_if_temporary(result.output, "patch file", feedback)
         return {self.OUTPUT: result.output, self.OUTPUT_SUMMARY: result.summary_path,
                 "PATCHES": result.patches}
+
+
+def warn_if_temporary(path: str, what: str, feedback) -> None:
+    """A training input written to QGIS's temporary folder is lost when QGIS closes: say so
+    while the user can still copy it."""
+    folder = os.path.realpath(QgsProcessingUtils.tempFolder())
+    if os.path.realpath(path).startswith(folder + os.sep):
+        feedback.warning(f"The {what} {path} is in QGIS's temporary folder, which QGIS deletes "
+                         f"when it closes: copy it elsewhere, or run again with a file name of "
+                         f"your own for the output.")

@@ -11,7 +11,7 @@ from qgis.core import (
 from ..core.preprocess.dsm import AGGREGATIONS, prepare_dsm
 from .base import LczAlgorithm
 
-AGGREGATION_LABELS = ("Automatic (mean when the DSM is finer than the grid)", "Mean", "Maximum")
+AGGREGATION_LABELS = ("Automatic (mean if the DSM is finer)", "Mean", "Maximum")
 
 
 class PrepareDsmAlgorithm(LczAlgorithm):

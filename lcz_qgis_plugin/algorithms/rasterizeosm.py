@@ -77,7 +77,8 @@ Parameters
 - Sub-pixels (SUPERSAMPLE, advanced): each pixel is rasterized as n x n sub-pixels (default 10: 1 m
   on a 10 m grid) and fractions are their means.
 
-Definitions (full tag lists: docs/preprocessing.md, "Rasterize OpenStreetMap layers")
+Definitions (full tag lists: the plugin's help page Preprocessing
+  (help/preprocessing.html#rasterize-openstreetmap-layers-lczrasterizeosm))
 - building fraction: share of the pixel under building=* footprints. Building height: area-weighted
   mean height of the footprints in the pixel (untagged ones at the default height above); 0 without
   buildings. Building height known: share of the pixel's building area whose height comes from a
@@ -110,8 +111,7 @@ Output (OUTPUT): Float32 GeoTIFF, -9999 = no data, only outside the coverage. In
             self.addParameter(QgsProcessingParameterFeatureSource(
                 name, self.tr(label), types, optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.COVERAGE, self.tr("Coverage of the OpenStreetMap data (polygons; outside = "
-                                   "no data)"),
+            self.COVERAGE, self.tr("OSM coverage (outside: no data)"),
             [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(
             self.REFERENCE, self.tr("Reference raster (defines the grid)")))
@@ -119,7 +119,7 @@ Output (OUTPUT): Float32 GeoTIFF, -9999 = no data, only outside the coverage. In
             self.METRES_PER_LEVEL, self.tr("Metres per building level"),
             QgsProcessingParameterNumber.Double, defaultValue=3.0, minValue=0.1))
         self.addParameter(QgsProcessingParameterNumber(
-            self.DEFAULT_HEIGHT, self.tr("Default building height in metres (empty: estimated)"),
+            self.DEFAULT_HEIGHT, self.tr("Default building height, m"),
             QgsProcessingParameterNumber.Double, optional=True, minValue=0.0))
         supersample = QgsProcessingParameterNumber(
             self.SUPERSAMPLE, self.tr("Sub-pixels per pixel edge"),

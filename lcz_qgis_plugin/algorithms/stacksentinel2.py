@@ -46,8 +46,11 @@ Stacks the bands of Sentinel-2 Level-1C or Level-2A products into one tiled, com
 
 Parameters
 - Sentinel-2 inputs (INPUT): the .zip files as downloaded (read in place, no unzipping), .SAFE
-  folders (in the file dialog, pick the MTD_MSIL1C.xml / MTD_MSIL2A.xml inside the folder), or
-  individual band rasters (file names containing B02, B8A ...). Several products of one date
+  folders, or individual band rasters (file names containing B02, B8A ...). In the selection
+  dialog (the ... button): Add File(s)... for a .zip, band rasters or the MTD_MSIL1C.xml /
+  MTD_MSIL2A.xml inside a .SAFE folder (it stands for the folder); Add Directory... on a .SAFE
+  folder adds every file in it, and those files are read as that one product. Headless runs
+  (qgis_process, Python) also take the .SAFE folder's path. Several products of one date
   (adjacent tiles of one pass, same UTM zone) are mosaicked; mixing dates or processing levels is
   refused.
 - Bands (BANDS): comma-separated, in output order; default the So2Sat ten:
@@ -74,7 +77,7 @@ Bad input (missing bands, a zip that is not a Sentinel-2 product, damaged JP2, m
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterMultipleLayers(
-            self.INPUT, self.tr("Sentinel-2 products (.SAFE folders, .zip) or band rasters"),
+            self.INPUT, self.tr("Sentinel-2 products or band rasters"),
             QgsProcessing.TypeFile))
         self.addParameter(QgsProcessingParameterString(
             self.BANDS, self.tr("Bands (comma-separated, in output order)"),
@@ -85,7 +88,7 @@ Bad input (missing bands, a zip that is not a Sentinel-2 product, damaged JP2, m
         self.addParameter(QgsProcessingParameterExtent(
             self.EXTENT, self.tr("Extent (empty: everything)"), optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.AOI, self.tr("Area of interest (polygons; outside = no data)"),
+            self.AOI, self.tr("Area of interest (outside: no data)"),
             [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterBoolean(
             self.MASK_CLOUDS, self.tr("Mask clouds and shadows with the L2A SCL band"),

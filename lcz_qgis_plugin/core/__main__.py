@@ -1,12 +1,16 @@
 """Command line for the QGIS-free core, for scripts and machines without QGIS.
 
     python -m lcz_qgis_plugin.core classify --input stack.tif --model m.onnx --output lcz.tif
+    python -m lcz_qgis_plugin.core classify-tiles --input country.vrt --model m.onnx --out map/
     python -m lcz_qgis_plugin.core model-info m.onnx
     python -m lcz_qgis_plugin.core clean-partials FOLDER
 
-Errors print one line naming the problem and the fix, and exit with status 2. Ctrl+C or
-SIGTERM cancels a run like the Processing cancel button (a second one stops at once): the line
-"cancelled; no output was written" and exit status 130.
+Log lines go to stderr, with progress as a bar on a terminal and as a line every 10 % in a
+log file or pipe. Errors print one line naming the problem and the fix, and exit with status 2.
+Ctrl+C or SIGTERM cancels a run like the Processing cancel button (a second one stops at
+once): the line "cancelled; no output was written" and exit status 130 (classify-tiles keeps
+its finished tiles: "cancelled; N of M tiles are finished; run the same command again to
+continue").
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import os
 import sys
 
+from .environment import keep_gdal_exception_mode
 from .errors import Cancelled, LczError
 from .feedback import ConsoleFeedback
 from .inference.engine import DEVICES
@@ -59,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--threads", type=int, default=0)
     run.add_argument("--tile-size", type=int, default=0,
                      help="dense models: tile edge in pixels (default 0: automatic)")
+    _add_classify_tiles(commands)
     info = commands.add_parser("model-info", help="print a model's LCZ metadata as JSON")
     info.add_argument("model")
     clean = commands.add_parser(
@@ -69,14 +75,20 @@ def main(argv: list[str] | None = None) -> int:
                     "into the folder does the same.")
     clean.add_argument("folder")
     args = parser.parse_args(argv)
+    keep_gdal_exception_mode()
     feedback = ConsoleFeedback()
     try:
-        # classify stops at its next batch; the other commands are short: stop at once
-        cancel = feedback.cancel if args.command == "classify" else raise_keyboard_interrupt
+        # classify stops at its next batch, classify-tiles at its next wait for tiles; the
+        # other commands are short: stop at once
+        cancel = (feedback.cancel if args.command in ("classify", "classify-tiles")
+                  else raise_keyboard_interrupt)
         with cancel_on_signals(cancel):
-            return _run(args, feedback)
-    except (Cancelled, KeyboardInterrupt):
-        print(CANCELLED, file=sys.stderr)
+            try:
+                return _run(args, feedback)
+            finally:
+                feedback.close()  # the progress bar ends before the result or error line
+    except (Cancelled, KeyboardInterrupt) as exc:
+        print(str(exc) if isinstance(exc, Cancelled) else CANCELLED, file=sys.stderr)
         return CANCELLED_EXIT_STATUS
     except LczError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -88,6 +100,67 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unexpected {type(exc).__name__}: {exc}. Please report it with the "
               f"command line that led to it.", file=sys.stderr)
         return 2
+
+
+def _add_classify_tiles(commands) -> None:
+    tiles = commands.add_parser(
+        "classify-tiles", help="classify a large scene tile by tile on Dask (resumable)",
+        description="Classify a large scene (a country) tile by tile on a Dask cluster: a "
+                    "local one (--workers) or an existing one (--scheduler). Each tile is a "
+                    "Cloud-Optimised GeoTIFF under OUT/tiles; OUT/lcz.vrt (and "
+                    "probabilities.vrt, confidence.vrt) mosaic them. Run the same command "
+                    "again after an interruption: finished tiles are kept (OUT/manifest.json "
+                    "records them with their checksums) and only the others run.")
+    tiles.add_argument("--input", action="append", required=True,
+                       help="input stack or VRT mosaic; repeat for several dates")
+    tiles.add_argument("--model", required=True, help=".onnx model with LCZ metadata")
+    tiles.add_argument("--out", required=True, help="output folder (created when missing)")
+    tiles.add_argument("--probabilities", action="store_true",
+                       help="also write the class probabilities (probabilities.vrt)")
+    tiles.add_argument("--confidence", action="store_true",
+                       help="also write the confidence (confidence.vrt)")
+    tiles.add_argument("--input-bands", metavar="NAMES",
+                       help="names of the input's bands in order (as for classify)")
+    tiles.add_argument("--cell-size", type=float, help="metres (default: the model's)")
+    tiles.add_argument("--extent", type=_extent, help="xmin,ymin,xmax,ymax in the stack's CRS")
+    tiles.add_argument("--tile-cells", type=int, default=512,
+                       help="tile edge in output cells (default 512)")
+    tiles.add_argument("--workers", type=int, default=2,
+                       help="worker processes of the local cluster (default 2)")
+    tiles.add_argument("--threads-per-worker", type=int, default=1,
+                       help="tiles each local worker runs at a time (default 1)")
+    tiles.add_argument("--scheduler", metavar="ADDRESS",
+                       help="an existing Dask cluster's scheduler, e.g. tcp://host:8786 "
+                            "(instead of a local cluster)")
+    tiles.add_argument("--device", choices=DEVICES, default="auto")
+    tiles.add_argument("--threads", type=int, default=0,
+                       help="engine threads per tile (default 0: automatic)")
+    tiles.add_argument("--batch-size", type=int, default=64)
+    tiles.add_argument("--tile-size", type=int, default=0,
+                       help="dense models: their own tile edge in pixels (default 0: "
+                            "automatic)")
+    tiles.add_argument("--restart", action="store_true",
+                       help="classify every tile again, even when OUT holds a run of "
+                            "another plan")
+
+
+def _classify_tiles(args, feedback: ConsoleFeedback) -> int:
+    from .inference.classify_tiles import classify_tiles
+    result = classify_tiles(args.input, args.model, args.out, probabilities=args.probabilities,
+                            confidence=args.confidence, cell_size=args.cell_size,
+                            extent=args.extent, tile_cells=args.tile_cells,
+                            workers=args.workers, threads_per_worker=args.threads_per_worker,
+                            scheduler=args.scheduler, device=args.device, threads=args.threads,
+                            batch_size=args.batch_size, input_bands=args.input_bands,
+                            tile_size=args.tile_size or None, restart=args.restart,
+                            feedback=feedback)
+    print(json.dumps({"output": result.output, "probabilities": result.probabilities,
+                      "confidence": result.confidence, "tiles": result.tiles,
+                      "tiles_run": result.tiles_run, "tiles_skipped": result.tiles_skipped,
+                      "cells": result.cells, "classified_cells": result.classified_cells,
+                      "seconds": round(result.seconds, 1),
+                      "dashboard": result.dashboard}))
+    return 0
 
 
 def _os_error(exc: OSError) -> str:
@@ -113,6 +186,8 @@ def _run(args, feedback: ConsoleFeedback) -> int:
     """The command itself; errors are turned into one line by :func:`main`."""
     if args.command == "clean-partials":
         return _clean_partials(args.folder)
+    if args.command == "classify-tiles":
+        return _classify_tiles(args, feedback)
     if args.command == "model-info":
         from .inference.engine import Engine
         engine = Engine(args.model, device="cpu")

@@ -356,6 +356,14 @@ class Commit:
 
     # the end -------------------------------------------------------------------------------
 
+    def saving_line(self) -> str:
+        """The log line before :meth:`commit`: what is put in place, and where ("" when
+        nothing is)."""
+        if not self._entries:
+            return ""
+        return "Saving " + ", ".join(f"the {entry.what} {entry.final}"
+                                     for entry in self._entries.values()) + "."
+
     def commit(self) -> None:
         """Sync every temporary file, then move each into place with its sidecars."""
         try:

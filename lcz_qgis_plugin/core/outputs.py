@@ -145,8 +145,13 @@ class PendingOutputs:
             if check:
                 errors.raise_if_any(f"{entry.what} {entry.final or entry.temp}")
 
-    def commit(self) -> None:
-        """Close every output, check it, and move it with its sidecars to its final name."""
+    def commit(self, feedback=None) -> None:
+        """Close every output, check it, and move it with its sidecars to its final name;
+        ``feedback`` (a :class:`~.feedback.Feedback`) gets a line saying what is saved where
+        (closing a large compressed GeoTIFF takes a while)."""
+        line = self.files.saving_line()
+        if feedback is not None and line:
+            feedback.info(line)
         try:
             self._close(check=True)
             for entry in self._entries.values():

@@ -173,3 +173,32 @@ def warn_if_reflectance(stack: Stack, channels: list[str], scale: list[float],
             f"model reads them as DN x 10000 (scale {min(scale[i] for i in picked):g}); if so, "
             f"the map is meaningless. Export the bands as DN (in Earth Engine without dividing "
             f"by 10000), or multiply them by 10000 (Raster calculator) before classifying.")
+
+
+SOURCES = "LCZ_SOURCES"
+"""Metadata item of a model input stack and of a map: the user's files it was made from."""
+
+_RECORDED_INPUTS = ("LCZ_SENTINEL2_INPUTS", "LCZ_OSM_SOURCE", "LCZ_DSM")
+_NOT_FILES = {"band rasters", "vector layers"}
+
+
+def sources_of(dataset: gdal.Dataset, path: str) -> list[str]:
+    """The names of the user's files a raster was made from, as the preprocessing outputs
+    record them (the Sentinel-2 products, the OpenStreetMap extract, the DSM and DTM, or a
+    model input stack's own list); a raster that records none stands for itself. A map made
+    from a temporary stack (a graphical model's) names these instead of the stack."""
+    metadata = dataset.GetMetadata() or {}
+    if metadata.get(SOURCES):
+        return metadata[SOURCES].split(";")
+    names = [value for key in _RECORDED_INPUTS for value in metadata.get(key, "").split(";")]
+    ground = metadata.get("LCZ_GROUND", "")
+    if ground.startswith("DTM "):
+        names.append(ground[len("DTM "):])
+    names = [os.path.basename(name) for name in names if name and name not in _NOT_FILES]
+    return list(dict.fromkeys(names)) or [os.path.basename(path)]
+
+
+def sources_of_all(rasters) -> str:
+    """:func:`sources_of` of several (dataset, path) pairs, once each, as one metadata value."""
+    names = [name for dataset, path in rasters for name in sources_of(dataset, path)]
+    return ";".join(dict.fromkeys(names))

@@ -342,6 +342,8 @@ def assess_accuracy(map_path: str, *, reference_raster: str | None = None,
     source = reference_raster or (reference_areas if isinstance(reference_areas, str)
                                   else reference_areas.source)
     files = _reserve_outputs(map_path, source, report, table)
+    feedback.info(f"Reading the LCZ map {os.path.basename(map_path)} and the reference "
+                  f"{os.path.basename(source.split('|')[0])} ...")
     map_ds = _open_map(map_path)
     if reference_raster is not None:
         reference = _RasterReference(reference_raster, map_ds, feedback)
@@ -366,6 +368,8 @@ def assess_accuracy(map_path: str, *, reference_raster: str | None = None,
                                          title or "LCZ map accuracy", feedback, files)
         if table:
             result.table = write_class_table(table, result.classes, files)
+        if files.saving_line():
+            feedback.info(files.saving_line())
     return result
 
 
@@ -413,6 +417,8 @@ def _compare(map_ds: gdal.Dataset, map_path: str, reference, feedback: Feedback)
     width, height = map_ds.RasterXSize, map_ds.RasterYSize
     matrix = np.zeros((len(LCZ_CODES), len(LCZ_CODES)), np.int64)
     strip_rows = _strip_rows(width, reference.samples_per_cell)
+    feedback.info(f"Comparing {width} x {height} map cells with the reference, in strips of "
+                  f"up to {strip_rows} rows ...")
     for row in range(0, height, strip_rows):
         if feedback.is_cancelled():
             raise Cancelled()

@@ -39,7 +39,7 @@ from ..lcz_classes import NODATA_CODE, lcz_class
 from ..model.card import ModelCard
 from ..outputs import PendingOutputs, check_output_path
 from ..rasters import bounded_cache
-from ..stacks import Stack, open_stacks
+from ..stacks import SOURCES, Stack, open_stacks, sources_of_all
 from ..style import category_names, class_map_qml, colour_table
 from .engine import GPU_PROVIDERS, Engine
 from .majority import filter_band
@@ -196,7 +196,7 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
              threads: int = 0, feedback: Feedback | None = None,
              max_nodata_fraction: float = 0.5, strip_memory_mb: float = 256,
              prefetch: bool = True, input_bands=None, fine_output: str | None = None,
-             tile_size: int | None = None) -> ClassifyResult:
+             tile_size: int | None = None, allow_empty: bool = False) -> ClassifyResult:
     """Classify the input stack(s) into an LCZ map.
 
     ``inputs``: paths of one or more stacks of the same area and grid (several dates: their
@@ -209,7 +209,8 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
     :func:`.bandnames.parse_input_bands`. A dense model (``lcz.model_kind`` dense) is run
     in overlapping tiles of ``tile_size`` px (None: automatic, see :func:`.tiles.make_layout`)
     by :mod:`.dense`; ``fine_output`` (dense models only) is its per-pixel class map at the
-    model's output resolution. Raises
+    model's output resolution. ``allow_empty`` writes a map whose every cell is no-data
+    (a tile of a tiled run over the sea) instead of refusing it. Raises
     :class:`~.errors.LczError` subclasses with messages meant for the user; nothing is left on
     disk after an error or a cancel.
     """
@@ -232,7 +233,8 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
                                batch_size=batch_size, prefetch=prefetch,
                                max_nodata_fraction=max_nodata_fraction)
             _finish(scene, outputs, destinations, tally, feedback, span=span,
-                    majority_radius=majority_radius, max_nodata_fraction=max_nodata_fraction)
+                    majority_radius=majority_radius, max_nodata_fraction=max_nodata_fraction,
+                    allow_empty=allow_empty)
     except BaseException:
         stages.close()  # stop and join the threads before their outputs are deleted
         outputs.discard()
@@ -273,6 +275,8 @@ def _open_inputs(inputs: list[str], model: str | Engine, feedback: Feedback, *, 
     """The engine, the date stacks matched to its card's channels, the output grid and its
     strips (sized to ``strip_memory_mb``; a dense model's: :func:`.dense.open_dense_scene`);
     says which engine runs and what the grid is."""
+    if not isinstance(model, Engine):
+        feedback.info(f"Loading the model {os.path.basename(model)} ...")
     engine = model if isinstance(model, Engine) else Engine(model, device, threads, feedback)
     card = engine.card
     feedback.info(f"Model: {card.describe()}; execution provider: {engine.provider}")
@@ -318,6 +322,7 @@ def _map_metadata(scene: _Scene, majority_radius: int) -> dict[str, str]:
         "LCZ_PATCH_SIZE": str(card.patch_size),
         "LCZ_TEMPERATURE": f"{card.temperature:g}",
         "LCZ_INPUTS": ";".join(os.path.basename(s.path) for s in scene.stacks),
+        SOURCES: sources_of_all((s.dataset, s.path) for s in scene.stacks),
         "LCZ_DATES_AVERAGED": str(len(scene.stacks)),
         "LCZ_MAJORITY_RADIUS": str(majority_radius),
         "LCZ_CREATED": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -386,6 +391,7 @@ def _run_scene(scene: _Scene, outputs: PendingOutputs, class_key: str,
     else:
         writer = Inline()
     engine_stage = _EngineStage(scene, outputs, class_key, writer, feedback, span)
+    feedback.info(f"Classifying {len(scene.strips)} strip(s) ...")
     for event in source:
         _check_cancel(feedback)
         engine_stage.handle(event)
@@ -396,10 +402,11 @@ def _run_scene(scene: _Scene, outputs: PendingOutputs, class_key: str,
 
 def _finish(scene: _Scene, outputs: PendingOutputs, destinations: dict[str, str],
             tally: _Tally, feedback: Feedback, *, span: float, majority_radius: int,
-            max_nodata_fraction: float) -> None:
-    """Refuse a map without a classified cell, run the majority filter pass over the written
-    classes (the filtered map's counts replace the tally's), and put the outputs in place."""
-    if tally.histogram[1:].sum() == 0:
+            max_nodata_fraction: float, allow_empty: bool = False) -> None:
+    """Refuse a map without a classified cell (unless ``allow_empty``), run the majority
+    filter pass over the written classes (the filtered map's counts replace the tally's), and
+    put the outputs in place."""
+    if tally.histogram[1:].sum() == 0 and not allow_empty:
         raise InputError(
             f"every cell of the output is no-data: the input stack(s) hold no valid "
             f"pixels in the classified area (or every patch is more than "
@@ -416,7 +423,7 @@ def _finish(scene: _Scene, outputs: PendingOutputs, destinations: dict[str, str]
             tally.histogram = filter_band(outputs.band("RAW_CLASSES"), outputs.band("OUTPUT"),
                                           majority_radius, scene.strip_rows, on_block)
         errors.raise_if_any(f"class map output {destinations['OUTPUT']}")
-    outputs.commit()
+    outputs.commit(feedback)
 
 
 def _report(scene: _Scene, destinations: dict[str, str], tally: _Tally, seconds: float,

@@ -73,16 +73,22 @@ CACHE_SIZE = 4
 
 ONNXRUNTIME_MISSING = (
     "onnxruntime is not installed in the Python that runs QGIS, so LCZ models cannot run. "
-    "Install it into that Python and restart QGIS: "
-    "Linux: 'python3 -m pip install --user onnxruntime' (or onnxruntime-gpu for an NVIDIA GPU); "
+    "Install it from QGIS: run 'Install LCZ dependencies' (lcz:installdependencies, in the "
+    "Processing Toolbox under Local Climate Zones > Tools; no restart needed). Or by hand, "
+    "into QGIS's Python, then restart QGIS: "
+    "Debian/Ubuntu: 'python3 -m pip install --user --break-system-packages onnxruntime' "
+    "(onnxruntime-gpu for an NVIDIA GPU); "
     "Windows: in the OSGeo4W Shell, 'python -m pip install onnxruntime'; "
     "macOS: '/Applications/QGIS.app/Contents/MacOS/bin/python3 -m pip install onnxruntime'. "
-    "The plugin's README, section 'Installing onnxruntime', has the details.")
+    "'Check the LCZ environment' (lcz:checkenvironment) gives the command for this machine; "
+    "the plugin's help page Installing (help/install.html, in the plugin's folder) has the "
+    "details.")
 OPENVINO_MISSING = (
     "DEVICE is OpenVINO, but the openvino package is not installed in the Python that runs "
-    "QGIS. Install it the same way as onnxruntime ('python3 -m pip install --user openvino', "
-    "in the OSGeo4W Shell on Windows) and restart QGIS, or set DEVICE to Automatic or CPU.")
-
+    "QGIS. Install it with 'Install LCZ dependencies' (lcz:installdependencies, PACKAGES "
+    "openvino), or by hand the same way as onnxruntime (Debian/Ubuntu: 'python3 -m pip "
+    "install --user --break-system-packages openvino'; in the OSGeo4W Shell on Windows); or "
+    "set DEVICE to Automatic or CPU.")
 
 def import_onnxruntime():
     try:

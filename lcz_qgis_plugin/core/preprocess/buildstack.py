@@ -29,7 +29,7 @@ from ..channels import (
     parse_input_bands,
 )
 from ..errors import InputError
-from ..feedback import Feedback
+from ..feedback import Feedback, describe_files
 from ..model.card import ModelCard
 from ..model.card_file import read_model_card
 from ..outputs import PendingOutputs
@@ -42,6 +42,7 @@ from ..rasters import (
     open_raster,
     row_blocks,
 )
+from ..stacks import SOURCES, sources_of_all
 from .reference_grid import grid_of
 
 
@@ -154,6 +155,11 @@ def _check_grid(sources: list[_Source], card: ModelCard) -> None:
             f"stack as the reference raster, or warp them onto it (gdalwarp -te -tr -t_srs).")
 
 
+def _sources(sources: list[_Source]) -> str:
+    """The user's files behind the channels (see :func:`~..stacks.sources_of`)."""
+    return sources_of_all((source.dataset, source.path) for source in sources)
+
+
 def _write_vrt(sources: list[_Source], output: str, card: ModelCard,
                pending: PendingOutputs) -> None:
     first = sources[0].dataset
@@ -164,6 +170,7 @@ def _write_vrt(sources: list[_Source], output: str, card: ModelCard,
              + "</GeoTransform>",
              "  <Metadata>",
              f'    <MDI key="LCZ_MODEL">{html.escape(card.describe())}</MDI>',
+             f'    <MDI key="{SOURCES}">{html.escape(_sources(sources))}</MDI>',
              "  </Metadata>"]
     for number, source in enumerate(sources, start=1):
         band = source.dataset.GetRasterBand(source.band)
@@ -204,12 +211,14 @@ def _write_tif(sources: list[_Source], output: str, card: ModelCard, feedback: F
                        geotransform=grid.geotransform, projection=grid.wkt,
                        block_rows=256, nodata=nodata if nodata is not None else 0,
                        descriptions=[s.channel for s in sources],
-                       metadata={"LCZ_MODEL": card.describe()},
+                       metadata={"LCZ_MODEL": card.describe(), SOURCES: _sources(sources)},
                        creation_options=options)
         if nodata is None:
             for number in range(1, len(sources) + 1):
                 pending.band("stack", number).DeleteNoDataValue()
         blocks = list(row_blocks(grid.height, 128))
+        feedback.info(f"Copying {len(sources)} channel(s) in {len(blocks)} block(s) of up to "
+                      f"128 rows ...")
         for count, (row0, rows) in enumerate(blocks):
             check_cancel(feedback)
             block = []
@@ -253,6 +262,7 @@ def build_stack(model: str | None, rasters: list[str], output: str,
         raise InputError("give a model (.onnx) whose channels to stack, or a channel list "
                          "such as 'S2:B02,S2:B03,...,OSM:building_fraction,DSM:height'.")
     what = f"the model {os.path.basename(model)}" if model else "the channel list"
+    feedback.info(f"Reading the band names of {describe_files(rasters)} ...")
     sources = _find_channels(card, [os.fspath(r) for r in rasters], what, feedback,
                              parse_input_bands(input_bands))
     _check_grid(sources, card)
@@ -266,7 +276,7 @@ def build_stack(model: str | None, rasters: list[str], output: str,
             _write_vrt(sources, output, card, pending)
         else:
             _write_tif(sources, output, card, feedback, pending)
-        pending.commit()
+        pending.commit(feedback)
     except BaseException:
         pending.discard()
         raise

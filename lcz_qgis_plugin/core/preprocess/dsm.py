@@ -232,6 +232,8 @@ def prepare_dsm(dsm: str, reference: str, output: str, *, dtm: str | None = None
         raise InputError(f"unknown aggregation '{aggregation}'; use one of "
                          f"{', '.join(AGGREGATIONS)}.")
     grid = reference_grid(reference)
+    feedback.info(f"Reading the DSM {os.path.basename(dsm)}"
+                  + (f" and the DTM {os.path.basename(dtm)}" if dtm else "") + " ...")
     plan = _plan_heights(dsm, dtm, reference, grid, aggregation, ground_window, feedback)
     pending = PendingOutputs(os.path.dirname(os.path.abspath(output)),
                              inputs=[dsm, reference] + ([dtm] if dtm else []))
@@ -239,7 +241,7 @@ def prepare_dsm(dsm: str, reference: str, output: str, *, dtm: str | None = None
     try:
         with bounded_cache():
             histogram = _write_heights(pending, output, plan, block_rows, feedback)
-        pending.commit()
+        pending.commit(feedback)
     except BaseException:
         pending.discard()
         raise
@@ -328,6 +330,8 @@ def _write_heights(pending: PendingOutputs, output: str, plan: _HeightPlan, bloc
     _create_raster(pending, output, plan)
     histogram = HeightHistogram()
     starts = list(range(0, plan.grid.height, block_rows))
+    feedback.info(f"Computing heights above ground in {len(starts)} block(s) of up to "
+                  f"{block_rows} rows ...")
     for number, row0 in enumerate(starts):
         check_cancel(feedback)
         rows = min(block_rows, plan.grid.height - row0)

@@ -835,7 +835,7 @@ def rasterize_osm(reference: str, output: str, *,
             _create_raster(pending, output, raster, sources)
             uncovered = _write_blocks(pending, scratch, raster, feedback)
         scratch.close()
-        pending.commit()  # also deletes the scratch folder
+        pending.commit(feedback)  # also deletes the scratch folder
     except BaseException:
         scratch.close()
         pending.discard()
@@ -945,6 +945,8 @@ def _write_blocks(pending: PendingOutputs, scratch: _Scratch, raster: _OsmRaster
     grid, supersample = raster.grid, raster.supersample
     edge = max(8, BLOCK_SUBPIXELS // supersample)
     blocks = [(r, c) for r in range(0, grid.height, edge) for c in range(0, grid.width, edge)]
+    feedback.info(f"Rasterizing {len(blocks)} block(s) of up to {edge} x {edge} px, "
+                  f"{supersample} x {supersample} sub-pixels per pixel ...")
     uncovered = 0
     for number, (row0, col0) in enumerate(blocks):
         check_cancel(feedback)

@@ -37,7 +37,7 @@ from osgeo import gdal, ogr, osr
 
 from ..channels import S2_ALL, SO2SAT_BANDS, s2_channel
 from ..errors import InputError
-from ..feedback import Feedback
+from ..feedback import Feedback, describe_files
 from ..outputs import PendingOutputs, check_output_path
 from ..rasters import FLOAT_NODATA, TILED, bounded_cache, check_cancel, quiet_gdal
 from .reference_grid import Grid, transform_bounds
@@ -178,7 +178,10 @@ def open_product(path: str) -> Product:
             names += [os.path.relpath(os.path.join(folder, f), path).replace(os.sep, "/")
                       for f in files]
         prefix = path
-        read = lambda name: open(os.path.join(path, name), "rb").read()  # noqa: E731
+
+        def read(name):
+            with open(os.path.join(path, name), "rb") as f:
+                return f.read()
     elif zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -226,14 +229,37 @@ def _band_of_raster(path: str) -> str:
                      f"whole product (.SAFE folder or .zip).")
 
 
+def whole_products(inputs) -> list[str]:
+    """The inputs with every file inside a Sentinel-2 product folder replaced by the folder
+    (once, in the order given). QGIS's "Add Directory..." in a multiple-input dialog adds every
+    file under the chosen folder, not the folder: a .SAFE folder arrives as its metadata,
+    manifest and band files, which together stand for the one product."""
+    items = []
+    for item in map(os.fspath, inputs):
+        inside = os.path.isfile(item) and not item.lower().endswith(".zip")
+        items.append((_product_folder_of(item) if inside else None) or item)
+    return list(dict.fromkeys(items))
+
+
+def _product_folder_of(path: str):
+    """The product folder (.SAFE) holding the file ``path``: the nearest folder above it with
+    MTD_MSIL1C.xml or MTD_MSIL2A.xml; None for a file outside any product."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while folder != os.path.dirname(folder):
+        if any(os.path.isfile(os.path.join(folder, f"MTD_MSIL{level}.xml"))
+               for level in ("1C", "2A")):
+            return folder
+        folder = os.path.dirname(folder)
+    return None
+
+
 def find_products(inputs: list[str]) -> list[Product]:
     """Products from the user's inputs; loose band rasters form one product of level 'bands'."""
     if not inputs:
         raise InputError("no Sentinel-2 input given; choose one or more products (.SAFE "
                          "folders or .zip files) or band rasters.")
     products, loose = [], Product(source="band rasters", level="bands")
-    for item in inputs:
-        item = os.fspath(item)
+    for item in whole_products(inputs):
         low = item.lower()
         if os.path.isfile(item) and low.endswith((".jp2", ".tif", ".tiff", ".vrt")) \
                 and not os.path.basename(item).upper().startswith("MTD_MSIL"):
@@ -474,6 +500,7 @@ def stack_sentinel2(inputs: list[str], output: str, *, bands=SO2SAT_BANDS,
     feedback = feedback or Feedback()
     output = check_output_path(output, "Sentinel-2 stack")
     bands, indices = _check_arguments(bands, resampling, indices)
+    feedback.info(f"Reading the Sentinel-2 input(s) {describe_files(inputs)} ...")
     products = find_products(inputs)
     plan = _plan_stack(products, bands, indices, resampling=resampling, extent=extent,
                        aoi_wkt=aoi_wkt, aoi_crs=aoi_crs, mask_clouds=mask_clouds)
@@ -482,7 +509,7 @@ def stack_sentinel2(inputs: list[str], output: str, *, bands=SO2SAT_BANDS,
     try:
         with bounded_cache():
             _write_stack(pending, output, plan, feedback)
-        pending.commit()
+        pending.commit(feedback)
     except BaseException:
         pending.discard()
         raise
@@ -622,6 +649,7 @@ def _write_stack(pending: PendingOutputs, output: str, plan: _StackPlan,
     mosaic = _Mosaic(plan)
     _create_stack(pending, output, plan)
     blocks = list(range(0, plan.grid.height, BLOCK_ROWS))
+    feedback.info(f"Writing the stack in {len(blocks)} block(s) of up to {BLOCK_ROWS} rows ...")
     for number, row0 in enumerate(blocks):
         check_cancel(feedback)
         _write_block(pending, plan, mosaic, row0)

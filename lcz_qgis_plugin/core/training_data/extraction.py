@@ -46,7 +46,7 @@ from ..cellgrid import CellGrid, make_grid
 from ..channels import PRESETS, band_channels, default_scale, parse_input_bands
 from ..commit import Commit
 from ..errors import Cancelled, InputError
-from ..feedback import Feedback
+from ..feedback import Feedback, describe_files
 from ..inference.classify import strip_rows_for
 from ..inference.strips import StripReader, describe_nodata
 from ..lcz_classes import LCZ_CODES, lcz_class
@@ -263,6 +263,9 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
     files.reserve(output, "patch file")
     if summary_output:
         files.reserve(summary_output, "summary")
+    feedback.info(f"Reading the input stack {os.path.basename(stack_path)}"
+                  + (f" and the training areas {describe_files([areas])}"
+                     if isinstance(areas, str) else "") + " ...")
     stack, channels = open_stack_channels(stack_path, input_bands, feedback)
     grid = make_grid(stack.geotransform, stack.width, stack.height, cell_size, patch_size)
     if isinstance(areas, str):
@@ -277,10 +280,12 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
     info = _patch_file_info(stack, channels, grid, patch_size, source_name, areas.class_field,
                             sampling)
     reader = _identity_reader(stack, channels, grid, patch_size, max_nodata_fraction)
+    strip_rows = strip_rows_for(grid, len(channels), strip_memory_mb)
+    feedback.info(f"Extracting the patches of {len(cells.selected)} cells, in strips of up to "
+                  f"{strip_rows} cell rows ...")
     with bounded_cache(), files:
-        counts, invalid, blamed = _write_patch_file(
-            output, info, reader, cells, strip_rows_for(grid, len(channels), strip_memory_mb),
-            files, feedback)
+        counts, invalid, blamed = _write_patch_file(output, info, reader, cells, strip_rows,
+                                                    files, feedback)
         summary = summarise(output, counts, feedback)
         summary.update({
             "polygons_outside_raster": [a.polygon_id for a in cells.outside],
@@ -291,6 +296,7 @@ def extract_patches(stack_path: str, areas: LabelledAreas | str, output: str, *,
             "notes": areas.notes})
         if summary_output:
             files.write_text(summary_output, json.dumps(summary, indent=2), "summary")
+        feedback.info(files.saving_line())
     return ExtractResult(
         output=output, patches=summary["patches"],
         counts={code: {k: v for k, v in c.items() if v} for code, c in counts.items()},
@@ -540,8 +546,7 @@ def summarise(output: str, counts: ClassCounts, feedback: Feedback, unit: str = 
     total = sum(row["total"] for row in table.values())
     missing = [lcz_class(c).letter for c in LCZ_CODES if str(c) not in table]
     feedback.info(title or f"Wrote {total} patches to {output}:")
-    for line in _table_lines(table.values()):
-        feedback.info(line)
+    feedback.table(_table_lines(table.values()))
     if missing:
         feedback.info(f"  classes without {unit.replace('_', ' ')}: {', '.join(missing)}")
     return {"patch_file": os.path.abspath(output), unit: total, "classes": table,

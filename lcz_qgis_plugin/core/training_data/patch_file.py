@@ -65,9 +65,11 @@ SAMPLE_KINDS = ("patches", "tiles")
 SPLITS = {"train": 0, "validation": 1, "test": 2}
 
 H5PY_MISSING = (
-    "h5py is not installed in this Python, so patch files cannot be read or written. "
-    "Install it ('python3 -m pip install h5py'; on Windows in the OSGeo4W Shell) and retry.")
-
+    "h5py is not installed in this Python, so patch files cannot be read or written. In "
+    "QGIS, run 'Install LCZ dependencies' (lcz:installdependencies, Processing Toolbox > Local "
+    "Climate Zones > Tools) and retry. By hand: Debian/Ubuntu 'sudo apt install python3-h5py' "
+    "(or 'python3 -m pip install --user --break-system-packages h5py'); Windows: in the "
+    "OSGeo4W Shell, 'python -m pip install h5py'; a venv: 'python -m pip install h5py'.")
 
 def _h5py():
     from ..h5import import import_h5py

@@ -454,6 +454,9 @@ def extract_tiles(stack_path: str, areas: LabelledAreas | str, output: str, *,
     files.reserve(output, "patch file")
     if summary_output:
         files.reserve(summary_output, "summary")
+    feedback.info(f"Reading the input stack {os.path.basename(stack_path)}"
+                  + (f" and the training areas {os.path.basename(areas)}"
+                     if isinstance(areas, str) else "") + " ...")
     stack, channels = open_stack_channels(stack_path, input_bands, feedback)
     grid = tile_grid(stack, tile_size)
     cells = make_grid(stack.geotransform, stack.width, stack.height, cell_size, 1)
@@ -466,15 +469,18 @@ def extract_tiles(stack_path: str, areas: LabelledAreas | str, output: str, *,
                   f"{stack.height} px with {len(channels)} channels, {grid.rows} x {grid.cols} "
                   f"tiles of {tile_size} px every {grid.step} px.")
     budget = int(strip_memory_mb * 2 ** 20)
+    feedback.info("Labelling the pixels inside the training areas ...")
     labelled = _label_areas(areas, stack, sampling, source_name, budget, feedback)
     info = _tile_file_info(stack, channels, cells, grid, source_name, areas.class_field,
                            sampling)
     with bounded_cache(), files:
+        feedback.info("Writing the tiles over the training areas ...")
         tally = _write_tile_file(output, info, stack, grid, labelled, budget, files, feedback)
         summary = _tile_summary(output, tally, labelled, grid, info, feedback)
         summary["notes"] = areas.notes
         if summary_output:
             files.write_text(summary_output, json.dumps(summary, indent=2), "summary")
+        feedback.info(files.saving_line())
     return ExtractResult(
         output=output, patches=summary["tiles"],
         counts={code: {k: v for k, v in c.items() if v} for code, c in tally.counts.items()},
