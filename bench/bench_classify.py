@@ -52,7 +52,8 @@ end, the ratio to MSMLA-18 on the same engine, OA against the generated truth, s
 the model's onnxruntime float32 map, peak memory; the issue's target (dense ≥ 10 × MSMLA-18's
 km²/min end to end on the CPU, OA no more than 2 points below) is checked on the same engine
 and on each model's fastest engine that keeps its own float32 map; and a memory check: each
-model mapping the scene and a 2 × 2 mosaic of it (four times the cells), peak memory of both.
+model mapping the scene and four copies of it one below the other (four times the cells),
+peak memory of both.
 
 A dense model's floor runs batches of whole tiles cut from the scene (BATCH_SIZE / 16 tiles
 per call, as lcz:classify does); its rates count the 100 m cells of the tiles' kept cores
@@ -81,8 +82,14 @@ calibrated on 256 patches of the training city): DEVICE OpenVINO int8 of lcz:cla
 end like the other DEVICE rows; onnxruntime running the same file is a floor for comparison.
 
     python bench/bench_classify.py [--models msmla18,msmla50,unet] [--scene-km 8] [--rounds 2]
-        [--epochs N] [--engines cpu,openvino,openvino-int8,auto] [--tile-size PX]
-        [--unet-depth 3] [--unet-width 16] [--memory-engines cpu]
+        [--epochs N] [--engines cpu,openvino-bf16 | all] [--tile-size PX]
+        [--unet-depth 2] [--unet-width 16] [--unet-stride 2] [--memory-models msmla18,unet]
+        [--memory-engines cpu]
+
+The defaults (``make bench``) measure onnxruntime float32 (the reference) and OpenVINO
+bfloat16 (Automatic's choice for a patch model on a CPU with AVX512-BF16) and check memory
+with onnxruntime: a few minutes of measuring once the preparation is cached; ``--engines all``
+adds every other row (about a quarter of an hour on two cores).
 """
 
 from __future__ import annotations
@@ -593,19 +600,20 @@ def floor_samples(name: str, run: dict, scene: dict, scene_key: str, args) -> st
     return path
 
 
-def mosaic_scene(stack: str, times: int = 2) -> str:
-    """A ``times`` x ``times`` mosaic of the scene stack (a VRT beside it, the copies placed
-    side by side): the same pixels, ``times``² as many cells, for the memory check."""
+def mosaic_scene(stack: str, rows: int = 4, cols: int = 1) -> str:
+    """A mosaic of ``rows`` x ``cols`` copies of the scene stack (a VRT beside it, the copies
+    placed one below the other and side by side): the same pixels, ``rows`` x ``cols`` times
+    as many cells, for the memory check."""
     from osgeo import gdal
-    path = os.path.splitext(stack)[0] + f"_mosaic{times}x{times}.vrt"
+    path = os.path.splitext(stack)[0] + f"_mosaic{rows}x{cols}.vrt"
     if os.path.exists(path):
         return path
     src = gdal.Open(stack)
     x0, dx, _, y0, _, dy = src.GetGeoTransform()
     width, height = src.RasterXSize * dx, src.RasterYSize * -dy
     parts = []
-    for i in range(times):
-        for j in range(times):
+    for i in range(rows):
+        for j in range(cols):
             part = os.path.splitext(stack)[0] + f"_part{i}{j}.vrt"
             gdal.Translate(part, src, format="VRT", outputBounds=[
                 x0 + j * width, y0 - i * height, x0 + (j + 1) * width, y0 - (i + 1) * height])
@@ -640,20 +648,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tile-size", type=int, default=0,
                         help="dense model: lcz:classify's TILE_SIZE in px (default 0: "
                              "automatic)")
-    parser.add_argument("--floor-patches", type=int, default=2560,
-                        help="patches per floor measurement (default 2560)")
+    parser.add_argument("--floor-patches", type=int, default=1280,
+                        help="patches per floor measurement (default 1280)")
     parser.add_argument("--floor-tiles", type=int, default=32,
                         help="dense model: tiles per floor measurement (default 32)")
     parser.add_argument("--torch-patches", type=int, default=256,
                         help="patches per PyTorch eager floor (default 256: it is slow)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--engines", default="all",
-                        help="comma-separated DEVICE ids of the rows, e.g. cpu,openvino,auto "
-                             "(default all; cpu, the reference, is always measured)")
+    parser.add_argument("--engines", default="cpu,openvino-bf16",
+                        help="comma-separated DEVICE ids of the rows, e.g. cpu,openvino,auto, "
+                             "or all (default cpu,openvino-bf16; cpu, the reference, is "
+                             "always measured)")
+    parser.add_argument("--memory-models", default="msmla18,unet",
+                        help="models of the memory check (default msmla18,unet)")
     parser.add_argument("--memory-engines", default="cpu",
-                        help="DEVICE ids of the memory check (scene and a 2 x 2 mosaic of "
-                             "it); empty: no check (default cpu)")
+                        help="DEVICE ids of the memory check (scene and four copies of it "
+                             "one below the other); empty: no check (default cpu)")
     # children
     for option in ("--model", "--checkpoint", "--device", "--stack", "--patches", "--out"):
         parser.add_argument(option)
@@ -956,18 +967,21 @@ def print_target(name: str, figures: dict) -> None:
 
 
 def memory_check(args, names: list[str], runs: dict, scene: dict) -> None:
-    """Peak memory mapping the scene and a 2 x 2 mosaic of it (four times the cells, the same
-    pixels), each in a fresh process: it should not grow with the scene."""
+    """Peak memory mapping the scene and a mosaic of four copies of it one below the other
+    (four times the cells, the same pixels, the same width), each in a fresh process: it
+    should not grow with the scene. (Memory grows with a scene's width: one strip of cells,
+    or one row of tiles, is held at a time.)"""
     devices = [d for d in args.memory_engines.split(",") if d]
     if not devices:
         return
     mosaic = mosaic_scene(scene["stack"])
     cells = int(round(args.scene_km * 10)) ** 2
-    print(f"Memory check: the scene ({cells} cells) and a 2 x 2 mosaic of it ({4 * cells} "
-          f"cells), one run each, fresh processes (load average {os.getloadavg()[0]:.2f})")
+    print(f"Memory check: the scene ({cells} cells) and four copies of it one below the other "
+          f"({4 * cells} cells), one run each, fresh processes (load average "
+          f"{os.getloadavg()[0]:.2f})")
     print(f"{'model':<8} {'engine':<10} {'km2/min':>8} {'x4 km2/min':>10} {'peak MB':>8} "
           f"{'x4 peak MB':>10} {'growth':>7}")
-    for name in names:
+    for name in [n for n in names if n in args.memory_models.split(",")]:
         for device in devices:
             measured = [run_child("classify", "--model", runs[name]["model"], "--device",
                                   device, "--stack", stack, "--batch", args.batch,
