@@ -143,6 +143,8 @@ CLASSIFY_DEVICES = ("cpu", "openvino", "openvino-bf16", "openvino-int8", "auto")
 PATCH_ONLY = ("cpu:whole", "cpu:int8", "openvino-int8")
 """Rows a dense model has no counterpart for: one call per batch is how it always runs, and
 it has no int8 variant."""
+MEMORY_CHECK_CACHE_MB = 16
+"""GDAL's block cache in the memory check (see :func:`memory_check`)."""
 SAME_MAP = 99.0
 """Percent of cells with onnxruntime float32's class for "the same map" (the issue's bar)."""
 
@@ -534,9 +536,9 @@ def child_classify(args) -> dict:
             "peak_mb": peak_rss_mb(), "provider": result.provider, "log": log.lines}
 
 
-def run_child(*argv) -> dict:
+def run_child(*argv, env: dict | None = None) -> dict:
     done = subprocess.run([sys.executable, __file__, *map(str, argv)], capture_output=True,
-                          text=True)
+                          text=True, env=dict(os.environ, **(env or {})))
     if done.returncode != 0:
         raise SystemExit(f"benchmark child failed ({' '.join(map(str, argv))}):\n"
                          f"{done.stderr[-3000:]}")
@@ -970,15 +972,19 @@ def memory_check(args, names: list[str], runs: dict, scene: dict) -> None:
     """Peak memory mapping the scene and a mosaic of four copies of it one below the other
     (four times the cells, the same pixels, the same width), each in a fresh process: it
     should not grow with the scene. (Memory grows with a scene's width: one strip of cells,
-    or one row of tiles, is held at a time.)"""
+    or one row of tiles, is held at a time.) GDAL's block cache is set to
+    :data:`MEMORY_CHECK_CACHE_MB`: lcz:classify caps it at 256 MB, and below that cap it fills
+    with the scene's blocks, which would hide whether anything else grows. A patch model's
+    strip of cells also grows with a small scene, up to its budget (256 MB), then stays."""
     devices = [d for d in args.memory_engines.split(",") if d]
     if not devices:
         return
     mosaic = mosaic_scene(scene["stack"])
     cells = int(round(args.scene_km * 10)) ** 2
     print(f"Memory check: the scene ({cells} cells) and four copies of it one below the other "
-          f"({4 * cells} cells), one run each, fresh processes (load average "
-          f"{os.getloadavg()[0]:.2f})")
+          f"({4 * cells} cells), one run each, fresh processes, GDAL's block cache "
+          f"{MEMORY_CHECK_CACHE_MB} MB (lcz:classify's cap is 256 MB; below it the cache grows "
+          f"with the scene) (load average {os.getloadavg()[0]:.2f})")
     print(f"{'model':<8} {'engine':<10} {'km2/min':>8} {'x4 km2/min':>10} {'peak MB':>8} "
           f"{'x4 peak MB':>10} {'growth':>7}")
     for name in [n for n in names if n in args.memory_models.split(",")]:
@@ -986,7 +992,8 @@ def memory_check(args, names: list[str], runs: dict, scene: dict) -> None:
             measured = [run_child("classify", "--model", runs[name]["model"], "--device",
                                   device, "--stack", stack, "--batch", args.batch,
                                   "--tile-size", args.tile_size, "--out",
-                                  output_stem(name, f"{device}_memory{i}", True) + ".tif")
+                                  output_stem(name, f"{device}_memory{i}", True) + ".tif",
+                                  env={"GDAL_CACHEMAX": str(MEMORY_CHECK_CACHE_MB)})
                         for i, stack in enumerate((scene["stack"], mosaic))]
             small, large = measured
             print(f"{name.upper():<8} {device:<10} {km2_per_min(rate([small])):>8.1f} "
