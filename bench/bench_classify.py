@@ -1,4 +1,5 @@
-"""Benchmark of LCZ inference: every engine's floor and end-to-end classify, MSMLA-18 and -50.
+"""Benchmark of LCZ inference: every engine's floor and end-to-end classify, MSMLA-18 and -50
+and a dense model (U-Net) side by side.
 
 The models are **trained** and the scene is a **generated city** with a known truth, so that
 "same map as onnxruntime float32" is measured on what a user would see: a real classifier's
@@ -20,7 +21,13 @@ finished):
 4. MSMLA-18 and MSMLA-50 trained on the CPU (``python -m training train`` in a child
    process, ``--epochs`` epochs, the demo's options) and exported (``python -m training
    export``, which also writes each model's calibrated int8 variant and records the bfloat16
-   and int8 checks on the validation city's patches, as a user's export would).
+   and int8 checks on the validation city's patches, as a user's export would);
+5. for the dense model (``unet``): 128 px tiles with per-pixel label masks from the same
+   training areas of the training and validation cities (extract_patches with
+   ``samples="tiles"``, what lcz:extractpatches SAMPLES=1 runs), a U-Net trained with the
+   dense defaults (``python -m training train --model unet``; ``--unet-depth`` and
+   ``--unet-width`` choose its size) and exported (a dense card; no int8 variant, no
+   precision checks).
 
 Then one run prints, side by side for MSMLA-18 and MSMLA-50, for each engine:
 
@@ -39,6 +46,20 @@ Then one run prints, side by side for MSMLA-18 and MSMLA-50, for each engine:
   (floor); max |Δp|);
 - and, per model, the onnxruntime map's overall accuracy against the scene's generated truth,
   which shows the model is a working classifier.
+
+Then the side-by-side table of the three models on the lcz:classify engines: km²/min end to
+end, the ratio to MSMLA-18 on the same engine, OA against the generated truth, same cells as
+the model's onnxruntime float32 map, peak memory; the issue's target (dense ≥ 10 × MSMLA-18's
+km²/min end to end on the CPU, OA no more than 2 points below) is checked on the same engine
+and on each model's fastest engine that keeps its own float32 map; and a memory check: each
+model mapping the scene and four copies of it one below the other (four times the cells),
+peak memory of both.
+
+A dense model's floor runs batches of whole tiles cut from the scene (BATCH_SIZE / 16 tiles
+per call, as lcz:classify does); its rates count the 100 m cells of the tiles' kept cores
+(a tile of 448 px with 64 px overlaps keeps 320 x 320 px = 1,024 cells), so km²/min compare
+with the patch models' directly. The int8 rows and "one call per batch" apply to patch
+models only.
 
 The header names the CPU's features that decide the engines: AMX, AVX512-BF16, VNNI.
 
@@ -60,8 +81,15 @@ quantization with onnxruntime.quantization, QDQ, per-channel int8 weights, uint8
 calibrated on 256 patches of the training city): DEVICE OpenVINO int8 of lcz:classify, end to
 end like the other DEVICE rows; onnxruntime running the same file is a floor for comparison.
 
-    python bench/bench_classify.py [--models msmla18,msmla50] [--scene-km 8] [--rounds 2]
-        [--epochs N] [--engines cpu,openvino,openvino-int8,auto]
+    python bench/bench_classify.py [--models msmla18,msmla50,unet] [--scene-km 8] [--rounds 2]
+        [--epochs N] [--engines cpu,openvino-bf16 | all] [--tile-size PX]
+        [--unet-depth 2] [--unet-width 16] [--unet-stride 2] [--memory-models msmla18,unet]
+        [--memory-engines cpu]
+
+The defaults (``make bench``) measure onnxruntime float32 (the reference) and OpenVINO
+bfloat16 (Automatic's choice for a patch model on a CPU with AVX512-BF16) and check memory
+with onnxruntime: a few minutes of measuring once the preparation is cached; ``--engines all``
+adds every other row (about a quarter of an hour on two cores).
 """
 
 from __future__ import annotations
@@ -89,9 +117,14 @@ PATCH = 48
 KM2_PER_PATCH = 0.01  # one 100 m cell
 SEEDS = {"train": 3, "validation": 4, "scene": 5}
 """synthcity seeds of the three cities: independent layouts."""
-EPOCHS = {"msmla18": 10, "msmla50": 8}
+EPOCHS = {"msmla18": 10, "msmla50": 4, "unet": 40}
 """Default training epochs: enough for a working classifier on the simulated cities within a
-few minutes per model on two cores (the preparation is cached)."""
+few minutes per model on two cores (the preparation is cached). MSMLA-50 gets fewer (about
+3.5 min per epoch on two cores): its speed does not depend on them, its OA is informative."""
+DENSE = ("unet",)
+"""The dense models (tiles with label masks in, class scores per pixel out)."""
+TILE = 128
+"""Edge of the dense model's training tiles (lcz:extractpatches' default TILE_SIZE)."""
 # (label, lcz:classify DEVICE, end-to-end too?, prefetch)
 ENGINES = [
     ("onnxruntime CPU f32", "cpu", True, True),
@@ -107,8 +140,18 @@ ENGINES = [
 REFERENCE = "onnxruntime CPU f32"
 CLASSIFY_DEVICES = ("cpu", "openvino", "openvino-bf16", "openvino-int8", "auto")
 """The rows that are lcz:classify DEVICE choices (the others are for comparison)."""
+PATCH_ONLY = ("cpu:whole", "cpu:int8", "openvino-int8")
+"""Rows a dense model has no counterpart for: one call per batch is how it always runs, and
+it has no int8 variant."""
+MEMORY_CHECK_CACHE_MB = 16
+"""GDAL's block cache in the memory check (see :func:`memory_check`)."""
 SAME_MAP = 99.0
 """Percent of cells with onnxruntime float32's class for "the same map" (the issue's bar)."""
+
+
+def applies(name: str, device: str) -> bool:
+    """Whether the engine row ``device`` is measured for model ``name``."""
+    return name not in DENSE or device not in PATCH_ONLY
 
 
 def peak_rss_mb() -> float:
@@ -156,7 +199,26 @@ def city_files(folder: str) -> dict:
     paths = {key: os.path.join(folder, name) for key, name in files.items()}
     paths["stack"] = os.path.join(folder, "stack.tif")
     paths["patches"] = os.path.join(folder, f"patches_{PATCH}px.h5")
+    paths["tiles"] = os.path.join(folder, f"tiles_{TILE}px.h5")
     return paths
+
+
+def ensure_tiles(role: str, city: dict, steps: Steps) -> None:
+    """The dense model's training data: tiles with per-pixel label masks from the city's
+    training areas (what lcz:extractpatches SAMPLES=1 runs). extract_patches commits its file
+    only when complete, so an existing file is a finished one."""
+    from lcz_qgis_plugin.core.training_data.extraction import extract_patches
+    if os.path.exists(city["tiles"]):
+        return
+    result = steps.run(
+        f"{TILE} px tiles with label masks from the {role} city's training areas "
+        f"(extract_patches, samples='tiles')",
+        lambda: extract_patches(city["stack"], city["training_areas"], city["tiles"],
+                                class_field="lcz", samples="tiles", tile_size=TILE,
+                                seed=SEEDS[role]))
+    print(f"           {result.patches} tiles, "
+          f"{sum(sum(c.values()) for c in result.counts.values())} labelled pixels",
+          flush=True)
 
 
 def prepare_city(role: str, size_km: float, steps: Steps) -> dict:
@@ -218,22 +280,31 @@ def training(*args: str, echo: bool = False) -> None:
 
 
 def train_model(name: str, epochs: int, train: dict, validation: dict, run_name: str,
-                steps: Steps) -> dict:
-    """Train ``name`` on the training city's patches (early stopping on the validation city's)
-    and export the best checkpoint; the run folder is renamed into place when both are done."""
+                steps: Steps, unet: tuple[int, int, int] = (2, 16, 2)) -> dict:
+    """Train ``name`` on the training city's patches (a dense model: its tiles), early
+    stopping on the validation city's, and export the best checkpoint; the run folder is
+    renamed into place when both are done. ``unet``: the U-Net's (depth, width, output
+    stride)."""
     final = os.path.join(WORK, "runs", run_name)
     paths = {"run": final, "checkpoint": os.path.join(final, "best.pt"),
              "model": os.path.join(final, f"{name}.onnx")}
     if os.path.isdir(final):
         return paths
     folder = fresh_partial(final)
-    steps.run(f"training {name.upper()} ({epochs} epoch{'s' * (epochs != 1)}, {PATCH} px, "
+    dense = name in DENSE
+    data = "tiles" if dense else "patches"
+    options = ["--depth", str(unet[0]), "--width", str(unet[1]), "--output-stride",
+               str(unet[2])] if dense else []
+    what = (f"depth {unet[0]}, width {unet[1]}, output stride {unet[2]}, {TILE} px tiles"
+            if dense else f"{PATCH} px")
+    steps.run(f"training {name.upper()} ({epochs} epoch{'s' * (epochs != 1)}, {what}, "
               f"{len(CHANNELS)} channels)",
-              lambda: training("train", "--model", name, "--train", train["patches"],
-                               "--val", validation["patches"], "--drop-unknown-validation",
+              lambda: training("train", "--model", name, "--train", train[data],
+                               "--val", validation[data], "--drop-unknown-validation",
                                "--bn-momentum", "0.9", "--epochs", str(epochs),
                                "--patience", str(epochs), "--seed", "0", "--out", folder,
-                               "--no-progress", "--version", f"bench-{run_name}", echo=True))
+                               *options, "--no-progress", "--version", f"bench-{run_name}",
+                               echo=True))
     steps.run(f"exporting {name.upper()} to ONNX",
               lambda: training("export", "--checkpoint", os.path.join(folder, "best.pt"),
                                "--out", os.path.join(folder, f"{name}.onnx")))
@@ -282,6 +353,34 @@ def scene_patches(stack: str, model: str, count: int, seed: int) -> np.ndarray:
     return strip.gather(rows[pick], cols[pick])
 
 
+def read_card(model: str):
+    from lcz_qgis_plugin.core.model.card_file import read_model_card
+    return read_model_card(model)
+
+
+def dense_layout(model: str, tile_size: int = 0):
+    """(card, tile layout, 100 m cells in one tile's kept core) of a dense model."""
+    from lcz_qgis_plugin.core.inference.tiles import make_layout
+    card = read_card(model)
+    layout = make_layout(card, tile_size or None)
+    return card, layout, int(round(layout.step * card.pixel_size / card.cell_size)) ** 2
+
+
+def scene_tiles(stack: str, model: str, count: int, tile_size: int) -> np.ndarray:
+    """Up to ``count`` normalised tiles of the scene, row by row from the top, as lcz:classify
+    hands them to the engine (reflected at the raster's edges)."""
+    from lcz_qgis_plugin.core.cellgrid import make_grid
+    from lcz_qgis_plugin.core.inference.dense import DensePlan, TileReader
+    from lcz_qgis_plugin.core.stacks import open_stacks
+    card, layout, _ = dense_layout(model, tile_size)
+    (opened,) = open_stacks([stack], card.channels, card.pixel_size)
+    grid = make_grid(opened.geotransform, opened.width, opened.height, card.cell_size, 1, None)
+    plan = DensePlan(layout, grid, 1)
+    reader = TileReader(opened, card, plan, 0.5)
+    places = [(row, col) for row in plan.tile_rows for col in plan.tile_cols][:count]
+    return np.stack([reader.batch(row, [col])[0][0] for row, col in places])
+
+
 def truth_accuracy(lcz_map: str, truth: str) -> dict:
     """Overall accuracy and kappa of a map against the generated truth, cell by cell (both
     are 100 m rasters of the same grid)."""
@@ -295,12 +394,16 @@ def truth_accuracy(lcz_map: str, truth: str) -> dict:
     return accuracy_scores(confusion_matrix(known.ReadAsArray(), mapped.ReadAsArray()))
 
 
-def count_macs(path: str) -> int:
-    """Multiply-accumulates of one patch in the graph's Conv and Gemm/MatMul nodes."""
+def count_macs(path: str, tile: int = 0) -> int:
+    """Multiply-accumulates of one patch (a dense model: one tile of ``tile`` px) in the
+    graph's Conv and Gemm/MatMul nodes."""
     import onnx
     from onnx import shape_inference
     model = onnx.load(path)
-    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[0].dim_value = 1
+    if tile:
+        dims[2].dim_value = dims[3].dim_value = tile
     model = shape_inference.infer_shapes(model)
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in list(model.graph.value_info) + list(model.graph.output)
@@ -340,11 +443,8 @@ class EngineLog:
         self.lines.append(f"WARNING: {message}")
 
 
-def child_floor(args) -> dict:
-    log = EngineLog()
-    patches = np.load(args.patches)
-    batches = [patches[i:i + args.batch] for i in range(0, len(patches), args.batch)]
-    start = time.perf_counter()
+def floor_runner(args, log: EngineLog):
+    """(run(batch) -> raw output, provider) of the floor's engine."""
     if args.device == "torch":
         import torch
 
@@ -356,56 +456,89 @@ def child_floor(args) -> dict:
         def run(batch):
             with torch.inference_mode():
                 return model(torch.from_numpy(batch)).numpy()
-        provider = f"torch {torch.__version__}"
-    elif args.device == "cpu:whole":  # onnxruntime as commonly run: one call per batch
-        from lcz_qgis_plugin.core.inference.engine import Engine
+        return run, f"torch {torch.__version__}"
+    from lcz_qgis_plugin.core.inference.engine import Engine
+    if args.device == "cpu:whole":  # onnxruntime as commonly run: one call per batch
         engine = Engine(args.model, "cpu")
-        session, provider = engine.session, engine.provider
+        session = engine.session
         name = session.get_inputs()[0].name
+        return (lambda batch: session.run(None, {name: batch})[0]), engine.provider
+    engine = Engine(args.model, args.device, feedback=log)
+    if engine.card.is_dense:
+        engine.use_tile_size(np.load(args.patches, mmap_mode="r").shape[-1])
+    return engine.run, engine.provider
 
-        def run(batch):
-            return session.run(None, {name: batch})[0]
-    else:
-        from lcz_qgis_plugin.core.inference.engine import Engine
-        engine = Engine(args.model, args.device, feedback=log)
-        run, provider = engine.run, engine.provider
+
+def floor_probabilities(outputs: list[np.ndarray], model: str) -> np.ndarray:
+    """Class probabilities ``M x K`` of the floor's raw outputs, to compare engines: one row
+    per patch, or for a dense model per 8th pixel of every 8th row of each tile."""
+    from lcz_qgis_plugin.core.inference.engine import to_pixel_probabilities
+    card = read_card(model)
+    if card.is_dense:
+        size = outputs[0].shape[-1]
+        probs = np.concatenate([to_pixel_probabilities(o, card, size)[:, ::8, ::8]
+                                for o in outputs])
+        return probs.reshape(-1, card.n_classes).astype(np.float64)
+    logits = np.concatenate(outputs).astype(np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def child_floor(args) -> dict:
+    """The engine's ``run`` alone on pre-built batches; a dense model's rate counts the cells
+    of the tiles' kept cores."""
+    log = EngineLog()
+    patches = np.load(args.patches)
+    batches = [patches[i:i + args.batch] for i in range(0, len(patches), args.batch)]
+    start = time.perf_counter()
+    run, provider = floor_runner(args, log)
     load = time.perf_counter() - start
     outputs = [run(b) for b in batches]  # warm-up, and the result compared with the reference
     start = time.perf_counter()
+    done = 0
     for i in range(args.batches):
-        run(batches[i % len(batches)])
+        batch = batches[i % len(batches)]
+        run(batch)
+        done += len(batch)
     seconds = time.perf_counter() - start
-    logits = np.concatenate(outputs).astype(np.float64)
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
-    np.save(args.out, probs)
-    return {"seconds": seconds, "patches": args.batches * args.batch, "load": load,
+    np.save(args.out, floor_probabilities(outputs, args.model))
+    dense = args.model.endswith(".onnx") and read_card(args.model).is_dense
+    per_sample = dense_layout(args.model, patches.shape[-1])[2] if dense else 1
+    return {"seconds": seconds, "patches": done * per_sample, "load": load,
             "peak_mb": peak_rss_mb(), "provider": provider, "log": log.lines}
 
 
 def child_classify(args) -> dict:
+    """``classify`` on the scene with the engine opened (and, for a dense model, compiled for
+    its tile size) and warmed up beforehand."""
     from lcz_qgis_plugin.core.inference.classify import classify
     from lcz_qgis_plugin.core.inference.engine import Engine
+    from lcz_qgis_plugin.core.inference.tiles import make_layout, tiles_per_batch
     log = EngineLog()
     start = time.perf_counter()
     engine = Engine(args.model, args.device, feedback=log)
+    card = engine.card
+    if card.is_dense:
+        size = make_layout(card, args.tile_size or None).tile
+        engine.use_tile_size(size)
+        shape = (tiles_per_batch(args.batch), card.n_channels, size, size)
+    else:
+        shape = (args.batch, card.n_channels, card.patch_size, card.patch_size)
     load = time.perf_counter() - start
-    card = engine.card  # warm-up, as for the floor: first inferences allocate and compile
-    warm = np.zeros((args.batch, len(card.channels), card.patch_size, card.patch_size),
-                    np.float32)
+    warm = np.zeros(shape, np.float32)  # as for the floor: first inferences allocate, compile
     for _ in range(2):
         engine.run(warm)
     start = time.perf_counter()
     result = classify([args.stack], engine, args.out, batch_size=args.batch,
-                      prefetch=bool(args.prefetch))
+                      prefetch=bool(args.prefetch), tile_size=args.tile_size or None)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "patches": result.patches, "load": load,
             "peak_mb": peak_rss_mb(), "provider": result.provider, "log": log.lines}
 
 
-def run_child(*argv) -> dict:
+def run_child(*argv, env: dict | None = None) -> dict:
     done = subprocess.run([sys.executable, __file__, *map(str, argv)], capture_output=True,
-                          text=True)
+                          text=True, env=dict(os.environ, **(env or {})))
     if done.returncode != 0:
         raise SystemExit(f"benchmark child failed ({' '.join(map(str, argv))}):\n"
                          f"{done.stderr[-3000:]}")
@@ -415,29 +548,31 @@ def run_child(*argv) -> dict:
 # --- the run ---------------------------------------------------------------------------------
 
 def prepare(args, names: list[str], int8: bool) -> dict:
-    """Cities, stacks, patches, trained and exported models, int8 variants, floor patches."""
+    """Cities, stacks, patches (tiles), trained and exported models, int8 variants, floor
+    samples."""
     steps = Steps()
     print("preparing (cached in build/bench):", flush=True)
     train = prepare_city("train", args.train_km, steps)
     validation = prepare_city("validation", args.val_km, steps)
     scene = prepare_city("scene", args.scene_km, steps)
+    if any(name in DENSE for name in names):
+        ensure_tiles("train", train, steps)
+        ensure_tiles("validation", validation, steps)
     cities = (f"train{args.train_km:g}km-s{SEEDS['train']}"
               f"_val{args.val_km:g}km-s{SEEDS['validation']}")
     runs = {}
     for name in names:
         epochs = args.epochs or EPOCHS[name]
+        size = (f"d{args.unet_depth}w{args.unet_width}s{args.unet_stride}_{TILE}px"
+                if name in DENSE else f"{PATCH}px")
         runs[name] = train_model(name, epochs, train, validation,
-                                 f"{name}_{PATCH}px_e{epochs}_{cities}", steps)
+                                 f"{name}_{size}_e{epochs}_{cities}", steps,
+                                 (args.unet_depth, args.unet_width, args.unet_stride))
         runs[name]["epochs"] = epochs
     scene_key = os.path.basename(city_folder("scene", args.scene_km))
-    for run in runs.values():  # patches normalised as each model's card says
-        run["patches"] = os.path.join(run["run"], f"floor_{args.batch * 4}_{scene_key}.npy")
-        if not os.path.exists(run["patches"]):
-            partial = run["patches"] + ".partial.npy"
-            np.save(partial, scene_patches(scene["stack"], run["model"], args.batch * 4,
-                                           seed=1))
-            os.replace(partial, run["patches"])
-        if int8:
+    for name, run in runs.items():  # normalised as each model's card says
+        run["patches"] = floor_samples(name, run, scene, scene_key, args)
+        if int8 and name not in DENSE:
             run["int8"] = ensure_int8(run, train, validation, steps)
     if steps.times:
         print(f"  preparation: {time.perf_counter() - steps.start:.0f} s in all "
@@ -449,10 +584,54 @@ def prepare(args, names: list[str], int8: bool) -> dict:
     return {"scene": scene, "runs": runs}
 
 
-def main() -> None:
+def floor_samples(name: str, run: dict, scene: dict, scene_key: str, args) -> str:
+    """The floor's input, cut from the scene once: ``4 x batch`` patches, or a dense model's
+    tiles (up to 16)."""
+    if name in DENSE:
+        tile = dense_layout(run["model"], args.tile_size)[1].tile
+        path = os.path.join(run["run"], f"floor_tiles{tile}_{scene_key}.npy")
+        cut = lambda: scene_tiles(scene["stack"], run["model"], 16, tile)  # noqa: E731
+    else:
+        path = os.path.join(run["run"], f"floor_{args.batch * 4}_{scene_key}.npy")
+        cut = lambda: scene_patches(scene["stack"], run["model"], args.batch * 4,  # noqa: E731
+                                    seed=1)
+    if not os.path.exists(path):
+        partial = path + ".partial.npy"
+        np.save(partial, cut())
+        os.replace(partial, path)
+    return path
+
+
+def mosaic_scene(stack: str, rows: int = 4, cols: int = 1) -> str:
+    """A mosaic of ``rows`` x ``cols`` copies of the scene stack (a VRT beside it, the copies
+    placed one below the other and side by side): the same pixels, ``rows`` x ``cols`` times
+    as many cells, for the memory check."""
+    from osgeo import gdal
+    path = os.path.splitext(stack)[0] + f"_mosaic{rows}x{cols}.vrt"
+    if os.path.exists(path):
+        return path
+    src = gdal.Open(stack)
+    x0, dx, _, y0, _, dy = src.GetGeoTransform()
+    width, height = src.RasterXSize * dx, src.RasterYSize * -dy
+    parts = []
+    for i in range(rows):
+        for j in range(cols):
+            part = os.path.splitext(stack)[0] + f"_part{i}{j}.vrt"
+            gdal.Translate(part, src, format="VRT", outputBounds=[
+                x0 + j * width, y0 - i * height, x0 + (j + 1) * width, y0 - (i + 1) * height])
+            parts.append(part)
+    mosaic = gdal.BuildVRT(path + ".partial.vrt", parts)
+    for band in range(1, src.RasterCount + 1):
+        mosaic.GetRasterBand(band).SetDescription(src.GetRasterBand(band).GetDescription())
+    mosaic = None
+    os.replace(path + ".partial.vrt", path)
+    return path
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("mode", nargs="?", default="run", choices=["run", "classify", "floor"])
-    parser.add_argument("--models", default="msmla18,msmla50")
+    parser.add_argument("--models", default="msmla18,msmla50,unet")
     parser.add_argument("--scene-km", type=float, default=8.0,
                         help="side of the mapped city in km (default 8: 6,400 cells of 100 m)")
     parser.add_argument("--train-km", type=float, default=4.0,
@@ -462,34 +641,53 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=0,
                         help="training epochs of every model (default: "
                              + ", ".join(f"{k} {v}" for k, v in EPOCHS.items()) + ")")
-    parser.add_argument("--floor-patches", type=int, default=2560,
-                        help="patches per floor measurement (default 2560)")
+    parser.add_argument("--unet-depth", type=int, default=2, help="U-Net levels (default 2)")
+    parser.add_argument("--unet-width", type=int, default=16,
+                        help="U-Net channels of the first level (default 16)")
+    parser.add_argument("--unet-stride", type=int, default=2,
+                        help="U-Net output stride (default 2: one class per 20 m; it must "
+                             "divide the 10 px of a 100 m cell)")
+    parser.add_argument("--tile-size", type=int, default=0,
+                        help="dense model: lcz:classify's TILE_SIZE in px (default 0: "
+                             "automatic)")
+    parser.add_argument("--floor-patches", type=int, default=1280,
+                        help="patches per floor measurement (default 1280)")
+    parser.add_argument("--floor-tiles", type=int, default=32,
+                        help="dense model: tiles per floor measurement (default 32)")
     parser.add_argument("--torch-patches", type=int, default=256,
                         help="patches per PyTorch eager floor (default 256: it is slow)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--engines", default="all",
-                        help="comma-separated DEVICE ids of the rows, e.g. cpu,openvino,auto "
-                             "(default all; cpu, the reference, is always measured)")
+    parser.add_argument("--engines", default="cpu,openvino-bf16",
+                        help="comma-separated DEVICE ids of the rows, e.g. cpu,openvino,auto, "
+                             "or all (default cpu,openvino-bf16; cpu, the reference, is "
+                             "always measured)")
+    parser.add_argument("--memory-models", default="msmla18,unet",
+                        help="models of the memory check (default msmla18,unet)")
+    parser.add_argument("--memory-engines", default="cpu",
+                        help="DEVICE ids of the memory check (scene and four copies of it "
+                             "one below the other); empty: no check (default cpu)")
     # children
-    parser.add_argument("--model")
-    parser.add_argument("--checkpoint")
-    parser.add_argument("--device")
-    parser.add_argument("--stack")
-    parser.add_argument("--patches")
+    for option in ("--model", "--checkpoint", "--device", "--stack", "--patches", "--out"):
+        parser.add_argument(option)
     parser.add_argument("--batches", type=int)
     parser.add_argument("--prefetch", type=int, default=1)
-    parser.add_argument("--out")
     args = parser.parse_args()
-    if args.mode == "classify":
-        print(json.dumps(child_classify(args)))
-        return
-    if args.mode == "floor":
-        print(json.dumps(child_floor(args)))
+    unknown = [n for n in args.models.split(",") if n not in EPOCHS]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; use {', '.join(EPOCHS)}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.mode in ("classify", "floor"):
+        child = child_classify if args.mode == "classify" else child_floor
+        print(json.dumps(child(args)))
         return
 
-    from lcz_qgis_plugin.core.inference.engine import import_openvino, physical_cores
-    from lcz_qgis_plugin.core.inference.engine_choice import CACHE_ENV, cpu_features
+    from lcz_qgis_plugin.core.inference.engine import import_openvino
+    from lcz_qgis_plugin.core.inference.engine_choice import CACHE_ENV
     os.makedirs(os.path.join(WORK, "out"), exist_ok=True)
     # a decision cache of this run's own: Automatic measures in its first process, as on a
     # user's first run, whatever earlier runs decided
@@ -500,21 +698,39 @@ def main() -> None:
         print("openvino is not installed: its rows are skipped")
         engines = [e for e in engines if "openvino" not in e[1]]
     names = args.models.split(",")
-    unknown = [n for n in names if n not in EPOCHS]
-    if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; use {', '.join(EPOCHS)}")
     prepared = prepare(args, names, any("int8" in e[1] for e in engines))
     scene, runs = prepared["scene"], prepared["runs"]
-    macs = {name: count_macs(runs[name]["model"]) for name in names}
-    batches = max(1, args.floor_patches // args.batch)
+    macs = {name: macs_per_cell(name, runs[name]["model"], args.tile_size) for name in names}
+    peak = print_header(args)
+    results = measure(args, names, engines, runs, scene)
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (this machine's cores: "
+          f"{os.cpu_count()})")
+    report(names, engines, results, macs, peak, runs, scene, args.tile_size)
+    side_by_side(names, engines, results, scene)
+    memory_check(args, names, runs, scene)
+
+
+def macs_per_cell(name: str, model: str, tile_size: int) -> float:
+    """MACs per patch, or a dense model's per 100 m cell of a tile's kept core."""
+    if name not in DENSE:
+        return count_macs(model)
+    _, layout, cells = dense_layout(model, tile_size)
+    return count_macs(model, layout.tile) / cells
+
+
+def print_header(args) -> float:
+    """The machine, the versions, the scene; returns the float32 peak (FLOP/s)."""
+    import onnxruntime
+    import torch
+
+    from lcz_qgis_plugin.core.inference.engine import import_openvino, physical_cores
+    from lcz_qgis_plugin.core.inference.engine_choice import cpu_features
     cores, ghz = physical_cores(), cpu_ghz()
     peak = cores * ghz * 1e9 * 64
     cpu_model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                       if line.startswith("model name")), "?")
-
-    import onnxruntime
-    import torch
     ov = import_openvino()
+    batches = max(1, args.floor_patches // args.batch)
     print()
     print(f"LCZ inference benchmark: {cpu_model}, {cores} physical cores at {ghz:.2f} GHz "
           f"(float32 peak {peak / 1e9:.0f} GFLOP/s), onnxruntime {onnxruntime.__version__}, "
@@ -525,10 +741,17 @@ def main() -> None:
           f"{SEEDS['scene']}), {rows} x {rows} cells of 100 m; models trained on a "
           f"{args.train_km:g} km city, validated on a {args.val_km:g} km one; batch "
           f"{args.batch}; floors: {batches * args.batch} patches ({args.torch_patches} for "
-          f"PyTorch); {args.rounds} rounds in alternating order; load average "
+          f"PyTorch), {args.floor_tiles} tiles for a dense model; {args.rounds} rounds in "
+          f"alternating order; {time.strftime('%Y-%m-%d %H:%M %Z')}, load average "
           f"{os.getloadavg()[0]:.2f} at start", flush=True)
+    return peak
 
-    tasks = [(name, engine) for name in names for engine in engines]
+
+def measure(args, names: list[str], engines: list, runs: dict, scene: dict) -> dict:
+    """Every (model, engine) row's floor and end-to-end runs, each in a fresh process, the
+    rounds in alternating order."""
+    from lcz_qgis_plugin.core.inference.tiles import tiles_per_batch
+    tasks = [(name, engine) for name in names for engine in engines if applies(name, engine[1])]
     results: dict = {}
     for round_index in range(args.rounds):
         order = tasks if round_index % 2 == 0 else tasks[::-1]
@@ -545,22 +768,25 @@ def main() -> None:
                 if step == "floor" and not prefetch:
                     continue  # the same engine as its prefetching row
                 if step == "floor":
-                    n = max(1, args.torch_patches // args.batch) if device == "torch" \
-                        else batches
+                    batch = tiles_per_batch(args.batch) if name in DENSE else args.batch
+                    budget = (args.floor_tiles if name in DENSE else args.torch_patches
+                              if device == "torch" else batch * max(1, args.floor_patches
+                                                                    // args.batch))
+                    if device == "torch" and name in DENSE:
+                        budget = max(batch, args.floor_tiles // 8)
                     entry["floor"].append(run_child(
                         "floor", "--model", model, "--checkpoint", run["checkpoint"],
                         "--device", engine_device, "--patches", run["patches"],
-                        "--batch", args.batch, "--batches", n, "--out", out + ".npy"))
+                        "--batch", batch, "--batches", max(1, budget // batch),
+                        "--out", out + ".npy"))
                 else:
                     entry["e2e"].append(run_child(
                         "classify", "--model", model, "--device", engine_device, "--stack",
                         scene["stack"], "--batch", args.batch, "--prefetch", int(prefetch),
-                        "--out", out + ".tif"))
+                        "--tile-size", args.tile_size, "--out", out + ".tif"))
             print(f"  round {round_index + 1}: {name} {label} done "
                   f"(load average {os.getloadavg()[0]:.2f})", flush=True)
-    print(f"load average at the end: {os.getloadavg()[0]:.2f} (this machine's cores: "
-          f"{os.cpu_count()})")
-    report(names, engines, results, macs, peak, runs, scene)
+    return results
 
 
 def output_stem(name: str, device: str, prefetch: bool) -> str:
@@ -571,87 +797,209 @@ def rate(runs: list[dict]) -> float:
     return sum(r["patches"] for r in runs) / sum(r["seconds"] for r in runs) if runs else 0.0
 
 
-def report(names, engines, results, macs, peak, runs, scene) -> None:
-    from osgeo import gdal
+def km2_per_min(per_second: float) -> float:
+    return per_second * KM2_PER_PATCH * 60
+
+
+def report(names, engines, results, macs, peak, runs, scene, tile_size) -> None:
     print()
-    header = (f"{'engine':<27} {'floor p/s':>9} {'e2e p/s':>8} {'e2e/fl':>6} {'km2/min':>8} "
-              f"{'% peak':>6} {'x ort':>5} {'load s':>6} {'MB floor':>8} {'MB e2e':>7} "
-              f"{'same %':>7} {'max dp':>7}")
     for name in names:
-        flop = 2 * macs[name]
-        epoch, val_oa = best_validation(runs[name]["run"])
-        print(f"{name.upper()}: {macs[name] / 1e6:.0f} M MACs = {flop / 1e6:.0f} MFLOP per "
-              f"patch; float32 peak = {peak / flop:.0f} patches/s; trained "
-              f"{runs[name]['epochs']} epochs, best epoch {epoch} (OA on the validation "
-              f"city's training areas {100 * val_oa:.1f} %)")
-        print(header)
-        ref_floor = rate(results[(name, REFERENCE)]["floor"])
-        ref_stem = output_stem(name, "cpu", True)
-        ref_probs = np.load(ref_stem + ".npy")
-        ref_map = gdal.Open(ref_stem + ".tif").ReadAsArray()
-        best_floor = best_e2e = best_other_e2e = auto_e2e = 0.0
-        best_label = best_other_label = REFERENCE
-        decision = ""
-        for label, device, e2e, prefetch in engines:
-            entry = results[(name, label)]
-            floor = rate(entry["floor"]) if prefetch else rate(
-                results[(name, label.replace(", no prefetch", ""))]["floor"])
-            end = rate(entry["e2e"])
-            shown = end or floor
-            out = output_stem(name, device, prefetch)
-            delta = float("nan")
-            if e2e:
-                same = 100.0 * np.mean(gdal.Open(out + ".tif").ReadAsArray() == ref_map)
-            else:
-                same = float("nan")
-            if os.path.exists(out + ".npy") and prefetch:
-                probs = np.load(out + ".npy")
-                delta = float(np.abs(probs - ref_probs).max())
-                if not e2e:
-                    same = 100.0 * np.mean(probs.argmax(1) == ref_probs.argmax(1))
-            measured = entry["floor"] + entry["e2e"]
-            load = np.mean([r["load"] for r in measured])
-            mb_floor = max((r["peak_mb"] for r in entry["floor"]), default=float("nan"))
-            mb_e2e = max((r["peak_mb"] for r in entry["e2e"]), default=float("nan"))
-            if device == "auto":
-                label = f"auto ({', '.join(sorted({r['provider'] for r in measured}))})"
-                auto_e2e = end
-                decision = next((line for r in measured for line in r.get("log", [])
-                                 if "measured on this CPU against" in line
-                                 and "the choice of" not in line), "") or next(
-                    (line for r in measured for line in r.get("log", [])), "")
-            if device in CLASSIFY_DEVICES and same >= SAME_MAP:
-                if floor > best_floor:
-                    best_floor, best_label = floor, label
-                best_e2e = max(best_e2e, end)
-                if device != "auto" and end > best_other_e2e:
-                    best_other_e2e, best_other_label = end, label
-            print(f"{label:<27} {floor:>9.1f} {end or float('nan'):>8.1f} "
-                  f"{(end / floor if end else float('nan')):>6.3f} "
-                  f"{shown * KM2_PER_PATCH * 60:>8.1f} {100 * shown * flop / peak:>6.1f} "
-                  f"{floor / ref_floor:>5.2f} {load:>6.2f} {mb_floor:>8.0f} {mb_e2e:>7.0f} "
-                  f"{same:>7.2f} {delta:>7.1e}")
-        classes = len(np.unique(ref_map[ref_map > 0]))
-        scores = truth_accuracy(ref_stem + ".tif", scene["truth"])
-        whole = results.get((name, "onnxruntime f32 whole batch"))
-        print(f"lcz:classify engines keeping >= {SAME_MAP:g} % of the onnxruntime cells: best "
-              f"floor {best_label} = {best_floor / ref_floor:.2f} x onnxruntime"
-              + (f" ({best_floor / rate(whole['floor']):.2f} x onnxruntime run one call per "
-                 f"batch)" if whole else "")
-              + f"; best end to end / best floor {best_e2e / best_floor:.3f}")
-        if auto_e2e and best_other_e2e:
-            print(f"auto end to end = {auto_e2e / best_other_e2e:.2f} x the best same-map "
-                  f"engine's end to end ({best_other_label}, {best_other_e2e:.1f} patches/s)")
-        if decision:
-            print(f"Automatic's decision (its first process): {decision}")
-        print(f"onnxruntime map: {classes} classes, OA {100 * scores['oa']:.1f} % (kappa "
-              f"{scores['kappa']:.2f}) against the generated truth, {scores['samples']} "
-              f"cells\n")
-    print("floor: engine.run on pre-built batches of scene patches; e2e: classify with the "
-          "engine already open; km2/min and % peak use e2e where measured, else the floor; "
-          "x ort: floor / onnxruntime CPU floor; same %: cells (e2e) or patches (floor) with "
-          "the onnxruntime f32 class; max dp: largest probability difference on the floor "
-          "patches.")
+        print_model_header(name, macs[name], peak, runs[name], tile_size)
+        report_model(name, [e for e in engines if applies(name, e[1])], results,
+                     macs[name], peak, scene)
+    print("floor: engine.run on pre-built batches of scene patches (a dense model: tiles); "
+          "e2e: classify with the engine already open; p/s: patches (cells) per second; "
+          "km2/min and % peak use e2e where measured, else the floor; x ort: floor / "
+          "onnxruntime CPU floor; same %: cells (e2e) or patches (floor; a dense model: "
+          "pixels) with the onnxruntime f32 class; max dp: largest probability difference on "
+          "the floor's samples.")
+
+
+def print_model_header(name: str, macs: float, peak: float, run: dict, tile_size: int) -> None:
+    epoch, val_oa = best_validation(run["run"])
+    trained = (f"trained {run['epochs']} epochs, best epoch {epoch} (OA on the validation "
+               f"city's training areas {100 * val_oa:.1f} %"
+               + (", per labelled pixel)" if name in DENSE else ")"))
+    flop = 2 * macs
+    if name in DENSE:
+        card, layout, cells = dense_layout(run["model"], tile_size)
+        print(f"{name.upper()} (depth {card.tile_multiple.bit_length() - 1}, output stride "
+              f"{card.output_stride}, receptive field {card.receptive_field} px): "
+              f"{layout.describe()}, {cells} cells of 100 m kept per tile; "
+              f"{macs * cells / 1e6:.0f} M MACs per tile = {flop / 1e6:.1f} MFLOP "
+              f"per kept cell; float32 peak = {peak / flop:.0f} cells/s; {trained}")
+    else:
+        print(f"{name.upper()}: {macs / 1e6:.0f} M MACs = {flop / 1e6:.0f} MFLOP per patch; "
+              f"float32 peak = {peak / flop:.0f} patches/s; {trained}")
+
+
+def row_figures(name: str, label: str, device: str, e2e: bool, prefetch: bool, results,
+                reference: tuple) -> dict:
+    """The figures of one engine row: rates, agreement with onnxruntime float32, memory."""
+    from osgeo import gdal
+    entry = results[(name, label)]
+    floor = rate(entry["floor"]) if prefetch else rate(
+        results[(name, label.replace(", no prefetch", ""))]["floor"])
+    end = rate(entry["e2e"])
+    out = output_stem(name, device, prefetch)
+    ref_probs, ref_map = reference
+    same = (100.0 * np.mean(gdal.Open(out + ".tif").ReadAsArray() == ref_map) if e2e
+            else float("nan"))
+    delta = float("nan")
+    if os.path.exists(out + ".npy") and prefetch:
+        probs = np.load(out + ".npy")
+        delta = float(np.abs(probs - ref_probs).max())
+        if not e2e:
+            same = 100.0 * np.mean(probs.argmax(1) == ref_probs.argmax(1))
+    measured = entry["floor"] + entry["e2e"]
+    return {"floor": floor, "end": end, "same": same, "delta": delta, "measured": measured,
+            "load": np.mean([r["load"] for r in measured]),
+            "mb_floor": max((r["peak_mb"] for r in entry["floor"]), default=float("nan")),
+            "mb_e2e": max((r["peak_mb"] for r in entry["e2e"]), default=float("nan"))}
+
+
+def automatic_decision(measured: list[dict]) -> str:
+    return next((line for r in measured for line in r.get("log", [])
+                 if "measured on this CPU against" in line and "the choice of" not in line),
+                "") or next((line for r in measured for line in r.get("log", [])), "")
+
+
+def report_model(name, engines, results, macs, peak, scene) -> None:
+    """One model's engine table and the lines under it."""
+    from osgeo import gdal
+    flop = 2 * macs
+    print(f"{'engine':<27} {'floor p/s':>9} {'e2e p/s':>8} {'e2e/fl':>6} {'km2/min':>8} "
+          f"{'% peak':>6} {'x ort':>5} {'load s':>6} {'MB floor':>8} {'MB e2e':>7} "
+          f"{'same %':>7} {'max dp':>7}")
+    ref_floor = rate(results[(name, REFERENCE)]["floor"])
+    ref_stem = output_stem(name, "cpu", True)
+    reference = (np.load(ref_stem + ".npy"), gdal.Open(ref_stem + ".tif").ReadAsArray())
+    best = {"floor": 0.0, "label": REFERENCE, "e2e": 0.0, "other": 0.0,
+            "other_label": REFERENCE, "auto": 0.0, "decision": ""}
+    for label, device, e2e, prefetch in engines:
+        row = row_figures(name, label, device, e2e, prefetch, results, reference)
+        floor, end, shown = row["floor"], row["end"], row["end"] or row["floor"]
+        if device == "auto":
+            label = f"auto ({', '.join(sorted({r['provider'] for r in row['measured']}))})"
+            best["auto"], best["decision"] = end, automatic_decision(row["measured"])
+        if device in CLASSIFY_DEVICES and row["same"] >= SAME_MAP:
+            if floor > best["floor"]:
+                best["floor"], best["label"] = floor, label
+            best["e2e"] = max(best["e2e"], end)
+            if device != "auto" and end > best["other"]:
+                best["other"], best["other_label"] = end, label
+        print(f"{label:<27} {floor:>9.1f} {end or float('nan'):>8.1f} "
+              f"{(end / floor if end else float('nan')):>6.3f} "
+              f"{km2_per_min(shown):>8.1f} {100 * shown * flop / peak:>6.1f} "
+              f"{floor / ref_floor:>5.2f} {row['load']:>6.2f} {row['mb_floor']:>8.0f} "
+              f"{row['mb_e2e']:>7.0f} {row['same']:>7.2f} {row['delta']:>7.1e}")
+    whole = results.get((name, "onnxruntime f32 whole batch"))
+    print(f"lcz:classify engines keeping >= {SAME_MAP:g} % of the onnxruntime cells: best "
+          f"floor {best['label']} = {best['floor'] / ref_floor:.2f} x onnxruntime"
+          + (f" ({best['floor'] / rate(whole['floor']):.2f} x onnxruntime run one call per "
+             f"batch)" if whole else "")
+          + f"; best end to end / best floor {best['e2e'] / best['floor']:.3f}")
+    if best["auto"] and best["other"]:
+        print(f"auto end to end = {best['auto'] / best['other']:.2f} x the best same-map "
+              f"engine's end to end ({best['other_label']}, {best['other']:.1f} "
+              f"{'cells' if name in DENSE else 'patches'}/s)")
+    if best["decision"]:
+        print(f"Automatic's decision (its first process): {best['decision']}")
+    scores = truth_accuracy(ref_stem + ".tif", scene["truth"])
+    print(f"onnxruntime map: {len(np.unique(reference[1][reference[1] > 0]))} classes, OA "
+          f"{100 * scores['oa']:.1f} % (kappa {scores['kappa']:.2f}) against the generated "
+          f"truth, {scores['samples']} cells\n")
+
+
+def side_by_side(names, engines, results, scene) -> None:
+    """The issue's table: each model on each lcz:classify engine, km²/min end to end against
+    MSMLA-18 on the same engine, OA against the generated truth, memory; then the target."""
+    from osgeo import gdal
+    rows = [e for e in engines if e[2] and e[3] and e[1] in CLASSIFY_DEVICES]
+    figures = {}
+    for name in names:
+        ref_map = gdal.Open(output_stem(name, "cpu", True) + ".tif").ReadAsArray()
+        for label, device, _, _ in rows:
+            if not applies(name, device):
+                continue
+            entry, stem = results[(name, label)], output_stem(name, device, True)
+            lcz_map = gdal.Open(stem + ".tif").ReadAsArray()
+            providers = sorted({r["provider"] for r in entry["e2e"]})
+            figures[(name, device)] = {
+                "label": f"auto ({', '.join(providers)})" if device == "auto" else label,
+                "km2": km2_per_min(rate(entry["e2e"])),
+                "oa": 100 * truth_accuracy(stem + ".tif", scene["truth"])["oa"],
+                "same": 100.0 * np.mean(lcz_map == ref_map),
+                "mb": max(r["peak_mb"] for r in entry["e2e"])}
+    print("Side by side: km2/min end to end (lcz:classify on the scene, engine open), OA "
+          "against the generated truth, same cells as the model's own onnxruntime f32 map")
+    print(f"{'model':<8} {'engine':<27} {'km2/min':>8} {'x MSMLA18':>9} {'OA %':>6} "
+          f"{'same %':>7} {'peak MB':>8}")
+    for (name, device), f in figures.items():
+        base = figures.get(("msmla18", device))
+        ratio = f["km2"] / base["km2"] if base else float("nan")
+        print(f"{name.upper():<8} {f['label']:<27} {f['km2']:>8.1f} {ratio:>9.2f} "
+              f"{f['oa']:>6.1f} {f['same']:>7.2f} {f['mb']:>8.0f}")
+    for name in names:
+        if name in DENSE and ("msmla18", "cpu") in figures:
+            print_target(name, figures)
+
+
+def print_target(name: str, figures: dict) -> None:
+    """The issue's target for dense model ``name``: >= 10 x MSMLA-18's km²/min end to end, OA
+    no more than 2 points below, on the same engine and engine against best engine."""
+    def fastest(model):
+        kept = {d: f for (m, d), f in figures.items() if m == model and f["same"] >= SAME_MAP}
+        device = max(kept, key=lambda d: kept[d]["km2"])
+        return kept[device]
+
+    same_engine = [f"{figures[(name, d)]['label'].split(' (')[0]} "
+                   f"{figures[(name, d)]['km2'] / figures[('msmla18', d)]['km2']:.1f}x"
+                   for (m, d) in figures if m == name and ("msmla18", d) in figures]
+    dense, patch = fastest(name), fastest("msmla18")
+    speed = dense["km2"] / patch["km2"]
+    oa_gap = figures[(name, "cpu")]["oa"] - figures[("msmla18", "cpu")]["oa"]
+    met = speed >= 10 and oa_gap >= -2
+    print(f"Target (dense >= 10 x MSMLA-18 km2/min end to end on the CPU, OA no more than 2 "
+          f"points below): {name.upper()} on the same engine: {', '.join(same_engine)}; "
+          f"fastest same-map engine of each: {dense['label']} {dense['km2']:.0f} km2/min vs "
+          f"{patch['label']} {patch['km2']:.0f}: {speed:.1f}x; OA (onnxruntime maps) "
+          f"{figures[(name, 'cpu')]['oa']:.1f} % vs {figures[('msmla18', 'cpu')]['oa']:.1f} % "
+          f"({oa_gap:+.1f} points): {'met' if met else 'NOT met'}.\n")
+
+
+def memory_check(args, names: list[str], runs: dict, scene: dict) -> None:
+    """Peak memory mapping the scene and a mosaic of four copies of it one below the other
+    (four times the cells, the same pixels, the same width), each in a fresh process: it
+    should not grow with the scene. (Memory grows with a scene's width: one strip of cells,
+    or one row of tiles, is held at a time.) GDAL's block cache is set to
+    :data:`MEMORY_CHECK_CACHE_MB`: lcz:classify caps it at 256 MB, and below that cap it fills
+    with the scene's blocks, which would hide whether anything else grows. A patch model's
+    strip of cells also grows with a small scene, up to its budget (256 MB), then stays."""
+    devices = [d for d in args.memory_engines.split(",") if d]
+    if not devices:
+        return
+    mosaic = mosaic_scene(scene["stack"])
+    cells = int(round(args.scene_km * 10)) ** 2
+    print(f"Memory check: the scene ({cells} cells) and four copies of it one below the other "
+          f"({4 * cells} cells), one run each, fresh processes, GDAL's block cache "
+          f"{MEMORY_CHECK_CACHE_MB} MB (lcz:classify's cap is 256 MB; below it the cache grows "
+          f"with the scene) (load average {os.getloadavg()[0]:.2f})")
+    print(f"{'model':<8} {'engine':<10} {'km2/min':>8} {'x4 km2/min':>10} {'peak MB':>8} "
+          f"{'x4 peak MB':>10} {'growth':>7}")
+    for name in [n for n in names if n in args.memory_models.split(",")]:
+        for device in devices:
+            measured = [run_child("classify", "--model", runs[name]["model"], "--device",
+                                  device, "--stack", stack, "--batch", args.batch,
+                                  "--tile-size", args.tile_size, "--out",
+                                  output_stem(name, f"{device}_memory{i}", True) + ".tif",
+                                  env={"GDAL_CACHEMAX": str(MEMORY_CHECK_CACHE_MB)})
+                        for i, stack in enumerate((scene["stack"], mosaic))]
+            small, large = measured
+            print(f"{name.upper():<8} {device:<10} {km2_per_min(rate([small])):>8.1f} "
+                  f"{km2_per_min(rate([large])):>10.1f} {small['peak_mb']:>8.0f} "
+                  f"{large['peak_mb']:>10.0f} "
+                  f"{100 * (large['peak_mb'] / small['peak_mb'] - 1):>+6.0f}%")
 
 
 if __name__ == "__main__":

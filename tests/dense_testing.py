@@ -70,16 +70,17 @@ def pooled_model(path, card: ModelCard, seed: int = 0) -> str:
     return _save(nodes, inits, card, path)
 
 
-def strided_model(path, card: ModelCard, seed: int = 0) -> str:
-    """3x3 conv, 2x2 average pool (output stride 2), 1x1 conv: output pixel i covers input
-    pixels 2i, 2i+1 and sees 2i-1 .. 2i+2 (receptive field 4)."""
+def strided_model(path, card: ModelCard, seed: int = 0, stride: int = 0) -> str:
+    """3x3 conv, s x s average pool (s = ``stride``, or the card's output stride), 1x1 conv:
+    output pixel i covers input pixels s i .. s i + s - 1 and sees one more on each side
+    (receptive field s + 2)."""
     rng = np.random.default_rng(seed)
-    width = 5
+    width, s = 5, stride or card.output_stride
     w1 = (rng.normal(size=(width, card.n_channels, 3, 3)) / 3).astype(np.float32)
     w2 = (rng.normal(size=(card.n_classes, width, 1, 1)) * 1.5).astype(np.float32)
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
-             helper.make_node("AveragePool", ["c1"], ["p"], kernel_shape=[2, 2],
-                              strides=[2, 2]),
+             helper.make_node("AveragePool", ["c1"], ["p"], kernel_shape=[s, s],
+                              strides=[s, s]),
              helper.make_node("Conv", ["p", "w2"], ["y"])]
     inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
     return _save(nodes, inits, card, path)

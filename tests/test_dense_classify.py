@@ -152,6 +152,7 @@ def test_conv_models_match_the_whole_scene_reference(tmp_path, kernel, tile):
 @pytest.mark.parametrize("build,field,multiple,stride", [
     (pooled_model, 5, 2, 1),    # a pooling level: tiles must start on even pixels
     (strided_model, 4, 2, 2),   # output stride 2: 20 m output pixels
+    (strided_model, 6, 4, 4),   # output stride 4: one 40 m output pixel per cell
 ])
 @pytest.mark.parametrize("prefetch", [True, False])
 def test_pooling_and_stride_models_match_the_whole_scene(tmp_path, build, field, multiple,
@@ -283,7 +284,7 @@ def wrong_stride(tmp_path, context) -> str:
     """The strided model (output stride 2) with a card that says 1."""
     card = dense_card("net", NAMES, receptive_field=4, tile_multiple=8, cell_size=40.0,
                       classes=CLASSES)
-    return strided_model(tmp_path / "wrong.onnx", card, seed=1)
+    return strided_model(tmp_path / "wrong.onnx", card, seed=1, stride=2)
 
 
 def patch_graph(tmp_path) -> str:

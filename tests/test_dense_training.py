@@ -53,14 +53,14 @@ def one_line_error(capsys):
 
 
 # -- the architecture -----------------------------------------------------------------------------
-def seen_columns(depth: int, size: int) -> torch.Tensor:
+def seen_columns(depth: int, size: int, stride: int = 1) -> torch.Tensor:
     """Which outputs of the middle row each input pixel of that row reaches, found on the
     network itself: all weights 1, BatchNorm the identity and zero input, so an output is
     above 0 exactly when the one input pixel set to 1 reaches it (ReLU, max-pool and the
     bilinear upsampling pass any positive value on). Tiles ``size`` wide and a few rows high
     (a path to an output of the same row needs no vertical room). Returns [input column,
-    output column]."""
-    model = UNet(1, 1, depth=depth, width=1).double().eval()
+    output column] (output columns every ``stride`` input columns)."""
+    model = UNet(1, 1, depth=depth, width=1, output_stride=stride).double().eval()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.Conv2d):
@@ -72,21 +72,59 @@ def seen_columns(depth: int, size: int) -> torch.Tensor:
         height = 4 * model.tile_multiple
         x = torch.zeros(size, 1, height, size, dtype=torch.float64)
         x[torch.arange(size), 0, height // 2, torch.arange(size)] = 1.0
-        return model(x)[:, 0, height // 2, :] > 0
+        return model(x)[:, 0, height // 2 // stride, :] > 0
 
 
-@pytest.mark.parametrize("depth", [1, 2, 3])
-def test_receptive_field_is_what_one_output_pixel_sees(depth):
-    rf, m = receptive_field(depth), 2 ** depth
+@pytest.mark.parametrize("depth, stride", [(1, 1), (2, 1), (3, 1), (2, 2), (3, 4), (3, 8)])
+def test_receptive_field_is_what_one_output_pixel_sees(depth, stride):
+    """The card's receptive field of an output pixel covering ``stride`` x ``stride`` input
+    pixels: those pixels plus the farthest reach beyond them on either side, twice."""
+    rf, m = receptive_field(depth, stride), 2 ** depth
     size = -(-(rf + 4 * m) // m) * m  # room on both sides of the middle outputs
-    seen = seen_columns(depth, size)
+    seen = seen_columns(depth, size, stride)
     reach = 0
-    for p in range(size // 2 - m, size // 2 + m):  # every position in the pooling grid
-        columns = torch.nonzero(seen[:, p]).flatten()
+    middle = size // 2 // stride
+    for q in range(middle - m // stride, middle + m // stride):  # every pooling position
+        columns = torch.nonzero(seen[:, q]).flatten()
         assert 0 < columns.min() and columns.max() < size - 1  # not cut by the edges
-        reach = max(reach, p - int(columns.min()), int(columns.max()) - p)
-    assert 2 * reach + 1 == rf
-    assert UNet(13, 17, depth=depth).receptive_field == rf
+        reach = max(reach, q * stride - int(columns.min()),
+                    int(columns.max()) - (q * stride + stride - 1))
+    assert stride + 2 * reach == rf
+    assert UNet(13, 17, depth=depth, output_stride=stride).receptive_field == rf
+
+
+def test_unet_output_stride_gives_one_score_per_block_and_trains_on_every_pixel(tmp_path):
+    """--output-stride 4: logits N x K x H/4 x W/4, a lighter decoder, refused strides named;
+    trained through the command line (each output pixel against every labelled pixel it
+    covers) and exported with the stride in the card, which onnxruntime honours."""
+    model = UNet(5, 3, depth=3, width=4, output_stride=4).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 5, 48, 80)).shape == (2, 3, 12, 20)
+    assert sum(p.numel() for p in model.parameters()) < \
+        sum(p.numel() for p in UNet(5, 3, depth=3, width=4).parameters())
+    with pytest.raises(ValueError, match="--output-stride 1, 2, 4, 8"):
+        UNet(5, 3, depth=3, output_stride=3)
+    tiles = write_tile_file(tmp_path / "tiles.h5", tile=TILE)
+    run = tmp_path / "run"
+    assert main(["train", *UNET, "--output-stride", "2", "--train", tiles + "#train",
+                 "--val", tiles + "#validation", "--epochs", "2", "--lr", "0.01",
+                 "--out", str(run), *FAST]) == 0
+    onnx_path = str(tmp_path / "unet_s2.onnx")
+    assert main(["export", "--checkpoint", str(run / "best.pt"), "--out", onnx_path]) == 0
+    card = read_model_card(onnx_path)
+    assert (card.output_stride, card.receptive_field) == (2, receptive_field(DEPTH, 2))
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    out = session.run(None, {"patches": np.zeros((1, card.n_channels, 32, 48), np.float32)})
+    assert out[0].shape == (1, card.n_classes, 16, 24)
+    assert main(["evaluate", "--model", onnx_path, "--data", tiles + "#validation",
+                 "--out", str(tmp_path / "eval")]) == 0
+
+
+def test_output_stride_beyond_the_depth_is_refused_before_reading(tmp_path, capsys):
+    assert main(["train", *UNET, "--output-stride", "8", "--train",
+                 str(tmp_path / "missing.h5"), "--out", str(tmp_path / "run"), *FAST]) == 2
+    err = one_line_error(capsys)
+    assert "--output-stride 8" in err and "1, 2, 4" in err
 
 
 def test_unet_predicts_every_pixel_of_any_tile_multiple():
@@ -194,8 +232,8 @@ def test_unet_learns_the_blocks_of_a_tile_file(dense):
     assert len(log) == 4 and losses[-1] < 0.6 * losses[0]
     assert float(log[-1]["train_oa"]) > 0.9
     payload = load_checkpoint(str(dense["run"] / "best.pt"))
-    assert payload["model"] == "unet" and payload["model_options"] == {"depth": DEPTH,
-                                                                      "width": WIDTH}
+    assert payload["model"] == "unet" and payload["model_options"] == {
+        "depth": DEPTH, "width": WIDTH, "output_stride": 1}
     assert payload["patch_size"] == TILE and payload["class_codes"] == [2, 8, 11]
 
 
@@ -311,6 +349,6 @@ def test_a_dense_run_resumes_from_its_last_checkpoint(dense, tmp_path):
     assert main(["train", *common, "--epochs", "1"]) == 0
     assert main(["train", "--resume", str(run / "last.pt"), "--epochs", "2"]) == 0
     payload = load_checkpoint(str(run / "last.pt"))
-    assert payload["epoch"] == 1 and payload["model_options"] == {"depth": DEPTH,
-                                                                 "width": WIDTH}
+    assert payload["epoch"] == 1 and payload["model_options"] == {
+        "depth": DEPTH, "width": WIDTH, "output_stride": 1}
     assert [row["epoch"] for row in payload["history"]] == [1, 2]

@@ -19,7 +19,14 @@
    a PNG quick-look with a legend and the HTML reports into the output folder, and prints the
    overall accuracy with and without the ancillary channels.
 
-``--size-km`` and ``--epochs`` make a reduced run (the tests use one).
+The dense model (a U-Net, class scores per 20 m block of pixels) goes the same way beside
+MSMLA-18: tiles with per-pixel label masks from the same training areas (lcz:extractpatches
+SAMPLES=1), two U-Nets trained (``python -m training train --model unet --depth 2
+--output-stride 2``, with and without the ancillary channels), exported, mapped with the same
+graphical model and assessed; the last table prints every model's accuracy and its training
+and mapping times.
+
+``--size-km``, ``--epochs`` and ``--dense-epochs`` make a reduced run (the tests use one).
 
 Progress: every step prints a numbered line when it starts and its duration when it ends, the
 plugin's algorithms one line each with their time, training one line per epoch (losses,
@@ -55,6 +62,13 @@ MODEL3 = os.path.join("lcz_qgis_plugin", "models", "lcz_map_from_downloads.model
 S2_CHANNELS = list(SO2SAT_CHANNELS)
 ANCILLARY = ["OSM:building_fraction", "DSM:height", "OSM:impervious_fraction"]
 MODELS = {"ancillary": S2_CHANNELS + ANCILLARY, "s2_only": S2_CHANNELS}
+LABELS = {"ancillary": "Sentinel-2 + OSM + DSM", "s2_only": "Sentinel-2 only"}
+DENSE_PREFIX = "unet_"
+"""The dense models' names: ``unet_ancillary``, ``unet_s2_only`` (channels as in MODELS)."""
+DENSE_OPTIONS = ("--depth", "2", "--width", "16", "--output-stride", "2")
+"""The demo's U-Net: two levels, one class per 2 x 2 pixels (20 m; it divides the 100 m
+cell), a receptive field of 46 px, about the 48 px context of a patch model: README
+"Patch or dense model?" gives its speed and accuracy beside MSMLA-18's."""
 INDENT = " " * 9
 LIVE = is_terminal(sys.stdout) and is_terminal(sys.stderr)
 """Both on a terminal: the training's batch bars are shown (its stderr goes straight there)."""
@@ -146,6 +160,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=11, help="training city seed; the mapped "
                         "city uses seed + 1 (default 11)")
     parser.add_argument("--epochs", type=int, default=25, help="training epochs (default 25)")
+    parser.add_argument("--dense-epochs", type=int, default=40,
+                        help="training epochs of the dense U-Nets (default 40)")
+    parser.add_argument("--tile", type=int, default=128,
+                        help="edge in pixels of the dense model's training tiles (default 128)")
     parser.add_argument("--patch", type=int, default=32, help="patch size in pixels (default 32)")
     return parser.parse_args(argv)
 
@@ -179,34 +197,61 @@ def patch_files(qp: QgisProcess, stacks: dict, cities: dict, work: str, args) ->
     return patches
 
 
-def trained_models(patches: dict, work: str, out: str, args) -> dict:
-    """Train and export both models (``python -m training``); their .onnx paths by name."""
-    models = {}
-    for number, (name, channels) in enumerate(MODELS.items(), start=1):
+def tile_files(qp: QgisProcess, stacks: dict, cities: dict, work: str, args) -> dict:
+    """lcz:extractpatches SAMPLES=1: tiles with a per-pixel label mask for the dense model,
+    from the training areas of the training and validation cities. The tile edge is
+    ``--tile`` px, or the largest multiple of 8 px the city holds when it is smaller."""
+    tile = min(args.tile, int(args.size_km * 1000 / 10) // 8 * 8)
+    tiles = {}
+    for role in ("train", "validation"):
+        tiles[role] = os.path.join(work, f"tiles_{role}.h5")
+        extracted = timed(qp, "lcz:extractpatches", {
+            "INPUT": stacks[role], "TRAINING_AREAS": cities[role].training_areas,
+            "CLASS_FIELD": "lcz", "SAMPLES": 1, "TILE_SIZE": tile, "SEED": args.seed,
+            "VALIDATION_FRACTION": 0, "OUTPUT": tiles[role]},
+            f"{role}: lcz:extractpatches SAMPLES=1")
+        print(f"{INDENT}{role}: {int(extracted['PATCHES'])} tiles of {tile} px -> "
+              f"{tiles[role]}", flush=True)
+    return tiles
+
+
+def trained_models(patches: dict, work: str, out: str, args,
+                   dense: bool = False) -> tuple[dict, dict]:
+    """Train and export both models (``python -m training``), MSMLA-18 on patches or, with
+    ``dense``, U-Nets on tiles: (.onnx paths, training + export seconds) by name."""
+    models, seconds = {}, {}
+    for number, (channel_set, channels) in enumerate(MODELS.items(), start=1):
+        name = DENSE_PREFIX + channel_set if dense else channel_set
         run_dir = os.path.join(work, "runs", name)
         started = time.time()
         print(f"{INDENT}model {number}/{len(MODELS)}, {name}: {len(channels)} channels, "
               f"python -m training train", flush=True)
-        training("train", "--model", "msmla18", "--train", patches["train"],
+        epochs = str(args.dense_epochs if dense else args.epochs)
+        model = ("--model", "unet", *DENSE_OPTIONS) if dense else \
+            ("--model", "msmla18", "--bn-momentum", "0.9")
+        training("train", *model, "--train", patches["train"],
                  "--val", patches["validation"], "--channels", ",".join(channels),
-                 "--epochs", str(args.epochs), "--patience", str(args.epochs),
-                 "--bn-momentum", "0.9", "--seed", str(args.seed), "--out", run_dir,
+                 "--epochs", epochs, "--patience", epochs,
+                 "--seed", str(args.seed), "--out", run_dir,
                  "--drop-unknown-validation", *(() if LIVE else ("--no-progress",)),
                  "--version", f"demo-{name}")
-        models[name] = os.path.join(out, f"demo_msmla18_{name}.onnx")
+        models[name] = os.path.join(out, f"demo_{'' if dense else 'msmla18_'}{name}.onnx")
         print(f"{INDENT}model {number}/{len(MODELS)}, {name}: python -m training export "
               f"(ONNX, bfloat16 and int8 checks)", flush=True)
         training("export", "--checkpoint", os.path.join(run_dir, "best.pt"),
                  "--out", models[name])
+        seconds[name] = time.time() - started
         print(f"{INDENT}{name}: {len(channels)} channels, trained and exported in "
-              f"{format_duration(time.time() - started)} -> {models[name]}", flush=True)
-    return models
+              f"{format_duration(seconds[name])} -> {models[name]}", flush=True)
+    return models, seconds
 
 
-def lcz_maps(qp: QgisProcess, models: dict, city, out: str) -> tuple[dict, dict]:
-    """The shipped .model3 on the third city, once per model: (maps, engines) by name."""
-    maps, engines = {}, {}
+def lcz_maps(qp: QgisProcess, models: dict, city, out: str) -> tuple[dict, dict, dict]:
+    """The shipped .model3 on the third city, once per model: (maps, engines, seconds) by
+    name; the seconds are the whole graphical model's (the city's stack, then lcz:classify)."""
+    maps, engines, seconds = {}, {}, {}
     for name, model in models.items():
+        began = time.time()
         results = timed(qp, os.path.join(qp.plugins, MODEL3), {
             "SENTINEL2": city.safe, "OSM": city.osm, "DSM": city.dsm,
             "DTM": city.dtm, "LCZ_MODEL": model,
@@ -215,10 +260,11 @@ def lcz_maps(qp: QgisProcess, models: dict, city, out: str) -> tuple[dict, dict]
             f"{name}: lcz_map_from_downloads.model3")
         maps[name] = (results.get("classify:lcz_map")
                       or os.path.join(out, f"demo_lcz_map_{name}.tif"))
+        seconds[name] = time.time() - began
         engines[name] = gdal.Open(maps[name]).GetMetadataItem("LCZ_EXECUTION_PROVIDER")
         print(f"{INDENT}{name}: mapped on {engines[name]} (lcz:classify, DEVICE Automatic)",
               flush=True)
-    return maps, engines
+    return maps, engines, seconds
 
 
 def main(argv=None) -> int:
@@ -227,7 +273,7 @@ def main(argv=None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(out, exist_ok=True)
     os.makedirs(work)
-    step = Steps(7)
+    step = Steps(9)
 
     step(f"simulating three {args.size_km:g} x {args.size_km:g} km cities (seeds {args.seed}, "
          f"{args.seed + 1}, {args.seed + 2}; a simulation, see tools/synthcity.py)",
@@ -245,13 +291,25 @@ def main(argv=None) -> int:
     patches = patch_files(qp, stacks, cities, work, args)
     map_city = cities["map"]
 
+    step("lcz:extractpatches SAMPLES=1: tiles with per-pixel label masks from the training "
+         "areas of both cities (for the dense U-Net)", "extracting tiles")
+    tiles = tile_files(qp, stacks, cities, work, args)
+
     step(f"training two MSMLA-18 models on the CPU ({args.epochs} epochs each): "
-         f"with and without the ancillary channels", "training and exporting two models")
-    models = trained_models(patches, work, out, args)
+         f"with and without the ancillary channels", "training and exporting two MSMLA-18")
+    models, seconds = trained_models(patches, work, out, args)
+
+    step(f"training two dense U-Nets on the CPU ({args.dense_epochs} epochs each, depth 2, "
+         f"output stride 2): with and without the ancillary channels",
+         "training and exporting two U-Nets")
+    dense_models, dense_seconds = trained_models(tiles, work, out, args, dense=True)
+    models.update(dense_models)
+    seconds.update(dense_seconds)
 
     step("mapping the third city with the plugin's graphical model "
          "lcz_map_from_downloads.model3 (qgis_process)", "mapping the third city")
-    maps, engines = lcz_maps(qp, models, map_city, out)
+    maps, engines, map_seconds = lcz_maps(qp, models, map_city, out)
+    times = {name: {"train": seconds[name], "map": map_seconds[name]} for name in models}
 
     step("lcz:assessaccuracy against the mapped city's simulated truth", "assessing accuracy")
     scores = {name: timed(qp, "lcz:assessaccuracy", {
@@ -261,36 +319,49 @@ def main(argv=None) -> int:
 
     step("writing the PNG quick-looks", "writing the quick-looks")
     pngs = {name: write_quicklook(lcz_map, os.path.splitext(lcz_map)[0] + ".png",
-                                  f"LCZ map of the simulated test city ({name.replace('_', ' ')})")
+                                  f"LCZ map of the simulated test city ({model_label(name)})")
             for name, lcz_map in maps.items()}
     write_quicklook(map_city.truth, os.path.join(out, "demo_truth.png"),
                     "Simulated truth of the test city")
     step.finish()
-    print_results(out, maps, pngs, scores)
+    print_results(out, maps, pngs, scores, times, engines)
     with open(os.path.join(out, "demo_summary.json"), "w", encoding="utf-8") as f:
         json.dump({"note": "simulated cities (tools/synthcity.py), not measurements",
-                   "size_km": args.size_km, "epochs": args.epochs, "seed": args.seed,
-                   "models": models, "maps": maps, "engines": engines,
+                   "size_km": args.size_km, "epochs": args.epochs,
+                   "dense_epochs": args.dense_epochs, "seed": args.seed,
+                   "models": models, "maps": maps, "engines": engines, "seconds": times,
                    "scores": {k: {m: v[m] for m in ("OA", "WA", "KAPPA")}
                               for k, v in scores.items()}}, f, indent=2)
     return 0
 
 
-def print_results(out: str, maps: dict, pngs: dict, scores: dict) -> None:
-    """The outputs, then the accuracy table."""
+def model_label(name: str) -> str:
+    """``MSMLA-18, Sentinel-2 only`` or ``U-Net (dense), Sentinel-2 + OSM + DSM``."""
+    dense = name.startswith(DENSE_PREFIX)
+    return (f"{'U-Net (dense)' if dense else 'MSMLA-18'}, "
+            f"{LABELS[name.removeprefix(DENSE_PREFIX)]}")
+
+
+def print_results(out: str, maps: dict, pngs: dict, scores: dict, times: dict,
+                  engines: dict) -> None:
+    """The outputs, then the accuracy table: every model's accuracy on the mapped city, its
+    training time (with the export) and its mapping time (the graphical model: the city's
+    stack, then lcz:classify)."""
     print()
     print(f"Outputs (in {out}):")
-    for name in MODELS:
-        print(f"  {name:<10} map {os.path.basename(maps[name])} (+ .qml), quick-look "
+    for name in maps:
+        print(f"  {name:<14} map {os.path.basename(maps[name])} (+ .qml), quick-look "
               f"{os.path.basename(pngs[name])}, report "
               f"{os.path.basename(scores[name]['OUTPUT_HTML'])}")
     print()
     print("Accuracy on the mapped city, seen neither in training nor in validation "
-          "(simulated truth, every 100 m cell):")
-    for name, label in (("ancillary", "Sentinel-2 + OSM + DSM"), ("s2_only", "Sentinel-2 only")):
-        s = scores[name]
-        print(f"  {label:<24} OA {format_percent(s['OA'])}, WA {format_percent(s['WA'])}, "
-              f"kappa {s['KAPPA']:.2f}")
+          "(simulated truth, every 100 m cell), and each model's times:")
+    print(f"  {'model':<39} {'OA':>7} {'WA':>7} {'kappa':>5} {'train':>8} {'map':>8}  engine")
+    for name, s in scores.items():
+        print(f"  {model_label(name):<39} {format_percent(s['OA']):>7} "
+              f"{format_percent(s['WA']):>7} {s['KAPPA']:>5.2f} "
+              f"{format_duration(times[name]['train']):>8} "
+              f"{format_duration(times[name]['map']):>8}  {engines[name]}")
 
 
 if __name__ == "__main__":

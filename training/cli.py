@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=10)
     p.add_argument("--patch", type=int, default=48, help="patch (unet: tile) edge in pixels")
     p.add_argument("--cbam", default="faithful", choices=["faithful", "paper"])
-    _add_config_options(p, ("depth", "width"))
+    _add_config_options(p, ("depth", "width", "output_stride"))
 
     _add_train(sub)
 
@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> int:
     if args.command == "summary":
         from .summary import summary
-        print(summary(args.model, args.channels, args.patch, args.cbam, args.depth, args.width))
+        print(summary(args.model, args.channels, args.patch, args.cbam, args.depth, args.width,
+                      args.output_stride))
     elif args.command == "train":
         from .config import given_options
         from .train import load_checkpoint, load_config_file, make_config, train

@@ -45,6 +45,9 @@ class TrainConfig:
     depth: int = option(3, "unet: levels (each halves the resolution once; tiles must be "
                         "multiples of 2^depth px)")
     width: int = option(16, "unet: channels of the first level (doubled at every level)")
+    output_stride: int = option(1, "unet: input pixels per output pixel along each axis, a "
+                                "power of two up to 2^depth (1: a class per 10 m pixel; 4: "
+                                "per 40 m, a lighter decoder)")
     loss: str = option("ce", "unet: per-pixel loss, cross-entropy or focal loss (both "
                        "weighted by --class-weights)", choices=("ce", "focal"))
     focal_gamma: float = option(2.0, "unet, --loss focal: the focusing exponent gamma (0 is "

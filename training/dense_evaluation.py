@@ -127,6 +127,8 @@ def predict_tiles(predictor, data: str, batch_size: int = 256, limit: int = 0) -
     for start in range(0, len(rows), step):
         batch = rows[start:start + step]
         z = card.scores(predictor.raw(card.standardise(source.read(batch))))
+        s = card.output_stride  # an output pixel scores each of its s x s pixels
+        z = z if s == 1 else z.repeat(s, axis=2).repeat(s, axis=3)
         masks = source.masks(batch)
         t, i, j = np.nonzero(masks)
         here = origins[start:start + step]

@@ -17,7 +17,7 @@ def counts(model) -> dict:
 
 
 def summary(name: str, channels: int, patch: int, cbam: str = "faithful", depth: int = 3,
-            width: int = 16) -> str:
+            width: int = 16, output_stride: int = 1) -> str:
     """Parameter counts and output shape of ``name`` on a ``patch`` px input (a tile for a
     dense model, whose output stride, receptive field and tile multiple follow)."""
     options = {"cbam": cbam} if name.startswith("msmla") else {}
@@ -25,7 +25,7 @@ def summary(name: str, channels: int, patch: int, cbam: str = "faithful", depth:
         options["patch_size"] = patch
     dense = model_kind(name) == "dense"
     if dense:
-        options.update(depth=depth, width=width)
+        options.update(depth=depth, width=width, output_stride=output_stride)
     try:
         model = build_model(name, channels=channels, **options).eval()
     except ValueError as exc:
@@ -37,7 +37,9 @@ def summary(name: str, channels: int, patch: int, cbam: str = "faithful", depth:
     with torch.no_grad():
         out = model(torch.zeros(1, channels, patch, patch))
     described = (f", CBAM {cbam}" if name.startswith("msmla") else
-                 f", depth {depth}, width {width}" if dense else "")
+                 f", depth {depth}, width {width}"
+                 + (f", output stride {output_stride}" if output_stride != 1 else "")
+                 if dense else "")
     text = (f"{name} ({channels} channels, {patch}x{patch} px{described})\n"
             f"  trainable parameters      {c['trainable']:>10,}\n"
             f"  BatchNorm statistics      {c['bn_statistics']:>10,}\n"

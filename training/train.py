@@ -184,6 +184,16 @@ def pixel_loss(logits, target, weights=None, kind: str = "ce", gamma: float = 2.
     return (s * per_pixel).sum() / s.sum().clamp_min(1e-12)
 
 
+def on_label_grid(logits, labels):
+    """A dense model's logits on its labels' pixel grid: a model of output stride s > 1 scores
+    each s x s block of pixels once, so its logits are repeated over the block (nearest
+    neighbour), and every labelled pixel counts in the loss and the OA, as at stride 1 (the
+    mean loss over a block's pixels is the loss of the block's label histogram)."""
+    if logits.shape[-2:] != labels.shape[-2:]:
+        return F.interpolate(logits, size=labels.shape[-2:], mode="nearest")
+    return logits
+
+
 def tally(loss, logits, labels, dense: bool) -> tuple[float, int, int]:
     """(loss x samples, samples, correct) of one batch; a dense model's samples are its
     labelled pixels."""
@@ -306,6 +316,11 @@ def check_model_options(config: TrainConfig) -> None:
         raise TrainingError(f"--depth {config.depth}: a U-Net has 1 to {MAX_DEPTH} levels.")
     if config.width < 1:
         raise TrainingError(f"--width {config.width}: give at least 1 channel.")
+    strides = [2 ** level for level in range(config.depth + 1)]
+    if config.output_stride not in strides:
+        raise TrainingError(f"--output-stride {config.output_stride}: a U-Net of depth "
+                            f"{config.depth} gives one output pixel per "
+                            f"{', '.join(map(str, strides))} input pixels; choose one of them.")
     if config.loss not in ("ce", "focal"):
         raise TrainingError(f"unknown loss {config.loss!r}; use ce or focal.")
     if not config.focal_gamma >= 0:
@@ -346,7 +361,8 @@ def _model_options(config: TrainConfig, patch_size: int) -> dict:
     if config.model == "resnet20":
         return {"patch_size": patch_size}
     if model_kind(config.model) == "dense":
-        return {"depth": config.depth, "width": config.width}
+        return {"depth": config.depth, "width": config.width,
+                "output_stride": config.output_stride}
     return {}
 
 
@@ -507,6 +523,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
             logits = self.net(x)
         if self.dense:  # labels: class index per pixel
+            logits = on_label_grid(logits, labels)
             loss = pixel_loss(logits, labels, self.weights, self.config.loss,
                               self.config.focal_gamma)
         else:
@@ -611,6 +628,7 @@ def evaluate_loss(net, loader, device, use_amp: bool, dist_info: Dist,
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 logits = net(x)
             if dense:
+                logits = on_label_grid(logits, labels)
                 part = tally(pixel_loss(logits, labels), logits, labels, dense=True)
                 total, seen, correct = total + part[0], seen + part[1], correct + part[2]
                 continue

@@ -6,6 +6,13 @@ level, then on the way up a bilinear 2x upsampling, the concatenated skip connec
 same level and two more convolutions; a 1x1 convolution gives the logits ``N x K x H x W``.
 Output stride 1: one score vector per input pixel. Widths double per level from ``width``.
 
+``output_stride`` s (a power of two, at most 2^depth) stops the decoder s times above the
+input resolution: the way up ends at level log2(s), whose 1x1 head gives ``N x K x H/s x W/s``
+logits, one per s x s input pixels (s = 4 at 10 m: one per 40 m). The decoder's costliest,
+full-resolution levels are left out, and so is their per-pixel work in ``lcz:classify``; a
+100 m cell is still the mean of the output pixels it holds. Training compares each output
+pixel with every labelled pixel it covers.
+
 Two facts of the architecture go into the model card (:mod:`lcz_qgis_plugin.core.model.card`):
 
 ``tile_multiple`` = 2^depth
@@ -35,28 +42,35 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class UNet(nn.Module):
-    """``UNet(in_channels, n_classes, depth=3, width=16)``: logits ``N x K x H x W`` for
-    input ``N x C x H x W`` (H and W multiples of :attr:`tile_multiple`)."""
+    """``UNet(in_channels, n_classes, depth=3, width=16, output_stride=1)``: logits
+    ``N x K x H/s x W/s`` for input ``N x C x H x W`` (H and W multiples of
+    :attr:`tile_multiple`, s the output stride)."""
 
     kind = "dense"
-    output_stride = 1
 
-    def __init__(self, in_channels: int, n_classes: int, depth: int = 3, width: int = 16):
+    def __init__(self, in_channels: int, n_classes: int, depth: int = 3, width: int = 16,
+                 output_stride: int = 1):
         super().__init__()
         if not 1 <= depth <= MAX_DEPTH:
             raise ValueError(f"U-Net depth {depth}: choose --depth 1 to {MAX_DEPTH} (levels)")
         if width < 1:
             raise ValueError(f"U-Net width {width}: choose --width 1 or more (channels)")
-        self.depth, self.width = depth, width
+        strides = [2 ** level for level in range(depth + 1)]
+        if output_stride not in strides:
+            raise ValueError(f"U-Net output stride {output_stride}: choose --output-stride "
+                             f"{', '.join(map(str, strides))} (a power of two, at most "
+                             f"2^depth)")
+        self.depth, self.width, self.output_stride = depth, width, output_stride
+        self.top = output_stride.bit_length() - 1  # the level the decoder stops at
         widths = [width * 2 ** level for level in range(depth + 1)]
         self.down = nn.ModuleList(
             [_block(in_channels if level == 0 else widths[level - 1], widths[level])
              for level in range(depth)])
         self.bottom = _block(widths[depth - 1], widths[depth])
-        self.up = nn.ModuleList(
+        self.up = nn.ModuleList(  # levels below ``top`` are never run: not built
             [_block(widths[level + 1] + widths[level], widths[level])
-             for level in range(depth)])
-        self.head = nn.Conv2d(width, n_classes, 1)
+             for level in range(self.top, depth)])
+        self.head = nn.Conv2d(widths[self.top], n_classes, 1)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
@@ -67,7 +81,7 @@ class UNet(nn.Module):
 
     @property
     def receptive_field(self) -> int:
-        return receptive_field(self.depth)
+        return receptive_field(self.depth, self.output_stride)
 
     def forward(self, x):
         skips = []
@@ -76,14 +90,15 @@ class UNet(nn.Module):
             skips.append(x)
             x = F.max_pool2d(x, 2)
         x = self.bottom(x)
-        for level in reversed(range(self.depth)):
+        for level in reversed(range(self.top, self.depth)):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-            x = self.up[level](torch.cat([skips[level], x], dim=1))
+            x = self.up[level - self.top](torch.cat([skips[level], x], dim=1))
         return self.head(x)
 
 
-def unet(channels: int, classes: int = 17, depth: int = 3, width: int = 16) -> UNet:
-    return UNet(channels, classes, depth=depth, width=width)
+def unet(channels: int, classes: int = 17, depth: int = 3, width: int = 16,
+         output_stride: int = 1) -> UNet:
+    return UNet(channels, classes, depth=depth, width=width, output_stride=output_stride)
 
 
 # -- the receptive field, from the layers --------------------------------------------------------
@@ -111,14 +126,18 @@ def _decoder_span(level: int, depth: int, lo: int, hi: int) -> tuple[int, int]:
     return min(skip[0], deep[0]), max(skip[1], deep[1])
 
 
-def receptive_field(depth: int) -> int:
+def receptive_field(depth: int, output_stride: int = 1) -> int:
     """The edge in pixels of the smallest square centred on an output pixel that holds every
-    input pixel it sees, for any position of that pixel in the pooling grid: 2 r + 1, r the
-    largest reach to either side (away from the raster edges, where padding and the upsampling
+    input pixel it sees, for any position of that pixel in the pooling grid: s + 2 r, s the
+    output stride (the s x s input pixels the output pixel covers) and r the largest reach
+    beyond them to either side (away from the raster edges, where padding and the upsampling
     clamp only shorten it). Exact for this architecture (the test checks it on the network)."""
+    top = output_stride.bit_length() - 1
     reach = 0
-    for p in range(2 ** depth):  # every position in the pooling grid
-        centre = 2 ** depth * 1000 + p
-        lo, hi = _decoder_span(0, depth, centre, centre)
-        reach = max(reach, centre - lo, hi - centre)
-    return 2 * reach + 1
+    for p in range(2 ** (depth - top)):  # every position in the pooling grid
+        centre = 2 ** depth * 1000 + p  # in the output's pixels
+        lo, hi = _decoder_span(top, depth, centre, centre) if top < depth else \
+            _encoder_span(depth, centre, centre)
+        first, last = centre * output_stride, (centre + 1) * output_stride - 1
+        reach = max(reach, first - lo, hi - last)
+    return output_stride + 2 * reach
