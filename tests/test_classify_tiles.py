@@ -326,12 +326,14 @@ def test_a_worker_killed_mid_tile_costs_only_that_tile(scene, cluster, tmp_path)
         while killed is None and time.monotonic() < deadline and runner.is_alive():
             busy = {w: keys for w, keys in client.processing().items()
                     if any(str(k).startswith("lcz-tile-") for k in keys)}
-            if busy and os.path.exists(out / MANIFEST) and done_tiles(out):
+            # a worker holding a tile once the plan is written (waiting for a finished tile
+            # as well lost the race on a loaded machine: the run ended first)
+            if busy and os.path.exists(out / MANIFEST):
                 worker, keys = next(iter(busy.items()))
                 time.sleep(0.05)  # well inside a tile of ~0.2 s
                 os.kill(pids[worker], signal.SIGKILL)
                 killed = (pids[worker], [str(k).split("-")[2] for k in keys])
-            time.sleep(0.02)
+            time.sleep(0.005)
         runner.join(120)
     assert killed is not None, "no tile was seen running"
     assert "error" not in answer, answer.get("error")

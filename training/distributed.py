@@ -43,10 +43,15 @@ def init_distributed(device_name: str) -> Dist:
                 local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def leave_distributed(dist_info: Dist) -> None:
-    """Leave the process group joined by :func:`init_distributed`."""
+def leave_distributed(dist_info: Dist, finished: bool = True) -> None:
+    """Leave the process group joined by :func:`init_distributed`. After a finished run
+    every process first waits for the others: a process tearing down gloo while a peer still
+    writes its checkpoint was aborted ("terminate called without an active exception").
+    After an error there is no waiting (the peers may never come)."""
     if dist_info.active:
         import torch.distributed as dist
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -379,15 +379,18 @@ def train(config: TrainConfig, resume: str | None = None) -> dict:
         note = busy_machine_note(threads) if source != "--threads" else None
         if note:
             print(note, flush=True)
+    finished = False
     try:
         trainer = Trainer(config, dist_info, process_device(device_name, dist_info))
         trainer.setup(resume)
         trainer.loaders()
         trainer.start_logs()
-        return trainer.fit()
+        summary = trainer.fit()
+        finished = True
+        return summary
     finally:
         torch.set_num_threads(before)  # a caller in the same process keeps its setting
-        leave_distributed(dist_info)
+        leave_distributed(dist_info, finished)
 
 
 class Trainer:
