@@ -428,23 +428,6 @@ def test_the_core_and_its_tile_modules_do_not_import_dask():
     assert done.stdout.strip() == "[]", done.stderr
 
 
-@pytest.mark.qgis
-def test_loading_the_provider_does_not_import_dask():
-    pytest.importorskip("qgis.core", reason="PyQGIS is not installed (make setup)")
-    code = ("import sys\n"
-            "from qgis.core import QgsApplication\n"
-            "app = QgsApplication([], False); app.initQgis()\n"
-            "from lcz_qgis_plugin.plugin import LczPlugin\n"
-            "plugin = LczPlugin(); plugin.initProcessing()\n"
-            "registry = QgsApplication.processingRegistry()\n"
-            "print(registry.algorithmById('lcz:classify') is not None, "
-            "sorted(m for m in ('dask', 'distributed') if m in sys.modules))\n")
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=ROOT, env=env)
-    assert done.stdout.strip().splitlines()[-1] == "True []", done.stderr[-2000:]
-
-
 @pytest.mark.slow
 @needs_dask
 def test_a_tile_of_no_data_only_is_written_as_no_data(cluster, tmp_path):

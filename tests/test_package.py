@@ -94,16 +94,18 @@ def test_core_is_qgis_free_and_onnxruntime_is_lazy():
     assert done.stdout.strip() == "[]", done.stderr
 
 
-def test_loading_the_provider_does_not_import_onnxruntime():
+def test_loading_the_provider_imports_no_engine_and_no_training_package():
+    """QGIS loads the provider at start-up: onnxruntime and OpenVINO load on the first run,
+    Dask only in classify-tiles, and torch never (the plugin does not use it)."""
     code = ("import sys, os\n"
             "from qgis.core import QgsApplication\n"
             "app = QgsApplication([], False); app.initQgis()\n"
             "from lcz_qgis_plugin.plugin import LczPlugin\n"
             "plugin = LczPlugin(); plugin.initProcessing()\n"
             "registry = QgsApplication.processingRegistry()\n"
-            "print(registry.algorithmById('lcz:classify') is not None, "
-            "'onnxruntime' in sys.modules)\n")
+            "print(registry.algorithmById('lcz:classify') is not None, sorted(m for m in "
+            "('onnxruntime', 'openvino', 'dask', 'distributed', 'torch') if m in sys.modules))\n")
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, env=env)
-    assert done.stdout.strip().splitlines()[-1] == "True False", done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "True []", done.stderr[-2000:]
