@@ -352,6 +352,12 @@ def cli(*args, **popen):
                             cwd=ROOT, **popen)
 
 
+TILES_FOR_CTRL_C, CTRL_C_TILES = 16, 72
+"""Tiles of 16 cells: 8 x 9 tiles of the 128 x 130-cell scene, a run of several seconds, so
+that Ctrl+C comes after the manifest's first save (once a second) and before the last tile
+(with 20 tiles the whole run took 1.3 s and the signal could come too late)."""
+
+
 @pytest.mark.slow
 @needs_dask
 def test_ctrl_c_keeps_the_finished_tiles_and_a_rerun_runs_only_the_rest(scene, tmp_path):
@@ -361,8 +367,8 @@ def test_ctrl_c_keeps_the_finished_tiles_and_a_rerun_runs_only_the_rest(scene, t
     import psutil
     out = tmp_path / "out"
     args = ("classify-tiles", "--input", scene["stack"], "--model", scene["model"], "--out",
-            out, "--tile-cells", 32, "--workers", 2, "--device", "cpu", "--probabilities",
-            "--confidence")
+            out, "--tile-cells", TILES_FOR_CTRL_C, "--workers", 2, "--device", "cpu",
+            "--probabilities", "--confidence")
     process = cli(*args, start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -374,10 +380,10 @@ def test_ctrl_c_keeps_the_finished_tiles_and_a_rerun_runs_only_the_rest(scene, t
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     finished = len(done_tiles(out))
-    assert 1 <= finished < 20
+    assert 1 <= finished < CTRL_C_TILES
     assert stderr.strip().splitlines()[-1] == (
-        f"cancelled; {finished} of 20 tiles are finished; run the same command again to "
-        f"continue")
+        f"cancelled; {finished} of {CTRL_C_TILES} tiles are finished; run the same command "
+        f"again to continue")
     assert partial_files(out) == [] and not (out / "lcz.vrt").exists()
     psutil.wait_procs(children, timeout=10)
     assert [c.pid for c in children if c.is_running() and c.status() != "zombie"] == []
@@ -388,9 +394,9 @@ def test_ctrl_c_keeps_the_finished_tiles_and_a_rerun_runs_only_the_rest(scene, t
     stdout, stderr = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, stderr
     answer = json.loads(stdout)
-    assert (answer["tiles_run"], answer["tiles_skipped"]) == (20 - finished, finished)
+    assert (answer["tiles_run"], answer["tiles_skipped"]) == (CTRL_C_TILES - finished, finished)
     result = tiles_module.TilesResult(out, answer["output"], answer["probabilities"],
-                                      answer["confidence"], 20, 0, 0, 0, 0.0, 0.0)
+                                      answer["confidence"], CTRL_C_TILES, 0, 0, 0, 0.0, 0.0)
     assert_same_map(result, scene["whole"])
     assert partial_files(out) == []
 
