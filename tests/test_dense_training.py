@@ -20,8 +20,8 @@ from training.cli import main
 from training.config import make_config
 from training.dense_evaluation import cell_probabilities
 from training.models import build_model, model_kind
-from training.precision import bfloat16_runs_here
 from training.models.unet import UNet, receptive_field
+from training.precision import bfloat16_runs_here
 from training.train import load_checkpoint, model_from_checkpoint, open_data, pixel_loss
 
 TILE = 32
