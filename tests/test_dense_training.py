@@ -21,6 +21,7 @@ from training.config import make_config
 from training.dense_evaluation import cell_probabilities
 from training.models import build_model, model_kind
 from training.models.unet import UNet, receptive_field
+from training.precision import bfloat16_runs_here
 from training.train import load_checkpoint, model_from_checkpoint, open_data, pixel_loss
 
 TILE = 32
@@ -244,7 +245,7 @@ def test_exported_card_is_dense_with_the_architectures_facts(dense):
     assert card.output_stride == 1 and card.tile_multiple == 2 ** DEPTH
     assert card.receptive_field == receptive_field(DEPTH)
     assert card.patch_size == TILE and card.class_codes == [2, 8, 11]
-    assert card.scale == [1e-4] * 10 and card.precision_checks == {}
+    assert card.scale == [1e-4] * 10 and "int8" not in card.precision_checks
 
 
 @pytest.mark.parametrize("height, width", [(64, 64), (48, 80), (16, 8)])
@@ -310,6 +311,68 @@ def test_calibrate_fits_a_temperature_on_pixel_logits(dense, tmp_path, capsys):
     assert "pixels; written" in capsys.readouterr().out
 
 
+# -- the bfloat16 check, per 100 m cell ------------------------------------------------------------
+NO_BF16 = bfloat16_runs_here()
+
+
+@pytest.mark.skipif(NO_BF16 is not None, reason=f"the bfloat16 check cannot run here: {NO_BF16}")
+def test_export_records_a_bfloat16_check_per_cell_and_no_int8(dense, tmp_path):
+    """The export's check on the run's validation tiles: 13 cells of 10 x 10 px (1,352
+    labelled pixels; the cells evaluate counts), recorded but too few for the Automatic
+    device; no int8 variant."""
+    card = read_model_card(dense["onnx"])
+    check = card.precision_checks["bfloat16"]
+    assert main(["evaluate", "--model", dense["onnx"], "--data",
+                 dense["tiles"] + "#validation", "--out", str(tmp_path / "e")]) == 0
+    with open(tmp_path / "e" / "report.json") as f:
+        cells = json.load(f)["samples"]
+    assert check["unit"] == "cells" and check["cells"] == check["patches"] == cells == 13
+    assert check["pixels"] == 2 * 26 * 26 and check["data"] == "tiles.h5"
+    assert 0.9 <= check["same_class"] <= 1 and 0.9 <= check["pixel_same_class"] <= 1
+    assert "bfloat16" in check["engine"] and "float32" in check["reference"]
+    assert not card.passes_precision_check("bfloat16") and "int8" not in card.precision_checks
+    assert not list(dense["folder"].glob("*.int8.onnx"))
+
+
+@pytest.mark.skipif(NO_BF16 is not None, reason=f"the bfloat16 check cannot run here: {NO_BF16}")
+def test_a_passed_dense_bfloat16_check_makes_bfloat16_an_automatic_candidate(
+        dense, tmp_path, capsys, monkeypatch):
+    """check-precision on a larger tile file (430 labelled cells): the same-map rule of patch
+    models, counted per cell as evaluate counts them; the Automatic device then considers
+    OpenVINO bf16 for the dense model (and still refuses it for the export's 13 cells)."""
+    from lcz_qgis_plugin.core.inference import engine_choice
+    from lcz_qgis_plugin.core.inference.engine import OPENVINO_BF16, Engine, clear_engine_cache
+    monkeypatch.setenv(engine_choice.CACHE_ENV, str(tmp_path / "cache"))
+    clear_engine_cache()
+    more = write_tile_file(tmp_path / "more.h5", tile=TILE, size=256, seed=1)
+    out = str(tmp_path / "checked.onnx")
+    assert main(["check-precision", "--model", dense["onnx"], "--data", more,
+                 "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "int8 check not made: int8 is checked on patch models only" in printed
+    assert main(["evaluate", "--model", out, "--data", more, "--out", str(tmp_path / "e")]) == 0
+    with open(tmp_path / "e" / "report.json") as f:
+        cells = json.load(f)["samples"]
+    card = read_model_card(out)
+    check = card.precision_checks["bfloat16"]
+    assert check["cells"] == check["patches"] == cells == 430 and check["unit"] == "cells"
+    assert check["pixels"] == 64 * 26 * 26 and check["same_class"] >= 0.995
+    assert card.passes_precision_check("bfloat16") and "int8" not in card.precision_checks
+    engine = Engine(out, device="cpu")
+    loaders, notes = engine._automatic_candidates(card)
+    assert "openvino-bf16" in loaders
+    automatic = Engine(out, device="auto")
+    if engine_choice.cpu_has_amx():  # settled by the CPU: bfloat16 only
+        assert automatic.provider == OPENVINO_BF16
+    else:  # measured against both float32 engines, on tiles
+        (entry,) = json.loads((tmp_path / "cache" / engine_choice.CACHE_FILE).read_text()
+                              )["choices"].values()
+        assert set(entry["rates"]) == {"cpu", "openvino", "openvino-bf16"}
+    _, notes = engine._automatic_candidates(read_model_card(dense["onnx"]))
+    assert "bf16: its check covered only 13 cells (200 needed)" in notes
+    clear_engine_cache()
+
+
 # -- refusals -------------------------------------------------------------------------------------
 def test_models_refuse_data_of_the_other_kind(dense, tmp_path, capsys):
     tiles = dense["tiles"]
@@ -330,8 +393,13 @@ def test_models_refuse_data_of_the_other_kind(dense, tmp_path, capsys):
     assert main(["evaluate", "--model", dense["onnx"], "--data", patches, "--out",
                  str(tmp_path / "e")]) == 2
     assert "evaluated on tiles" in one_line_error(capsys)
-    assert main(["check-precision", "--model", dense["onnx"], "--data", tiles]) == 2
-    assert "dense model" in one_line_error(capsys)
+    assert main(["check-precision", "--model", dense["onnx"], "--data", tiles,
+                 "--precisions", "int8"]) == 2
+    assert "is a dense model: int8 is checked on patch models only" in one_line_error(capsys)
+    if bfloat16_runs_here() is None:
+        assert main(["check-precision", "--model", dense["onnx"], "--data", patches,
+                     "--out", str(tmp_path / "c.onnx")]) == 2
+        assert "is a dense model: it is evaluated on tiles" in one_line_error(capsys)
     assert main(["train", "--train", patches, "--val-fraction", "0.2", "--epochs", "1",
                  "--out", out, *FAST]) == 0
     capsys.readouterr()

@@ -24,3 +24,12 @@ def test_both_shortfalls_are_named_and_a_pass_says_passes():
     assert "below the required 99.5 %" in both and "only 10 patches" in both
     passed = describe(dict(CHECK, same_class=0.999, patches=512))
     assert "passes:" in passed and "below" not in passed and "too few" not in passed
+
+
+def test_a_dense_check_counts_cells_and_names_its_pixels():
+    line = describe(dict(CHECK, same_class=1.0, patches=13, unit="cells", cells=13,
+                         pixels=1352, pixel_same_class=0.999))
+    assert "100.00 % of 13 cells of patches.h5#validation, 99.90 % of its 1352 labelled " \
+           "pixels" in line
+    assert "only 13 cells: too few to trust (at least 200 needed)" in line
+    assert "patches:" not in line and "will not use it" in line

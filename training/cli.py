@@ -81,10 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "on patches; record them in the model card (lets lcz:classify's "
                             "Automatic device use them where they are the fastest)")
     p.add_argument("--model", required=True, help="exported .onnx")
-    p.add_argument("--data", required=True, help="patches (So2Sat h5 or patch file)")
+    p.add_argument("--data", required=True, help="patches (So2Sat h5 or patch file); a tile "
+                                                 "file for a dense model")
     p.add_argument("--out", help="write the model here (default: in place); the int8 variant "
                                  "goes beside it")
-    p.add_argument("--limit", type=int, default=4096, help="patches compared (default 4096)")
+    p.add_argument("--limit", type=int, default=4096,
+                   help="patches (dense: tiles) compared (default 4096)")
     _add_precision_options(p, "the training data the model card names, else --data")
 
     p = sub.add_parser("evaluate", help="LCZ metrics of a model on test patches (a dense "

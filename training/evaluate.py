@@ -56,8 +56,12 @@ class Predictor:
             from lcz_qgis_plugin.core.model.card_file import check_model_file
             try:
                 card = check_model_file(path)
-                self.engine = _DenseSession(path) if card.is_dense else \
-                    Engine(path, device=device)
+                if card.is_dense and device == "cpu":
+                    self.engine = _DenseSession(path)
+                elif card.is_dense:  # another engine (precision checks): the plugin's own
+                    self.engine = _DenseEngine(Engine(path, device=device))
+                else:
+                    self.engine = Engine(path, device=device)
             except LczError as exc:
                 raise EvaluationError(str(exc)) from None
             self.card: ModelCard = card if card.is_dense else self.engine.card
@@ -83,7 +87,8 @@ class Predictor:
 
 class _DenseSession:
     """A dense model in onnxruntime on the CPU: raw output ``N x K x H x W`` for a batch of
-    normalised tiles (the plugin's engine takes patch models only so far)."""
+    normalised tiles of any size (evaluate, calibrate, and the float32 reference of the
+    precision checks)."""
 
     def __init__(self, path: str):
         import onnxruntime as ort
@@ -92,6 +97,19 @@ class _DenseSession:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
+
+
+class _DenseEngine:
+    """A dense model in the plugin's engine for another DEVICE than onnxruntime's CPU (e.g.
+    OpenVINO bfloat16 for ``check-precision``), run on tiles of the size it is given: OpenVINO
+    compiles the model for each tile shape once."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.engine.use_tile_size(x.shape[2])
+        return self.engine.run(x)
 
 
 def scores_of(raw: np.ndarray, card: ModelCard) -> np.ndarray:

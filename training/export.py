@@ -170,7 +170,8 @@ def export_checkpoint(checkpoint: str, path: str, temperature: float = 1.0,
     ``precision_data``: patches on which the reduced-precision engines (``precisions``:
     bfloat16, and the int8 variant written beside ``path``) are compared with float32 and the
     results recorded in the card (:mod:`training.precision`); ``auto`` takes the run's
-    validation data (else its training data), ``None`` skips the checks.
+    validation data (else its training data), ``None`` skips the checks. A dense model is
+    checked in bfloat16 only, on the tiles of its validation data, per 100 m cell.
     ``calibration_data``: patches that set the int8 variant's activation ranges; ``auto``
     takes the run's training data. The model and its int8 variant are moved into place
     together once everything is written and checked (:mod:`lcz_qgis_plugin.core.commit`)."""
@@ -187,12 +188,10 @@ def export_checkpoint(checkpoint: str, path: str, temperature: float = 1.0,
         calibration_data = config.get("train") or precision_data
     with Commit(inputs=[checkpoint]) as files:
         export_onnx(model, card, path, files=files)
-        if precision_data and precisions and card.is_dense:
-            from .precision import DENSE_PRECISION_NOTE
-            report(f"precision checks not made: {DENSE_PRECISION_NOTE}")
-        elif precision_data and precisions:
+        if precision_data and precisions:  # a dense model: bfloat16 only, per 100 m cell
             _record_precision_checks(path, precision_data, list(precisions),
-                                     calibration_data, report, files)
+                                     None if card.is_dense else calibration_data, report,
+                                     files)
     return path
 
 

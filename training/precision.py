@@ -25,6 +25,14 @@ with the settings of DEVICE OpenVINO int8. The bfloat16 check must run on a CPU 
 bfloat16; elsewhere OpenVINO would silently compute in float32 and the check would prove
 nothing, so it is not recorded. The int8 check runs on any CPU with openvino (the integer
 arithmetic is the same everywhere).
+
+A dense model (U-Net) is checked in bfloat16 on a tile file with label masks, by the same
+rule, counted per 100 m cell: each side's per-pixel probabilities are aggregated to the
+labelled cells exactly as ``evaluate`` aggregates them (:mod:`training.dense_evaluation`),
+and the check records the share of cells whose class is the same (``unit``: ``cells``; the
+count stays under ``patches``, the key every plugin version reads, and under ``cells``),
+with the share of labelled pixels beside it. int8 is not checked for dense models
+(:data:`DENSE_PRECISION_NOTE`).
 """
 
 from __future__ import annotations
@@ -45,8 +53,12 @@ DEFAULT_LIMIT = 4096
 CALIBRATION_PATCHES = 256
 PRECISIONS = ("bfloat16", "int8")
 DENSE_PRECISION_NOTE = (
-    "bfloat16 and int8 are checked on patch models only so far; a dense model's card records "
-    "no check, so lcz:classify's Automatic device runs it in float32.")
+    "int8 is checked on patch models only so far: a dense model gets no int8 variant, so "
+    "lcz:classify runs it in float32 or (where its bfloat16 check passed) bfloat16.")
+DENSE_UNIT = "cells"
+"""What a dense model's check counts: the 100 m output cells of the tile file (each scored
+by the mean of its labelled pixels' probabilities, as ``evaluate`` scores them), the unit a
+patch model's patch stands for; recorded as ``unit`` beside the count."""
 
 
 class PrecisionCheckSkipped(RuntimeError):
@@ -83,30 +95,51 @@ def int8_variant_path(model: str) -> str:
 # --- measuring ------------------------------------------------------------------------------
 
 class _Reference:
-    """onnxruntime float32's scores on the check's patches, computed once for all checks."""
+    """onnxruntime float32's probabilities on the check's samples, computed once for all
+    checks: per patch, or for a dense model per labelled 100 m cell of the tiles."""
 
     def __init__(self, model: str, data: str, limit: int, batch_size: int):
         self.model, self.data, self.limit, self.batch_size = model, data, limit, batch_size
-        self._z = None
+        self._p = None
 
     @property
-    def z(self):
-        if self._z is None:
+    def p(self):
+        if self._p is None:
             predictor = Predictor(self.model, device="cpu")
             self.card = predictor.card
-            _, self._z = predict(predictor, self.data, self.batch_size, self.limit)
-        return self._z
+            self._p = self.probabilities(predictor)
+        return self._p
+
+    def probabilities(self, predictor: Predictor):
+        """(probabilities per sample, per pixel or None) of ``predictor``'s model."""
+        if self.card.is_dense:
+            return _cell_probabilities(predictor, self.data, self.batch_size, self.limit)
+        _, z = predict(predictor, self.data, self.batch_size, self.limit)
+        return softmax(z, self.card.temperature), None
+
+
+def _cell_probabilities(predictor: Predictor, data: str, batch_size: int, limit: int):
+    """(probabilities per labelled 100 m cell, per labelled pixel) of a dense model on the
+    tiles of ``data``, aggregated as ``evaluate`` aggregates them
+    (:mod:`training.dense_evaluation`); ``limit``: the first tiles only."""
+    from .dense_evaluation import cell_probabilities, pixel_probabilities, predict_tiles
+    scores = predict_tiles(predictor, data, batch_size, limit)
+    pixels, codes, p = pixel_probabilities(scores, predictor.card.temperature)
+    _, cells = cell_probabilities(pixels, codes, p, scores.frame_width, scores.cell)
+    if not len(cells):
+        raise EvaluationError(f"{data}: no {scores.cell} x {scores.cell} px cell has at least "
+                              f"half of its pixels labelled, so no cell can be compared; "
+                              f"check on tiles of larger areas.")
+    return cells, p
 
 
 def _compare(reference: _Reference, predictor: Predictor, engine: str) -> dict:
     import onnxruntime
-    z32 = reference.z
-    _, z = predict(predictor, reference.data, reference.batch_size, reference.limit)
-    temperature = reference.card.temperature
-    p32, p = softmax(z32, temperature), softmax(z, temperature)
-    return {
+    p32, pixels32 = reference.p
+    p, pixels = reference.probabilities(predictor)
+    check = {
         "same_class": round(float(np.mean(p32.argmax(1) == p.argmax(1))), 6),
-        "patches": int(len(z32)),
+        "patches": int(len(p32)),
         "max_probability_difference": round(float(np.abs(p32 - p).max()), 6),
         "reference": f"onnxruntime {onnxruntime.__version__} CPU float32",
         "engine": engine,
@@ -114,6 +147,11 @@ def _compare(reference: _Reference, predictor: Predictor, engine: str) -> dict:
         "cpu": cpu_name(),
         "date": _dt.date.today().isoformat(),
     }
+    if pixels32 is not None:  # dense: "patches" counts cells, the rule's unit for both kinds
+        check.update(unit=DENSE_UNIT, cells=int(len(p32)), pixels=int(len(pixels32)),
+                     pixel_same_class=round(float(np.mean(
+                         pixels32.argmax(1) == pixels.argmax(1))), 6))
+    return check
 
 
 def _openvino_version() -> str:
@@ -303,14 +341,19 @@ def passes(check: dict) -> bool:
     return check["same_class"] >= SAME_CLASS_REQUIRED and check["patches"] >= PATCHES_REQUIRED
 
 
+def _unit(check: dict) -> str:
+    """What the check's count counts: patches, or for a dense model 100 m cells."""
+    return DENSE_UNIT if check.get("unit") == DENSE_UNIT else "patches"
+
+
 def _shortfall(check: dict) -> str:
     """Why a check does not pass, in words: the share of same classes is too low, the
-    patches too few to trust it, or both."""
+    patches (cells) too few to trust it, or both."""
     reasons = []
     if check["same_class"] < SAME_CLASS_REQUIRED:
         reasons.append(f"below the required {100 * SAME_CLASS_REQUIRED:g} % of same classes")
     if check["patches"] < PATCHES_REQUIRED:
-        reasons.append(f"only {check['patches']} patches: too few to trust (at least "
+        reasons.append(f"only {check['patches']} {_unit(check)}: too few to trust (at least "
                        f"{PATCHES_REQUIRED} needed)")
     return "; ".join(reasons)
 
@@ -324,22 +367,33 @@ def describe(check: dict, precision: str = "bfloat16") -> str:
                "the fastest engine")
     verdict = f"passes: {use}" if passes(check) else (
         f"{_shortfall(check)}: the Automatic device will not use it")
+    pixels = (f", {100 * check['pixel_same_class']:.2f} % of its {check['pixels']} labelled "
+              f"pixels" if "pixel_same_class" in check and "pixels" in check else "")
     return (f"{precision} check: same class as float32 on {100 * check['same_class']:.2f} % "
-            f"of {check['patches']} patches of {check['data']} (largest probability "
-            f"difference {check['max_probability_difference']:.3f}); {verdict}")
+            f"of {check['patches']} {_unit(check)} of {check['data']}{pixels} (largest "
+            f"probability difference {check['max_probability_difference']:.3f}); {verdict}")
 
 
 def run_checks(model: str, data: str, precisions=PRECISIONS, calibration: str | None = None,
                limit: int = DEFAULT_LIMIT, variant_beside: str | None = None,
-               report=print, files: Commit | None = None) -> dict:
+               report=print, files: Commit | None = None,
+               failures: dict | None = None) -> dict:
     """Measure each of ``precisions`` that can run here against float32 on ``data``; returns
-    the checks by precision (a check that cannot run is reported and left out). The int8
+    the checks by precision (a check that cannot run is reported and left out; why, by
+    precision, goes into ``failures`` when given). The int8
     variant is calibrated on ``calibration`` (default: ``data``) and written beside
     ``variant_beside`` (default: ``model``; ``model`` may be a temporary file of ``files``
-    whose final name is ``variant_beside``) through ``files``."""
+    whose final name is ``variant_beside``) through ``files``. A dense model is compared per
+    100 m cell of the tile file ``data``, and gets no int8 check
+    (:data:`DENSE_PRECISION_NOTE`)."""
+    from lcz_qgis_plugin.core.model.card_file import read_model_card
     reference = _Reference(model, data, limit, 256)
+    dense = read_model_card(model).is_dense
     checks = {}
     for precision in precisions:
+        if dense and precision == "int8":
+            report(f"int8 check not made: {DENSE_PRECISION_NOTE}")
+            continue
         report(f"{precision} check: comparing with onnxruntime float32 on "
                f"{os.path.basename(data.split('#')[0])} ...")
         try:
@@ -351,6 +405,8 @@ def run_checks(model: str, data: str, precisions=PRECISIONS, calibration: str | 
                     model, data, calibration or data, out, limit, reference=reference,
                     files=files, model_name=os.path.basename(variant_beside or model))
         except (PrecisionCheckSkipped, EvaluationError) as exc:
+            if failures is not None:
+                failures[precision] = exc
             report(f"{precision} check not recorded ({exc}); lcz:classify's Automatic device "
                    f"will not use {precision}.")
             continue
@@ -367,12 +423,12 @@ def check_precision(model: str, data: str, out: str | None = None,
     if not model.endswith(".onnx"):
         raise EvaluationError("check-precision works on an exported .onnx model.")
     from lcz_qgis_plugin.core.model.card_file import read_model_card
-    if read_model_card(model).is_dense:
-        raise EvaluationError(f"{model} is a dense model: {DENSE_PRECISION_NOTE}")
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
         raise EvaluationError(f"unknown precision {', '.join(unknown)}; use "
                               f"{', '.join(PRECISIONS)}.")
+    if read_model_card(model).is_dense:
+        precisions = _dense_precisions(model, precisions, report)
     if "int8" in precisions and calibration is None:
         train = str(read_model_card(model).provenance.get("train") or "")
         calibration = train if train and os.path.isfile(train.split("#")[0]) else data
@@ -383,10 +439,26 @@ def check_precision(model: str, data: str, out: str | None = None,
     return f"recorded in {target}"
 
 
+def _dense_precisions(model: str, precisions, report) -> list[str]:
+    """The checks a dense model gets: bfloat16; int8 only said to be unsupported (refused
+    when it is the only one asked for)."""
+    if list(precisions) == ["int8"]:
+        raise EvaluationError(f"{model} is a dense model: {DENSE_PRECISION_NOTE} Check "
+                              f"--precisions bfloat16 instead.")
+    if "int8" in precisions:
+        report(f"int8 check not made: {DENSE_PRECISION_NOTE}")
+    return [p for p in precisions if p != "int8"]
+
+
 def _check_and_record(model: str, data: str, out: str | None, limit: int, precisions,
                       calibration: str | None, report, files: Commit) -> None:
+    failures = {}
     checks = run_checks(model, data, precisions, calibration, limit,
-                        variant_beside=out or model, report=report, files=files)
+                        variant_beside=out or model, report=report, files=files,
+                        failures=failures)
+    refused = [str(exc) for exc in failures.values() if isinstance(exc, EvaluationError)]
+    if not checks and refused:  # the model or the data, not this machine: say what
+        raise EvaluationError(refused[0])
     if not checks:
         if list(precisions) == ["bfloat16"]:
             raise EvaluationError(

@@ -170,15 +170,20 @@ def nvidia_driver_present() -> bool:
     return _nvidia[0]
 
 
+def _unit(check: dict) -> str:
+    """What a check counts: patches, or 100 m cells for a dense model's check."""
+    return "cells" if check.get("unit") == "cells" else "patches"
+
+
 def _share(check: dict) -> str:
-    return f"{100 * check['same_class']:.2f} % of {check['patches']} patches"
+    return f"{100 * check['same_class']:.2f} % of {check['patches']} {_unit(check)}"
 
 
 def _failed(check: dict) -> str:
     """Why a recorded precision check does not let the Automatic device use the engine."""
     if check["patches"] < PATCHES_REQUIRED:
-        return (f"its check covered only {check['patches']} patches ({PATCHES_REQUIRED} "
-                f"needed)")
+        return (f"its check covered only {check['patches']} {_unit(check)} "
+                f"({PATCHES_REQUIRED} needed)")
     return f"its check kept only {_share(check)}"
 
 

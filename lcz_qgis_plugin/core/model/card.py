@@ -36,7 +36,9 @@ lcz.precision_checks    optional JSON object: how far a reduced-precision engine
                         model, a second ONNX file beside it: ``"file"`` (a file
                         name, e.g. ``msmla50.int8.onnx``) and ``"sha256"`` (that
                         file's SHA-256; a different file of that name is not
-                        used).
+                        used). A dense model's check counts 100 m
+                        cells of a tile file (``"unit": "cells"``;
+                        the count stays under ``patches``).
 lcz.model_kind          ``patch`` (absent: patch) or ``dense``. A patch model maps
                         ``N x C x P x P`` to ``N x K``, one patch per cell; a dense
                         model maps ``N x C x H x W`` to ``N x K x H/s x W/s`` (any
