@@ -70,6 +70,39 @@ def test_interpreter_is_this_python():
     assert done.stdout.strip() == sys.version
 
 
+
+def another_python_of_this_version() -> str | None:
+    """A Python of this major.minor that is another build (pyenv, conda, a second install)."""
+    import glob
+    major, minor = sys.version_info[:2]
+    for path in sorted(glob.glob(os.path.expanduser(
+            f"~/.pyenv/versions/{major}.{minor}.*/bin/python{major}.{minor}"))
+            + glob.glob(f"/opt/*/bin/python{major}.{minor}")):
+        done = subprocess.run([path, "-c", "import sys; print(sys.version)"],
+                              capture_output=True, text=True)
+        if done.returncode == 0 and done.stdout.strip() != sys.version:
+            return path
+    return None
+
+
+def test_a_python_of_the_same_version_first_on_path_is_not_taken():
+    """Embedded in QGIS, Python sets sys.executable from PATH, where pyenv's python3 of the
+    same version may come first; pip must still run with QGIS's own Python."""
+    other = another_python_of_this_version()
+    if other is None:
+        pytest.skip("no second Python of this version here (pyenv or /opt) to put first")
+    code = ("import sys; sys.executable = sys.argv[1]\n"
+            "from lcz_qgis_plugin.core.dependencies import python_interpreter\n"
+            "print(python_interpreter())")
+    done = subprocess.run([sys.executable, "-c", code, other], capture_output=True, text=True,
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert done.returncode == 0, done.stderr[-2000:]
+    chosen = done.stdout.strip().splitlines()[-1]
+    assert chosen != other
+    check = subprocess.run([chosen, "-c", "import sys; print(sys.version)"],
+                           capture_output=True, text=True)
+    assert check.stdout.strip() == sys.version
+
 def test_onnxruntime_gpu_only_with_an_nvidia_gpu():
     assert requirements_for(["onnxruntime", "h5py"], gpu=False) == ["onnxruntime", "h5py"]
     assert requirements_for(["onnxruntime"], gpu=True) == ["onnxruntime-gpu"]

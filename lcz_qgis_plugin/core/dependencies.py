@@ -145,21 +145,25 @@ def _candidates() -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def python_interpreter() -> str:
-    """The interpreter of the Python running this code (the same version), for running pip."""
+    """The interpreter of the Python running this code, for running pip: the same build
+    (``sys.version``) on the same installation (``sys.base_prefix``), not only the same
+    version: an embedded Python finds its ``sys.executable`` on PATH, where pyenv or conda
+    may put another Python of the same version first."""
     wanted = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    identity = repr((sys.version, sys.base_prefix))
     tried = []
     for candidate in dict.fromkeys(_candidates()):
         if not os.path.isfile(candidate) or candidate in tried:
             continue
         tried.append(candidate)
         try:
-            done = subprocess.run([candidate, "-c", "import sys; print('%d.%d' % "
-                                   "sys.version_info[:2])"], capture_output=True, text=True,
+            done = subprocess.run([candidate, "-c", "import sys; print(repr((sys.version, "
+                                   "sys.base_prefix)))"], capture_output=True, text=True,
                                   timeout=60, env=_clean_environment(),
                                   creationflags=NO_WINDOW)
         except (OSError, subprocess.SubprocessError):
             continue
-        if done.stdout.strip() == wanted:
+        if done.stdout.strip() == identity:
             return candidate
     raise DependencyError(
         f"cannot find the Python {wanted} interpreter QGIS runs (looked beside "

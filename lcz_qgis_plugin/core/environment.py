@@ -370,7 +370,7 @@ def check_environment(qgis_version: str = "", dependency_folder: str = "") -> En
         interpreter = f"not found ({exc})"
     report = EnvironmentReport(
         qgis_version=qgis_version or "not running in QGIS", interpreter=interpreter,
-        python=f"{platform.python_version()} ({sys.executable})",
+        python=f"{platform.python_version()} ({sys.base_prefix})",
         platform=f"{platform.platform()} [{platform_kind()}]", nvidia_driver=nvidia,
         dependency_folder=dependency_folder)
     components = numpy_and_gdal() + [onnxruntime_component(nvidia), openvino_component(),
