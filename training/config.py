@@ -46,8 +46,8 @@ class TrainConfig:
                         "multiples of 2^depth px)")
     width: int = option(16, "unet: channels of the first level (doubled at every level)")
     output_stride: int = option(1, "unet: input pixels per output pixel along each axis, a "
-                                "power of two up to 2^depth (1: a class per 10 m pixel; 4: "
-                                "per 40 m, a lighter decoder)")
+                                "power of two up to 2^depth (1: a class per 10 m pixel; 2: "
+                                "per 20 m, a lighter decoder; 100 m cells need 1 or 2)")
     loss: str = option("ce", "unet: per-pixel loss, cross-entropy or focal loss (both "
                        "weighted by --class-weights)", choices=("ce", "focal"))
     focal_gamma: float = option(2.0, "unet, --loss focal: the focusing exponent gamma (0 is "
@@ -76,7 +76,7 @@ class TrainConfig:
     step_factor: float = option(0.004, "step schedule: factor at each step", cli=False)
     epochs: int = option(100, "maximum number of epochs")
     batch_size: int = option(32, "patches per batch (per process under torchrun); unet: "
-                             "tiles per batch, default 4")
+                             "tiles per batch")
     patience: int = option(15, "early stopping patience (epochs)")
     bn_momentum: float = option(
         0.99, "BatchNorm momentum, Keras semantics (default 0.99, unet 0.9; lower adapts the "
@@ -115,7 +115,7 @@ DENSE_MODEL_NAMES = ("unet",)
 too, but this module stays free of torch."""
 DENSE_DEFAULTS = {"batch_size": 4, "bn_momentum": 0.9}
 """A dense model's own defaults. A tile holds the pixels of hundreds of patches, so a small
-tile file (a 3 km demo city: 9 tiles of 128 px) gives few batches: 4 tiles per batch give
+tile file (a 3 km demo city: 16 tiles of 128 px) gives few batches: 4 tiles per batch give
 enough optimiser steps, and BatchNorm statistics that settle within them (momentum 0.9)."""
 
 SETUPS = {
@@ -149,7 +149,20 @@ def add_options(parser: argparse.ArgumentParser) -> None:
             continue
         kind = {"int": int, "float": float}.get(f.type)  # lists and text: read as text
         parser.add_argument(_flag(f.name), type=kind, choices=meta["choices"],
-                            help=meta["help"])
+                            help=_with_default(f))
+
+
+def _with_default(f: dataclasses.Field) -> str | None:
+    """The option's help with its default, and the dense models' own where it differs (the
+    --setup presets, which change the optimiser's, are described under --setup)."""
+    if f.metadata["help"] is None:
+        return None
+    default = ",".join(map(str, f.default)) if isinstance(f.default, (list, tuple)) \
+        else f.default
+    if default in (None, "") or "default" in f.metadata["help"]:
+        return f.metadata["help"]
+    dense = f"; unet: {DENSE_DEFAULTS[f.name]}" if f.name in DENSE_DEFAULTS else ""
+    return f"{f.metadata['help']} (default {default}{dense})"
 
 
 def given_options(args: argparse.Namespace) -> dict:

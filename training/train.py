@@ -257,7 +257,12 @@ def open_data(config: TrainConfig, feedback: Feedback | None = None) -> RunData:
         val_split = ds.make_split(val_source, val_rows, classes, "validation",
                                   drop_unknown=config.drop_unknown_validation)
         if len(val_split.rows) == 0:
-            raise ds.DataError("the validation split is empty.")
+            raise ds.DataError(
+                "the validation split is empty: the patch file holds no validation patches of "
+                "the trained classes. Give another file with --val (e.g. patches of another "
+                "city), or extract the patch file again with a validation share "
+                "(lcz:extractpatches VALIDATION_FRACTION; it needs two polygons or more per "
+                "class).")
         weights = ds.class_weights(train_split.labels, len(classes)) \
             if config.class_weights else None
     except ds.DataError as exc:

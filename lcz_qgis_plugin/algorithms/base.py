@@ -145,7 +145,8 @@ class LczAlgorithm(QgsProcessingAlgorithm):
         return self.tr(self.SHORT_DESCRIPTION)
 
     def shortHelpString(self):  # noqa: N802
-        return self.tr(help_text(self.HELP) + "\n\nReferences: " + REFERENCES)
+        references = "" if self.GROUP_ID == "tools" else "\n\nReferences: " + REFERENCES
+        return self.tr(help_text(self.HELP) + references)
 
     def icon(self):
         return QIcon(ICON)

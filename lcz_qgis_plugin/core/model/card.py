@@ -164,7 +164,7 @@ class ModelCard:
         return len(self.class_codes)
 
     def describe(self) -> str:
-        return (f"{self.name} {self.version} ({self.n_channels} channels, "
+        return (f"{self.name} version {self.version} ({self.n_channels} channels, "
                 f"{self.patch_size}x{self.patch_size} px at {self.pixel_size:g} m, "
                 f"{self.n_classes} classes)")
 

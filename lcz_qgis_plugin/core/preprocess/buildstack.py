@@ -259,8 +259,9 @@ def build_stack(model: str | None, rasters: list[str], output: str,
     elif channels:
         card = ChannelList([canonical_channel(c) for c in channels])
     else:
-        raise InputError("give a model (.onnx) whose channels to stack, or a channel list "
-                         "such as 'S2:B02,S2:B03,...,OSM:building_fraction,DSM:height'.")
+        raise InputError("give a model (.onnx) whose channels to stack (MODEL), or a channel "
+                         "list (CHANNEL_LIST) such as "
+                         "'S2:B02,S2:B03,...,OSM:building_fraction,DSM:height'.")
     what = f"the model {os.path.basename(model)}" if model else "the channel list"
     feedback.info(f"Reading the band names of {describe_files(rasters)} ...")
     sources = _find_channels(card, [os.fspath(r) for r in rasters], what, feedback,
