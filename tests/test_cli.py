@@ -42,3 +42,14 @@ def test_errors_are_one_line_and_exit_2(tmp_path):
     assert done.stderr.strip().splitlines()[-1].startswith("error: the input raster")
     assert "Missing: T:c0, T:c1" in done.stderr
     assert not (tmp_path / "l.tif").exists()
+
+
+def test_a_missing_input_is_refused_before_the_model_is_loaded(tmp_path):
+    """The one error line, not three lines about the model and the engine first."""
+    names = channel_names(2)
+    model, *_ = linear_probe_model(tmp_path / "m.onnx", identity_card("probe", names, 6))
+    missing = tmp_path / "nope.tif"
+    done = cli("classify", "--input", missing, "--model", model, "--output", tmp_path / "l.tif")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: the input raster {missing} does not exist."]

@@ -24,9 +24,15 @@ REPROJECT_HINT = ("Reproject it to a projected CRS in metres, e.g. its UTM zone:
                   "'gdalwarp -t_srs EPSG:32633 -tr 10 10 -r bilinear in.tif out.tif'.")
 
 
+def require_files(paths, what: str = "input raster") -> None:
+    """Refuse a missing input before any slow work (a model to load, an engine to choose)."""
+    for path in paths:
+        if isinstance(path, str) and not os.path.exists(path) and not path.startswith("/vsi"):
+            raise InputError(f"the {what} {path} does not exist.")
+
+
 def open_raster(path: str, what: str = "input raster") -> gdal.Dataset:
-    if not os.path.exists(path) and not path.startswith("/vsi"):
-        raise InputError(f"the {what} {path} does not exist.")
+    require_files([path], what)
     gdal.PushErrorHandler("CPLQuietErrorHandler")
     try:
         gdal.ErrorReset()

@@ -38,7 +38,7 @@ from ..feedback import Feedback
 from ..lcz_classes import NODATA_CODE, lcz_class
 from ..model.card import ModelCard
 from ..outputs import PendingOutputs, check_output_path
-from ..rasters import bounded_cache
+from ..rasters import bounded_cache, require_files
 from ..stacks import SOURCES, Stack, open_stacks, sources_of_all
 from ..style import category_names, class_map_qml, colour_table
 from .engine import GPU_PROVIDERS, Engine
@@ -217,6 +217,7 @@ def classify(inputs: list[str], model: str | Engine, output: str, *,
     started = time.perf_counter()
     feedback = feedback or Feedback()
     _check_arguments(batch_size, majority_radius, max_nodata_fraction)
+    require_files(inputs)
     destinations, outputs = _reserve_outputs(inputs, model, {
         "OUTPUT": output, "OUTPUT_PROBABILITIES": probabilities_output,
         "OUTPUT_CONFIDENCE": confidence_output, "OUTPUT_FINE": fine_output})
