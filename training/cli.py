@@ -143,8 +143,9 @@ def run(args) -> int:
             file_values = load_checkpoint(args.resume)["config"]
         result = train(make_config(file_values, given_options(args)), resume=args.resume)
         if result["rank"] == 0:
+            runs = result["epochs"]
             print(f"best checkpoint: {result['best']} (validation loss "
-                  f"{result['best_val_loss']:.4f}, {result['epochs']} epochs)")
+                  f"{result['best_val_loss']:.4f}; {runs} epoch{'s' if runs != 1 else ''} run)")
     elif args.command == "export":
         from .export import export_checkpoint
         print(export_checkpoint(args.checkpoint, args.out, args.temperature, args.version,
