@@ -345,7 +345,7 @@ app.exitQgis()
 def test_message_bar_install_button_installs(tmp_path, wheelhouse):
     """The desktop's offer (a real QgsMessageBar, GUI QgsApplication offscreen, in a child
     process): the Install button starts the task, and the bar says what was installed."""
-    pytest.importorskip("qgis.gui")
+    pytest.importorskip("qgis.gui", reason="PyQGIS is not installed (make setup installs QGIS)")
     folder = str(tmp_path / "deps")
     code = MESSAGE_BAR_CHILD.format(root=ROOT, folder=folder, options=wheelhouse)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
